@@ -1,0 +1,66 @@
+"""Shared fixtures: real artifacts built once per session (a small trained digits model, sample photos)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resnet
+from resnet.samples import DIGIT_LABELS, digits_images, sample_photo_paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def photo_paths() -> list[Path]:
+    """scikit-image's bundled sample photos (real JPEG/PNG files)."""
+    paths = sample_photo_paths()
+    assert len(paths) >= 8
+    return paths
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-8 (CIFAR family) trained for a few epochs on the real digits: a small, real, trained model.
+
+    Saved in our checkpoint format with a complete card (labels "0".."9", 32x32, digits mean/std).
+    """
+    torch.manual_seed(0)
+    x, y = digits_images("train")
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+    mean = xt.mean(dim=(0, 2, 3))
+    std = xt.std(dim=(0, 2, 3))
+    xt = (xt - mean[:, None, None]) / std[:, None, None]
+    yt = torch.from_numpy(y)
+    model = resnet.create_model("cifar_resnet8", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for _ in range(4):
+        perm = torch.randperm(len(yt))
+        for i in range(0, len(yt), 64):
+            idx = perm[i : i + 64]
+            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    card = resnet.make_card(
+        "cifar_resnet8", name="digits-resnet8", labels=list(DIGIT_LABELS), mean=mean.tolist(), std=std.tolist(),
+        provenance={"dataset": "sklearn digits (train split)", "note": "test fixture"},
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("digits") / "model.pt"
+    resnet.save_checkpoint(path, model, card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits: [N, 32, 32, 3] uint8 images and labels."""
+    return digits_images("test")
