@@ -1,0 +1,38 @@
+"""The model card inside ONNX files (DESIGN.md §2: ``metadata_props["model_card"]``), shared by export and serve."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .card import card_from_json, card_to_json
+from .errors import CardError, UserError
+
+CARD_KEY = "model_card"
+
+
+def set_onnx_card(model: Any, card: dict[str, Any]) -> None:
+    """Store the card in an ``onnx.ModelProto``'s ``metadata_props`` (replacing any earlier one)."""
+    keep = [p for p in model.metadata_props if p.key != CARD_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, card_to_json(card)
+
+
+def read_onnx_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated card of an ONNX file; ``CardError`` for a file that is not ours (no card)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError/ValueError/OSError variants for bad files
+        raise UserError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+    for prop in model.metadata_props:
+        if prop.key == CARD_KEY:
+            return card_from_json(prop.value)
+    raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
