@@ -1,0 +1,124 @@
+"""How `clients.loadgen` reports: a text table, JSON, CSV and a matplotlib PNG, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from resnet import UserError
+
+from .load import LevelResult
+
+COLUMNS = (
+    "level", "requests", "ok", "img/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "batch", "queue ms", "errors",
+)  # fmt: skip
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return " ".join(f"{k}:{v}" for k, v in errors.items()) or "0"
+
+
+def _level(r: LevelResult) -> str:
+    return f"{int(r.level)}" if r.mode == "concurrency" else f"{r.level:g}/s"
+
+
+def format_table(results: Sequence[LevelResult]) -> str:
+    """The table printed at the end of a run; ``batch``/``queue ms`` are the server's own averages from /metrics."""
+    rows = [COLUMNS] + [
+        (
+            _level(r), str(r.requests), str(r.ok), _num(r.throughput), _num(r.latency_ms["p50"]), _num(r.latency_ms["p90"]),
+            _num(r.latency_ms["p95"]), _num(r.latency_ms["p99"]), _num(r.server_batch_size, ".2f"),
+            _num(r.server_queue_ms), _errors(r.errors),
+        )
+        for r in results
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) if i < len(COLUMNS) - 1 else cell for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename: never a half-written report."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike[str], results: Sequence[LevelResult], meta: dict[str, Any]) -> Path:
+    """``{"meta": {...}, "levels": [...]}``."""
+    doc = {"meta": meta, "levels": [r.to_dict() for r in results]}
+    return atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def write_csv(path: str | os.PathLike[str], results: Sequence[LevelResult]) -> Path:
+    """One row per level, latencies flattened into columns, errors as ``status:count`` pairs."""
+    buf = io.StringIO()
+    fields = ["mode", "level", "elapsed_s", "requests", "ok", "images_ok", "throughput_img_s",
+              "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms",
+              "server_batch_size", "server_queue_ms", "errors"]  # fmt: skip
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        w.writerow({
+            "mode": r.mode, "level": r.level, "elapsed_s": round(r.elapsed_s, 4), "requests": r.requests, "ok": r.ok,
+            "images_ok": r.images_ok, "throughput_img_s": round(r.throughput, 3),
+            **{f"{k}_ms": (None if v is None else round(v, 3)) for k, v in r.latency_ms.items()},
+            "server_batch_size": r.server_batch_size, "server_queue_ms": r.server_queue_ms,
+            "errors": ";".join(f"{k}:{v}" for k, v in r.errors.items()),
+        })  # fmt: skip
+    return atomic_write(path, buf.getvalue().encode())
+
+
+def write_plot(path: str | os.PathLike[str], results: Sequence[LevelResult], title: str = "") -> Path:
+    """Throughput and p99 latency against concurrency (or offered rate), two panels sharing the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r.level for r in results]
+    xlabel = "concurrency (clients)" if results and results[0].mode == "concurrency" else "offered rate (requests/s)"
+    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(6, 5.5), dpi=100)
+    ax1.plot(xs, [r.throughput for r in results], "o-", color="tab:blue")
+    ax1.set_ylabel("throughput (images/s)")
+    ax1.set_ylim(bottom=0)
+    ax1.grid(alpha=0.3)
+    ax2.plot(xs, [r.latency_ms["p99"] if r.latency_ms["p99"] is not None else float("nan") for r in results], "s-", color="tab:red", label="p99")
+    ax2.plot(xs, [r.latency_ms["p50"] if r.latency_ms["p50"] is not None else float("nan") for r in results], "^--", color="tab:gray", label="p50")
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel(xlabel)
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    if len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+        ax2.set_xscale("log", base=2)
+        ax2.set_xticks(xs, [f"{x:g}" for x in xs])
+    fig.suptitle(title or "POST /classify under load")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())
