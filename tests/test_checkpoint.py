@@ -1,0 +1,174 @@
+"""Checkpoint I/O and the model card: round trips, torchvision state dicts, and every user error as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import resnet
+import resnet.new
+from resnet.checkpoint import read_checkpoint_file
+
+
+@pytest.fixture()
+def small_checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = resnet.create_model("cifar_resnet8", num_classes=3)
+    card = resnet.make_card("cifar_resnet8", name="tiny", labels=["a", "b", "c"], metrics={"top1_err": 12.5})
+    return resnet.save_checkpoint(tmp_path / "tiny.pt", model, card)
+
+
+def test_round_trip_keeps_weights_and_card(small_checkpoint: Path) -> None:
+    raw = torch.load(small_checkpoint, weights_only=True)
+    assert raw["format"] == "resnet-checkpoint" and raw["version"] == 1
+    model, card = resnet.load_checkpoint(small_checkpoint)
+    assert not model.training
+    assert card["name"] == "tiny" and card["labels"] == ["a", "b", "c"] and card["metrics"]["top1_err"] == 12.5
+    assert card["shortcut"] == "A" and card["family"] == "cifar" and card["depth"] == 8
+    assert card["provenance"]["created"]
+    for k, v in raw["state_dict"].items():
+        assert torch.equal(model.state_dict()[k], v)
+    json.dumps(card)  # the card is JSON-serialisable
+
+
+def test_torchvision_state_dict_loads_with_arch_and_gets_imagenet_card(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18-plain.pth"
+    torch.save(tv.state_dict(), path)
+    model, card = resnet.load_checkpoint(path, arch="resnet18")
+    assert card["num_classes"] == 1000 and card["labels"][0] == "tench" and len(card["labels"]) == 1000
+    assert (card["input_size"], card["resize_size"], card["variant"], card["shortcut"]) == (224, 256, "v1.5", "B")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), tv(x))
+
+
+def test_torchvision_state_dict_without_arch_asks_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "sd.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(resnet.UsageError, match="--arch"):
+        resnet.load_checkpoint(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(resnet.CheckpointError, match="no such file"):
+        resnet.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_file_is_a_clear_error(small_checkpoint: Path) -> None:
+    data = small_checkpoint.read_bytes()
+    small_checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(resnet.CheckpointError, match="truncated or corrupt"):
+        resnet.load_checkpoint(small_checkpoint)
+
+
+def test_random_bytes_are_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(resnet.CheckpointError):
+        resnet.load_checkpoint(path)
+
+
+class _Exploit:
+    def __reduce__(self):  # noqa: D105 - runs a shell command when unpickled without weights_only
+        return (os.system, ("touch /tmp/resnet-pwned",))
+
+
+def test_pickle_that_needs_code_execution_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "resnet-checkpoint", "payload": _Exploit()}, path)
+    Path("/tmp/resnet-pwned").unlink(missing_ok=True)
+    with pytest.raises(resnet.CheckpointError, match="code execution"):
+        resnet.load_checkpoint(path)
+    assert not Path("/tmp/resnet-pwned").exists()
+
+
+def test_state_dict_of_another_architecture_names_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(resnet.CheckpointError, match=r"missing keys: .*layer1\.2"):
+        resnet.load_checkpoint(path, arch="resnet34")
+
+
+def test_wrong_shapes_are_named(tmp_path: Path) -> None:
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    sd["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(resnet.CheckpointError, match=r"shape mismatch: layer1\.0\.conv1\.weight"):
+        resnet.load_checkpoint(path, arch="resnet18")
+
+
+def test_unknown_architecture_is_usage_error(small_checkpoint: Path) -> None:
+    with pytest.raises(resnet.UsageError, match="unknown architecture"):
+        resnet.load_checkpoint(small_checkpoint, arch="resnet19")
+
+
+def test_card_without_required_fields_is_refused(tmp_path: Path) -> None:
+    model = resnet.create_model("cifar_resnet8")
+    card = resnet.make_card("cifar_resnet8")
+    del card["labels"]
+    with pytest.raises(resnet.CardError, match="labels"):
+        resnet.save_checkpoint(tmp_path / "x.pt", model, card)
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_save_leaves_the_old_checkpoint_intact_and_no_temp_file(small_checkpoint: Path) -> None:
+    before = small_checkpoint.read_bytes()
+    with pytest.raises(Exception):
+        resnet.atomic_save({"not picklable": lambda: 0}, small_checkpoint)
+    assert small_checkpoint.read_bytes() == before
+    assert [p.name for p in small_checkpoint.parent.iterdir()] == [small_checkpoint.name]
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(resnet.CheckpointError, match="cannot write"):
+        resnet.save_checkpoint(blocker / "sub" / "m.pt", resnet.create_model("cifar_resnet8"), resnet.make_card("cifar_resnet8"))
+
+
+def test_weights_only_load_works_on_our_file(small_checkpoint: Path) -> None:
+    obj = read_checkpoint_file(small_checkpoint)
+    assert set(obj) == {"format", "version", "model_card", "state_dict"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnet.new", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_new_cli_writes_a_checkpoint_and_prints_its_summary(tmp_path: Path) -> None:
+    out = _run("cifar_resnet20", "-o", str(tmp_path / "m.pt"))
+    assert out.returncode == 0, out.stderr
+    assert "0.270 M params" in out.stdout
+    _, card = resnet.load_checkpoint(tmp_path / "m.pt")
+    assert card["depth"] == 20
+
+
+def test_new_cli_converts_a_torchvision_state_dict(tmp_path: Path) -> None:
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "sd.pth")
+    assert resnet.new.main(["resnet18", "-o", str(tmp_path / "m.pt"), "--from-state-dict", str(tmp_path / "sd.pth")]) == 0
+    assert resnet.load_checkpoint(tmp_path / "m.pt")[1]["labels"][0] == "tench"
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["resnet19", "-o", "X"], 2, "unknown architecture"),
+        (["resnet18", "-o", "X", "--from-state-dict", "/nonexistent.pth"], 1, "no such file"),
+    ],
+)
+def test_new_cli_errors_are_one_line_without_traceback(tmp_path: Path, args: list, code: int, message: str) -> None:
+    args = [a.replace("X", str(tmp_path / "m.pt")) for a in args]
+    out = _run(*args)
+    assert out.returncode == code
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
