@@ -1,0 +1,216 @@
+"""Crop-level dynamic batching: one queue of crops from every request, one worker feeding the backend.
+
+``submit(crops)`` enqueues one image's crops and returns when their logits are back. The worker takes crops in
+arrival order until a batch holds ``max_batch`` crops or the oldest crop has waited ``max_wait``, pads the batch up
+to the nearest warmed-up batch shape, runs the backend in its own thread (off the event loop), and hands each
+image its rows. An image's crops may span two batches. A caller that goes away (cancelled: client disconnected,
+deadline passed) has its not-yet-batched crops dropped from the queue. The queue is bounded in crops: ``QueueFull``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger("serve.batcher")
+
+DEFAULT_SHAPES = (1, 2, 4, 8, 10, 16, 20, 30, 32, 40, 50, 60, 64)
+
+
+class QueueFull(Exception):
+    """The crop queue is at its bound; the caller should retry later (HTTP 503 + Retry-After)."""
+
+
+class BackendFailed(Exception):
+    """The backend raised while running a batch (a server fault, not the client's)."""
+
+
+def batch_shapes(max_batch: int, explicit: list[int] | None = None, min_batch: int = 1) -> list[int]:
+    """The batch sizes the worker will run: ``explicit`` or the default set, clipped to [min_batch, max_batch]."""
+    sizes = explicit or [s for s in DEFAULT_SHAPES if s <= max_batch]
+    sizes = sorted({min(max(s, min_batch), max_batch) for s in sizes} | {max_batch})
+    return sizes
+
+
+@dataclass(eq=False)
+class _Item:
+    crops: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+    taken: int = 0  # rows already put into a batch
+    done: int = 0  # rows whose logits are back
+    logits: np.ndarray | None = None
+    queue_s: float = 0.0  # enqueue -> its first batch starts
+    inference_s: float = 0.0  # sum over the batches it was in
+    batches: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BatchStats:
+    """What a caller learns about its crops' trip through the queue."""
+
+    logits: np.ndarray
+    queue_s: float
+    inference_s: float
+    batch_sizes: list[int]
+
+
+class Batcher:
+    """The queue and its worker. Create inside a running event loop; ``start()``, then ``submit()``; ``close()``."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        max_batch: int,
+        max_wait_s: float,
+        max_queue_crops: int,
+        shapes: list[int],
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue_crops = max_queue_crops
+        self.shapes = shapes
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._pending = 0  # crops queued and not yet batched
+        self._wake = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="backend")
+        self._task: asyncio.Task | None = None
+        self.busy_s = 0.0  # time the backend spent running batches
+
+    @property
+    def pending_crops(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    def run_sync(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch directly on the backend thread's executor (warm-up); blocks the caller, not the loop."""
+        return self._executor.submit(self._run, batch).result()
+
+    def padded_size(self, n: int) -> int:
+        for s in self.shapes:
+            if s >= n:
+                return s
+        return self.shapes[-1]
+
+    async def submit(self, crops: np.ndarray) -> BatchStats:
+        """Queue ``[k, 3, S, S]`` crops; return their logits when done. Raises ``QueueFull`` at the bound."""
+        k = len(crops)
+        if self._pending + k > self.max_queue_crops:
+            raise QueueFull(f"{self._pending} crops queued (bound {self.max_queue_crops})")
+        item = _Item(crops, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._queue.append(item)
+        self._pending += k
+        self._wake.set()
+        try:
+            await item.future
+        except asyncio.CancelledError:
+            self._drop(item)
+            raise
+        assert item.logits is not None
+        return BatchStats(item.logits, item.queue_s, item.inference_s, item.batches)
+
+    def _drop(self, item: _Item) -> None:
+        """Forget a cancelled item's crops that no batch has taken yet."""
+        if item.taken < len(item.crops):
+            self._pending -= len(item.crops) - item.taken
+            item.taken = len(item.crops)
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                pass
+
+    def _take(self) -> list[tuple[_Item, int, int]]:
+        """Pop up to ``max_batch`` crops in arrival order, as (item, start, stop) slices."""
+        parts: list[tuple[_Item, int, int]] = []
+        room = self.max_batch
+        while self._queue and room > 0:
+            item = self._queue[0]
+            if item.future.done():  # cancelled meanwhile
+                self._drop(item)
+                continue
+            start = item.taken
+            stop = min(len(item.crops), start + room)
+            parts.append((item, start, stop))
+            item.taken = stop
+            room -= stop - start
+            self._pending -= stop - start
+            if stop == len(item.crops):
+                self._queue.popleft()
+        return parts
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Wait for the batch to fill, or the oldest crop's wait to run out.
+            deadline = self._queue[0].enqueued + self.max_wait_s
+            while self._pending < self.max_batch:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            parts = self._take()
+            if not parts:
+                continue
+            n = sum(stop - start for _, start, stop in parts)
+            size = self.padded_size(n)
+            batch = np.zeros((size, *parts[0][0].crops.shape[1:]), dtype=np.float32)
+            row = 0
+            for item, start, stop in parts:
+                batch[row : row + stop - start] = item.crops[start:stop]
+                row += stop - start
+            started = time.perf_counter()
+            for item, start, _ in parts:
+                if start == 0:
+                    item.queue_s = started - item.enqueued
+            try:
+                logits = await loop.run_in_executor(self._executor, self._run, batch)
+            except Exception as e:  # a backend fault fails only the requests in this batch
+                log.exception("backend failed on a batch of %d crops", size)
+                for item, _, _ in parts:
+                    if not item.future.done():
+                        item.future.set_exception(BackendFailed(f"{type(e).__name__}: {e}"))
+                continue
+            took = time.perf_counter() - started
+            self.busy_s += took
+            if self._on_batch is not None:
+                self._on_batch(n, size, took)
+            row = 0
+            for item, start, stop in parts:
+                if item.logits is None:
+                    item.logits = np.empty((len(item.crops), logits.shape[1]), dtype=np.float32)
+                item.logits[start:stop] = logits[row : row + stop - start]
+                row += stop - start
+                item.done += stop - start
+                item.inference_s += took
+                item.batches.append(n)
+                if item.done == len(item.crops) and not item.future.done():
+                    item.future.set_result(None)

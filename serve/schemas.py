@@ -1,0 +1,50 @@
+"""Pydantic response models: the JSON shapes of DESIGN.md §4, as /docs shows them."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="class index in the model card's labels")
+    label: str = Field(description="class name from the model card")
+    probability: float = Field(description="mean of the per-crop softmax (ten-crop) or the centre crop's softmax")
+
+
+class ImageResult(BaseModel):
+    filename: Optional[str] = Field(None, description="the multipart file name, if the client sent one")
+    topk: list[Prediction] = Field(description="the k most probable classes, most probable first")
+
+
+class Timings(BaseModel):
+    decode_ms: float = Field(description="decoding, resizing and cropping the request's images (in parallel)")
+    queue_ms: float = Field(description="longest wait of the request's crops for a batch")
+    inference_ms: float = Field(description="backend time of the batch(es) that ran the request's crops")
+    total_ms: float = Field(description="request start (before reading the body) to the answer")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="the model card's name")
+    backend: str = Field(description="what ran the model, e.g. onnxruntime:CPUExecutionProvider")
+    crops: str = Field(description="'ten' or 'center'")
+    results: list[ImageResult] = Field(description="one entry per image, in request order")
+    timings: Timings
+    batch_sizes: list[int] = Field(description="crops in the backend batch(es) the request's crops rode in")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable reason, e.g. bad_image, image_too_large, queue_full")
+    message: str = Field(description="one line for a human")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    model: Optional[str] = None
+    backend: Optional[str] = None
+    detail: Optional[str] = None

@@ -1,0 +1,185 @@
+"""The inference service the HTTP layers call: images in, ten-crop top-k out (DESIGN.md §3-4).
+
+This is the narrow interface a protocol router (``/classify`` here, KServe v2 later) uses via ``app.state.service``:
+
+- ``await service.classify(images: list[bytes], crops="ten", topk=5) -> Classified``
+- ``await service.infer_crops(batch: np.ndarray) -> np.ndarray`` (normalised float32 ``[N, 3, S, S]`` -> logits)
+- ``service.card``, ``service.backend_name``, ``service.ready``, ``service.draining``
+
+Decoding and resizing run in a thread pool (Pillow releases the GIL); crops go through the ``Batcher``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+import resnet
+from resnet.preprocess import (
+    CROPS,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+    resized_size,
+)
+
+from .backends import DEFAULT_MAX_BATCH, Backend, cpu_threads
+from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
+from .settings import Settings
+
+log = logging.getLogger("serve.service")
+
+
+class ImageError(Exception):
+    """One image of a request is bad; ``status`` is the HTTP status, ``code`` the error code (DESIGN.md §4)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Classified:
+    """A request's answer: per image the top-k, plus per-stage times in seconds."""
+
+    results: list[list[dict[str, Any]]]
+    decode_s: float
+    queue_s: float
+    inference_s: float
+    batch_sizes: list[int]
+
+
+class ClassifyService:
+    """Owns the backend, the batcher and the decode pool."""
+
+    def __init__(self, backend: Backend, settings: Settings,
+                 on_batch: Callable[[int, int, float], None] | None = None) -> None:  # fmt: skip
+        self.backend = backend
+        self.settings = settings
+        self.card = backend.card
+        self.labels: list[str] = list(self.card["labels"])
+        self.backend_name = backend.name
+        limit = backend.max_batch
+        max_batch = settings.max_batch or limit or DEFAULT_MAX_BATCH
+        if limit is not None and max_batch > limit:
+            raise resnet.UsageError(f"--max-batch {max_batch} exceeds the engine's max profile {limit}")
+        self.max_batch = max_batch
+        self.shapes = batch_shapes(max_batch, settings.parsed_batch_sizes(), backend.min_batch)
+        self._on_batch = on_batch
+        self.batcher: Batcher | None = None
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(
+            settings.decode_threads or cpu_threads(), thread_name_prefix="decode"
+        )
+        self.ready = False
+        self.draining = False
+        self.warmup_s: float | None = None
+
+    async def start(self) -> None:
+        """Create the batcher on the running loop, then warm up every batch shape off the loop; then ready."""
+        self.batcher = Batcher(
+            self.backend.run, self.max_batch, self.settings.max_wait_ms / 1000.0, self.settings.max_queue_crops,
+            self.shapes, self._on_batch,
+        )  # fmt: skip
+        self.batcher.start()
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
+        self.warmup_s = time.perf_counter() - started
+        self.ready = True
+        log.info("warmed up batch shapes %s in %.1f s; ready", self.shapes, self.warmup_s)
+
+    def _warm_up(self) -> None:
+        assert self.batcher is not None
+        size = int(self.card["input_size"])
+        rng = np.random.default_rng(0)
+        for n in self.shapes:
+            batch = rng.standard_normal((n, 3, size, size), dtype=np.float32)
+            out = self.batcher.run_sync(batch)
+            if out.shape != (n, len(self.labels)):
+                raise resnet.CardError(
+                    f"backend returned logits {out.shape} for a batch of {n}; the card has {len(self.labels)} labels"
+                )
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pending_crops(self) -> int:
+        return self.batcher.pending_crops if self.batcher else 0
+
+    def preprocess(self, data: bytes, crops: str) -> np.ndarray:
+        """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415)."""
+        s = self.settings
+        if not data:
+            raise ImageError(400, "empty_image", "the image is empty (0 bytes)")
+        try:
+            img = decode_image(data, int(self.card["resize_size"]), draft=s.draft, max_pixels=s.max_pixels)
+            w, h = img.size
+            if max(w, h) / min(w, h) > s.max_aspect:
+                raise ImageError(
+                    413, "image_too_large",
+                    f"image is {w}x{h}: aspect ratio over {s.max_aspect:g} would resize to "
+                    f"{'x'.join(map(str, resized_size(w, h, int(self.card['resize_size']))))} pixels",
+                )  # fmt: skip
+            return resnet.preprocess(img, self.card, crops=crops, draft=False, max_pixels=None)
+        except ImageTooLargeError as e:
+            raise ImageError(413, "image_too_large", str(e)) from None
+        except UnsupportedImageError as e:
+            raise ImageError(415, "unsupported_media_type", str(e)) from None
+        except ImageDecodeError as e:
+            raise ImageError(400, "bad_image", str(e)) from None
+
+    async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[np.ndarray], float]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        jobs = [loop.run_in_executor(self.decode_pool, self.preprocess, data, crops) for data in images]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for i, r in enumerate(results):
+            if isinstance(r, ImageError):
+                if len(images) > 1:
+                    r.message = f"image {i + 1} of {len(images)}: {r.message}"
+                raise r
+            if isinstance(r, BaseException):
+                raise r
+        return list(results), time.perf_counter() - started  # type: ignore[arg-type]
+
+    async def infer_crops(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float32 ``[N, 3, S, S]`` crops -> float32 logits ``[N, C]``, through the shared queue."""
+        assert self.batcher is not None
+        return (await self.batcher.submit(np.ascontiguousarray(batch, np.float32))).logits
+
+    async def classify(self, images: list[bytes], crops: str = "ten", topk: int = 5) -> Classified:
+        """Decode, batch, and score images: per image the ten-crop (or centre) top-k ``{index, label, probability}``."""
+        assert self.batcher is not None
+        if crops not in CROPS:
+            raise ValueError(f"crops must be one of {', '.join(CROPS)}")
+        arrays, decode_s = await self.decode_all(images, crops)
+        total = sum(len(a) for a in arrays)
+        if self.batcher.pending_crops + total > self.batcher.max_queue_crops:
+            raise QueueFull(f"{self.batcher.pending_crops} crops queued (bound {self.batcher.max_queue_crops})")
+        tasks = [asyncio.ensure_future(self.batcher.submit(a)) for a in arrays]
+        try:
+            stats: list[BatchStats] = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        results = []
+        for st in stats:
+            probs = resnet.crop_probabilities(st.logits, CROPS[crops])[0]
+            results.append(resnet.topk(probs, topk, self.labels))
+        return Classified(
+            results=results,
+            decode_s=decode_s,
+            queue_s=max(st.queue_s for st in stats),
+            inference_s=max(st.inference_s for st in stats),
+            batch_sizes=sorted({b for st in stats for b in st.batch_sizes}),
+        )

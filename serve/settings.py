@@ -1,0 +1,165 @@
+"""Server settings: one dataclass filled from the command line, then ``RESNET_SERVE_*`` environment variables.
+
+Each field's help text is the single source for ``--help`` and the README's table; a command-line flag wins over
+its environment variable, which wins over the default (12-factor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from resnet import UsageError
+
+ENV_PREFIX = "RESNET_SERVE_"
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Settings:
+    """Everything the server can be told. Field name ``x_y`` is flag ``--x-y`` and env ``RESNET_SERVE_X_Y``."""
+
+    model: str = _opt("", "model artifact: a .plan engine (+ .plan.json), an .onnx/.fp16.onnx export or a .pt checkpoint")
+    backend: str = _opt(
+        "auto", "auto | tensorrt | onnxruntime | torch; auto picks the fastest that works for the artifact here",
+        choices=("auto", "tensorrt", "onnxruntime", "torch"),
+    )
+    host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
+    port: int = _opt(8000, "TCP port to listen on")
+    max_batch: int = _opt(0, "most crops per backend batch; 0 = the engine's max profile, else 64")
+    max_wait_ms: float = _opt(2.0, "longest a crop waits for its batch to fill, in milliseconds")
+    batch_sizes: str = _opt(
+        "", "comma-separated batch shapes the backend runs (batches are padded up to one, each warmed up before "
+        "ready); empty = 1,2,4,8,10,16,20,30,32,40,50,60,64 clipped to max-batch",
+    )
+    max_queue_crops: int = _opt(1024, "bound on crops waiting for a batch; beyond it /classify answers 503 + Retry-After")
+    request_timeout_s: float = _opt(30.0, "per-request deadline (decode + queue + inference); past it 504")
+    max_body_bytes: int = _opt(16 * 1024 * 1024, "largest request body, enforced while reading (413)")
+    max_pixels: int = _opt(40_000_000, "largest image in pixels (width x height) before decoding (413)")
+    max_aspect: float = _opt(50.0, "most elongated image accepted (long side / short side), bounds the resized size")
+    max_images: int = _opt(64, "most images in one request (413)")
+    draft: bool = _opt(
+        True, "JPEG draft mode: DCT-reduce JPEGs >= 4x the resize size while decoding (faster; --no-draft = exact "
+        "torchvision result for every image)",
+    )
+    decode_threads: int = _opt(0, "threads decoding and resizing images off the event loop; 0 = CPU count")
+    threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
+    torch_precision: str = _opt(
+        "fp32", "torch backend math: fp32 (default; meets the 1e-4 parity), bf16 or fp16 autocast (faster, looser)",
+        choices=("fp32", "bf16", "fp16"),
+    )
+    api_key: str = _opt("", "if set, /classify needs 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+    cors_origins: str = _opt("", "comma-separated origins allowed by CORS; empty = CORS off")
+    web_dir: str = _opt(str(DEFAULT_WEB_DIR), "folder served at / (the upload page); empty or missing = none")
+    drain_grace_s: float = _opt(0.0, "after SIGTERM, keep answering /readyz 503 at least this long before exiting")
+    drain_timeout_s: float = _opt(30.0, "after SIGTERM, longest wait for in-flight requests before exiting")
+    log_level: str = _opt("info", "log level: debug | info | warning | error")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` for values that make no sense."""
+        positive = ("max_wait_ms", "request_timeout_s", "max_body_bytes", "max_pixels", "max_aspect", "max_images")
+        for name in positive:
+            if getattr(self, name) <= 0 and not (name == "max_wait_ms" and self.max_wait_ms == 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
+        for name in ("max_batch", "max_queue_crops", "decode_threads", "threads", "port"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+        if self.max_queue_crops == 0:
+            raise UsageError("--max-queue-crops must be > 0")
+        self.parsed_batch_sizes()
+
+    def parsed_batch_sizes(self) -> list[int]:
+        """The explicit ``batch_sizes`` as sorted ints (empty list = the default set)."""
+        if not self.batch_sizes.strip():
+            return []
+        try:
+            sizes = sorted({int(s) for s in self.batch_sizes.split(",") if s.strip()})
+        except ValueError:
+            raise UsageError(f"--batch-sizes must be comma-separated integers, not {self.batch_sizes!r}") from None
+        if not sizes or sizes[0] < 1:
+            raise UsageError(f"--batch-sizes must be positive integers, not {self.batch_sizes!r}")
+        return sizes
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_value(f: dataclasses.Field, raw: str) -> Any:
+    kind = type(f.default)
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise UsageError(f"{ENV_PREFIX}{f.name.upper()} must be true or false, not {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise UsageError(f"{ENV_PREFIX}{f.name.upper()} must be a {kind.__name__}, not {raw!r}") from None
+
+
+def build_parser(prog: str = "python -m serve") -> argparse.ArgumentParser:
+    """The argparse parser: one option per ``Settings`` field, each naming its environment variable."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve 10-crop ResNet classification over HTTP (POST /classify, /healthz, /readyz, /metrics, "
+        "/docs). Every option can also be set by the environment variable named in its help.",
+    )
+    for f in dataclasses.fields(Settings):
+        env = ENV_PREFIX + f.name.upper()
+        help_text = f"{f.metadata['help']} [env {env}; default: {f.default!r}]"
+        if isinstance(f.default, bool):
+            p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_text)  # fmt: skip
+        else:
+            p.add_argument(_flag(f.name), dest=f.name, type=type(f.default), default=None,
+                           choices=f.metadata.get("choices"), help=help_text,
+                           metavar=f.name.upper() if f.metadata.get("choices") is None else None)  # fmt: skip
+    return p
+
+
+def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``argv`` (flags) over ``environ`` (``RESNET_SERVE_*``) over the defaults."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        env = ENV_PREFIX + f.name.upper()
+        if getattr(args, f.name) is not None:
+            values[f.name] = getattr(args, f.name)
+        elif env in environ:
+            values[f.name] = _env_value(f, environ[env])
+            choices = f.metadata.get("choices")
+            if choices and values[f.name] not in choices:
+                raise UsageError(f"{env} must be one of {', '.join(choices)}, not {values[f.name]!r}")
+    settings = Settings(**values)
+    if not settings.model:
+        raise UsageError("no model given: pass --model PATH or set RESNET_SERVE_MODEL")
+    return settings
+
+
+def settings_table() -> str:
+    """A Markdown table of every setting (flag, environment variable, default, meaning) for the README."""
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.name != "web_dir" else "`clients/web` of this checkout"
+        default = f"`{default}`" if f.name != "web_dir" else default
+        rows.append(f"| `{_flag(f.name)}` | `{ENV_PREFIX}{f.name.upper()}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)
