@@ -1,0 +1,109 @@
+"""``python -m train.evaluate CHECKPOINT --data DIR [--crops ten|center]``: top-1/top-5 error of a checkpoint.
+
+Uses the shared preprocessing of ``resnet`` (DESIGN.md §3), the same the server runs: resize, ten or centre crops,
+card mean/std, scores = mean of the per-crop softmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import resnet
+from resnet import UsageError
+
+from . import distributed as D
+from .cli import _Parser
+from .data import DataError, check_image_folder, find_cifar_folder
+from .evaluation import CropDataset, evaluate_crops, map_folder_classes, protocol_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m train.evaluate", description=__doc__.splitlines()[0].strip("`"),
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("checkpoint", help="model checkpoint with a card (model.pt / best.pt), or a torchvision state dict")
+    p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="ImageFolder root (DIR/<class>/*, or DIR/val/<class>/*) or a cifar-10-batches-py folder")
+    p.add_argument("--dataset", choices=("auto", "folder", "cifar", "digits"), default="auto",
+                   help="auto: digits without --data, else CIFAR batches when present, else an ImageFolder")
+    p.add_argument("--crops", choices=("ten", "center"), default="ten", help="crops per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (x crops)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return p
+
+
+def evaluation_source(args: argparse.Namespace, card: dict) -> tuple[object, str]:
+    """(images, description) for ``CropDataset``: in-memory arrays or (path, card index) pairs."""
+    kind = args.dataset
+    if kind == "auto":
+        if args.data is None:
+            kind = "digits"
+        else:
+            root = Path(args.data)
+            has_cifar = (root / "data_batch_1").is_file() or (root / "cifar-10-batches-py").is_dir()
+            kind = "cifar" if has_cifar else "folder"
+    if kind == "digits":
+        from resnet.samples import digits_images
+
+        return digits_images("test"), "digits test split"
+    if args.data is None:
+        raise UsageError(f"--dataset {kind} needs --data DIR")
+    if kind == "cifar":
+        from .cifar_pickle import load_batch
+
+        test = load_batch(find_cifar_folder(args.data) / "test_batch")
+        return (test["data"].transpose(0, 2, 3, 1), test["labels"]), "CIFAR-10 test batch"
+    root = Path(args.data)
+    if (root / "val").is_dir():
+        root = root / "val"
+    classes = check_image_folder(root)
+    index = map_folder_classes(classes, card["labels"])
+    if index is None:
+        if len(classes) != card["num_classes"]:
+            raise DataError(f"{root} has {len(classes)} class folders whose names are not the card's labels, "
+                            f"and the card has {card['num_classes']} classes")  # fmt: skip
+        index = list(range(len(classes)))  # e.g. ImageNet wnid folders in sorted order = class index
+    from torchvision.datasets import ImageFolder
+
+    samples = [(p, index[y]) for p, y in ImageFolder(str(root)).samples]
+    return samples, f"{root}"
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
+    source, what = evaluation_source(args, card)
+    if args.limit:
+        source = (source[0][: args.limit], source[1][: args.limit]) if isinstance(source, tuple) else source[: args.limit]
+    info = D.init_distributed(args.device)
+    try:
+        model.to(info.device)
+        res = evaluate_crops(model, CropDataset(source, card, args.crops), info, batch_images=args.batch_size,
+                             workers=args.workers)  # fmt: skip
+    finally:
+        D.cleanup()
+    protocol = protocol_name(args.crops, res["images"], what)
+    if info.is_main:
+        if args.json:
+            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card["name"], **res, "protocol": protocol}))
+        else:
+            print(f"{card['name']}: top-1 err {res['top1_err']:.2f}%  top-5 err {res['top5_err']:.2f}%  ({protocol})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; one-line errors with the exit codes of DESIGN.md §5."""
+    torch.set_grad_enabled(False)
+    return resnet.run_cli(_main, argv, prog="train.evaluate")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Top-1/top-5 error with the shared preprocessing of ``resnet`` (DESIGN.md §3): ten or centre crops per image,
+scores = mean of the per-crop softmax. Sharded over ranks without padding, so no image is counted twice."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import resnet
+
+from .distributed import DistInfo, all_reduce_sum, shard_indices
+
+
+class CropDataset(Dataset):
+    """Images -> ``resnet.preprocess`` crops ``[k, 3, S, S]`` and a label.
+
+    ``source`` is either ``(uint8 [N, H, W, 3] images, labels)`` held in memory or a list of ``(path, label)``.
+    """
+
+    def __init__(self, source: Any, card: dict[str, Any], crops: str) -> None:
+        self.card, self.crops = card, crops
+        if isinstance(source, tuple):
+            self.images, self.labels = source[0], np.asarray(source[1], dtype=np.int64)
+            self.paths = None
+        else:
+            self.paths = [p for p, _ in source]
+            self.labels = np.asarray([y for _, y in source], dtype=np.int64)
+            self.images = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = Image.fromarray(self.images[i]) if self.images is not None else self.paths[i]
+        return torch.from_numpy(resnet.preprocess(image, self.card, crops=self.crops)), int(self.labels[i])
+
+
+def topk_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """Number of top-1 and top-5 mistakes in ``[N, C]`` probabilities."""
+    k = min(5, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    wrong1 = int((top[:, 0] != labels).sum())
+    wrong5 = int((~(top == labels[:, None]).any(axis=1)).sum())
+    return wrong1, wrong5
+
+
+@torch.no_grad()
+def evaluate_crops(
+    model: torch.nn.Module,
+    dataset: CropDataset,
+    info: DistInfo,
+    batch_images: int = 50,
+    workers: int = 0,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    channels_last: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 error (percent) of ``model`` on ``dataset``; every rank gets the same all-reduced numbers."""
+    model.eval()
+    shard = Subset(dataset, shard_indices(len(dataset), info))
+    loader = DataLoader(shard, batch_size=batch_images, num_workers=workers, pin_memory=info.device.type == "cuda")
+    wrong1 = wrong5 = n = 0
+    for crops, labels in loader:
+        b, k = crops.shape[:2]
+        x = crops.reshape(b * k, *crops.shape[2:]).to(info.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        probs = resnet.crop_probabilities(logits.float().cpu().numpy(), k)
+        w1, w5 = topk_errors(probs, labels.numpy())
+        wrong1, wrong5, n = wrong1 + w1, wrong5 + w5, n + b
+        if on_batch is not None:
+            on_batch(b)
+    wrong1, wrong5, n = all_reduce_sum([wrong1, wrong5, n], info)
+    n = int(n)
+    return {
+        "top1_err": round(100.0 * wrong1 / max(n, 1), 3),
+        "top5_err": round(100.0 * wrong5 / max(n, 1), 3),
+        "images": n,
+    }
+
+
+def protocol_name(crops: str, n_images: int, what: str) -> str:
+    """The card's ``metrics.protocol`` text, e.g. ``"10-crop, sklearn digits test split (360 images)"``."""
+    return f"{'10-crop' if crops == 'ten' else 'center crop'}, {what} ({n_images} images)"
+
+
+def map_folder_classes(folder_classes: Sequence[str], card_labels: Sequence[str]) -> list[int] | None:
+    """Card index of each ImageFolder class (by name); None when the names do not all appear in the card."""
+    index = {lab: i for i, lab in enumerate(card_labels)}
+    if all(c in index for c in folder_classes):
+        return [index[c] for c in folder_classes]
+    return None

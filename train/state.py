@@ -1,0 +1,79 @@
+"""The training state file ``last.pt`` (DESIGN.md §2): everything an exact resume needs, written atomically.
+
+It loads with ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists and dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import resnet
+from resnet import CheckpointError
+from resnet.checkpoint import read_checkpoint_file
+
+STATE_FORMAT = "resnet-train-state"
+STATE_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    scaler: Any,
+    step: int,
+    epoch: int,
+    sampler_start: int,
+    best_val_err: float,
+    card: dict[str, Any],
+    args: dict[str, Any],
+) -> Path:
+    """Write the full training state atomically (temp file, fsync, rename) via ``resnet.atomic_save``."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return resnet.atomic_save(
+        {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": step,
+            "epoch": epoch,
+            "sampler": {"epoch": epoch, "start": sampler_start},
+            "best_val_err": best_val_err,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "model_card": card,
+            "args_json": json.dumps(args, default=str),
+        },
+        path,
+    )
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read ``last.pt`` (weights_only); ``CheckpointError`` when it is not a training state file."""
+    obj = read_checkpoint_file(path)
+    if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a training state file (format {STATE_FORMAT!r})")
+    if obj.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: training state version {obj.get('version')} is not supported")
+    return obj
