@@ -25,7 +25,9 @@ def bar(probability: float, width: int = BAR_WIDTH) -> str:
 def format_table(name: str, result: Classification) -> str:
     """The readable block printed for one image."""
     label_width = max([5] + [len(p.label) for p in result.top])
-    lines = [f"{name}  [{result.model or '?'} · {result.backend or '?'} · {result.crops or '?'}-crop]"]
+    total = result.timings.get("total_ms")
+    took = f" · {total:.0f} ms" if isinstance(total, (int, float)) else ""
+    lines = [f"{name}  [{result.model or '?'} · {result.backend or '?'} · {result.crops or '?'}-crop{took}]"]
     for rank, p in enumerate(result.top, 1):
         lines.append(f"  {rank}. {p.label:<{label_width}}  {p.probability:7.2%}  {bar(p.probability)}")
     return "\n".join(lines)

@@ -154,7 +154,7 @@ def parse_result(body: dict[str, Any], index: int = 0) -> Classification:
     if not isinstance(results, list) or len(results) <= index:
         raise ClientError("the server's answer has no result for the image (is it our server?)")
     item = results[index]
-    top = item.get("top") if isinstance(item, dict) else item
+    top = (item.get("topk") or item.get("top")) if isinstance(item, dict) else item
     if not isinstance(top, list):
         raise ClientError("the server's answer has no top-k list (is it our server?)")
     preds = [Prediction(int(p["index"]), str(p["label"]), float(p["probability"])) for p in top]

@@ -86,7 +86,8 @@ def write_csv(path: str | os.PathLike[str], results: Sequence[LevelResult]) -> P
             "mode": r.mode, "level": r.level, "elapsed_s": round(r.elapsed_s, 4), "requests": r.requests, "ok": r.ok,
             "images_ok": r.images_ok, "throughput_img_s": round(r.throughput, 3),
             **{f"{k}_ms": (None if v is None else round(v, 3)) for k, v in r.latency_ms.items()},
-            "server_batch_size": r.server_batch_size, "server_queue_ms": r.server_queue_ms,
+            "server_batch_size": None if r.server_batch_size is None else round(r.server_batch_size, 3),
+            "server_queue_ms": None if r.server_queue_ms is None else round(r.server_queue_ms, 3),
             "errors": ";".join(f"{k}:{v}" for k, v in r.errors.items()),
         })  # fmt: skip
     return atomic_write(path, buf.getvalue().encode())

@@ -10,45 +10,48 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# The server's histogram names (serve/ metrics module); the first one present is used.
-BATCH_SIZE_METRICS = ("resnet_batch_size",)
-QUEUE_SECONDS_METRICS = ("resnet_queue_seconds",)
+# The server's histograms (serve/metrics.py): crops per backend batch, and per-stage latency with stage="queue".
+BATCH_SIZE_METRIC = ("resnet_serve_batch_size", {})
+QUEUE_SECONDS_METRIC = ("resnet_serve_stage_seconds", {"stage": "queue"})
 
 
 @dataclass(frozen=True)
 class HistogramTotals:
-    """Sum and count of one histogram (summed over its label sets)."""
+    """Sum and count of one histogram (summed over the label sets that match)."""
 
     sum: float
     count: float
 
 
-def histogram_totals(text: str) -> dict[str, HistogramTotals]:
-    """Every histogram or summary family in the exposition text, by family name, with its ``_sum`` and ``_count``."""
-    totals: dict[str, HistogramTotals] = {}
+def histogram_totals(text: str, name: str, labels: dict[str, str] | None = None) -> HistogramTotals | None:
+    """``_sum`` and ``_count`` of histogram (or summary) family ``name`` in exposition ``text``, over the samples
+    whose labels include ``labels``; None when the family is absent."""
+    labels = labels or {}
     for family in text_string_to_metric_families(text):
-        if family.type not in ("histogram", "summary", "gaugehistogram"):
+        if family.name != name:
             continue
-        s = sum(x.value for x in family.samples if x.name in (family.name + "_sum", family.name + "_gsum"))
-        c = sum(x.value for x in family.samples if x.name in (family.name + "_count", family.name + "_gcount"))
-        totals[family.name] = HistogramTotals(s, c)
-    return totals
-
-
-def _delta_mean(before: dict[str, HistogramTotals], after: dict[str, HistogramTotals], names: tuple[str, ...]) -> float | None:
-    for name in names:
-        if name in after:
-            b = before.get(name, HistogramTotals(0.0, 0.0))
-            count = after[name].count - b.count
-            return (after[name].sum - b.sum) / count if count > 0 else None
+        total = {"_sum": 0.0, "_count": 0.0}
+        for sample in family.samples:
+            suffix = sample.name[len(name):]
+            if suffix in total and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total[suffix] += sample.value
+        return HistogramTotals(total["_sum"], total["_count"])
     return None
 
 
+def _delta_mean(before: str, after: str, metric: tuple[str, dict[str, str]]) -> float | None:
+    a = histogram_totals(after, *metric)
+    if a is None:
+        return None
+    b = histogram_totals(before, *metric) or HistogramTotals(0.0, 0.0)
+    count = a.count - b.count
+    return (a.sum - b.sum) / count if count > 0 else None
+
+
 def server_averages(before: str | None, after: str | None) -> tuple[float | None, float | None]:
-    """(average batch size, average queue time in ms) between two scrapes; None where unknown."""
+    """(average crops per batch, average queue time in ms) between two scrapes; None where unknown."""
     if before is None or after is None:
         return None, None
-    b, a = histogram_totals(before), histogram_totals(after)
-    batch = _delta_mean(b, a, BATCH_SIZE_METRICS)
-    queue = _delta_mean(b, a, QUEUE_SECONDS_METRICS)
+    batch = _delta_mean(before, after, BATCH_SIZE_METRIC)
+    queue = _delta_mean(before, after, QUEUE_SECONDS_METRIC)
     return batch, (queue * 1000.0 if queue is not None else None)
