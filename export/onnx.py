@@ -1,0 +1,186 @@
+"""``python -m export.onnx CHECKPOINT``: FP32 ONNX with a dynamic batch, the model card inside, admitted by the gate.
+
+Exporters: ``dynamo`` (``torch.onnx.export(..., dynamo=True)`` via torch.export + onnxscript; works for every
+network of the paper: ImageNet 18-152, plain, shortcuts A/B/C, v1/v1.5, CIFAR) and ``torchscript`` (the legacy
+tracer, opset 17), kept as the documented fallback. ``auto`` (default) tries dynamo and falls back to TorchScript
+with one line saying why. Both trace with a batch of 2 so the batch dimension is never frozen, and both results are
+checked: input ``input`` float32 ``[N, 3, S, S]``, output ``logits`` float32 ``[N, C]`` with N symbolic, the card in
+``metadata_props``, ``onnx.checker`` clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+import resnet
+from resnet import UsageError, UserError
+from resnet.onnx_card import set_onnx_card
+
+from . import artifacts, parity
+from .log import log
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+TORCHSCRIPT_OPSET = 17
+TRACE_BATCH = 2  # >= 2, so neither exporter specialises the batch dimension to a constant
+
+
+class ExportError(UserError):
+    """The exporter failed or produced a graph that breaks the ONNX contract of DESIGN.md §2."""
+
+
+def _quiet() -> contextlib.ExitStack:
+    """Silence the exporters' progress prints and deprecation warnings (our own log lines say what happens)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    return stack
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},), optimize=True, verbose=False,
+        )  # fmt: skip
+    return program.model_proto
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor) -> Any:
+    import onnx
+
+    buf = io.BytesIO()
+    with _quiet():
+        torch.onnx.export(
+            model, (example,), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=TORCHSCRIPT_OPSET,
+            do_constant_folding=True, verbose=False,
+        )  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_model(model: nn.Module, card: dict[str, Any], exporter: str = "auto") -> tuple[Any, str]:
+    """Export an eval-mode network to an ``onnx.ModelProto`` with the card; returns ``(proto, exporter used)``."""
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    model = model.eval()
+    size = int(card["input_size"])
+    example = torch.randn(TRACE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    used = "dynamo" if exporter in ("auto", "dynamo") else "torchscript"
+    try:
+        proto = _export_dynamo(model, example) if used == "dynamo" else _export_torchscript(model, example)
+    except Exception as e:  # exporters raise many types; the user sees one line, auto mode falls back
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if exporter != "auto":
+            raise ExportError(f"the {used} exporter failed: {type(e).__name__}: {first}") from None
+        log(f"dynamo exporter failed ({type(e).__name__}: {first}); falling back to the TorchScript exporter")
+        used = "torchscript"
+        try:
+            proto = _export_torchscript(model, example)
+        except Exception as e2:
+            first = (str(e2).strip().splitlines() or [type(e2).__name__])[0][:200]
+            raise ExportError(f"both exporters failed; torchscript: {type(e2).__name__}: {first}") from None
+    set_onnx_card(proto, card)
+    proto.producer_name = "resnet-stack export.onnx"
+    proto.producer_version = f"torch {torch.__version__} ({used})"
+    check_contract(proto, card)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+    return proto, used
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_contract(proto: Any, card: dict[str, Any]) -> None:
+    """Names, types and shapes of DESIGN.md §2: ``input`` float32 [N,3,S,S] -> ``logits`` float32 [N,C], N dynamic."""
+    import onnx
+
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
+        raise ExportError(
+            f"graph I/O is {[i.name for i in inputs]} -> {[o.name for o in graph.output]}, "
+            f"expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']"
+        )
+    for vi in (inputs[0], graph.output[0]):
+        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ExportError(f"graph {vi.name!r} is not float32")
+    size, classes = int(card["input_size"]), int(card["num_classes"])
+    din, dout = _dims(inputs[0]), _dims(graph.output[0])
+    if len(din) != 4 or din[1:] != [3, size, size] or len(dout) != 2 or dout[1] != classes:
+        raise ExportError(f"graph shapes {din} -> {dout}, expected [N, 3, {size}, {size}] -> [N, {classes}]")
+    if not isinstance(din[0], str) or not isinstance(dout[0], str):
+        raise ExportError(f"the batch dimension is frozen ({din[0]} -> {dout[0]}); it must be symbolic")
+
+
+def save_proto(proto: Any, path: Path) -> None:
+    """Serialise a ModelProto to ``path`` (a staging file); one-line error if it cannot be written."""
+    artifacts.write_bytes_to(path, proto.SerializeToString())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.onnx",
+        description="Export a checkpoint to FP32 ONNX (dynamic batch, model card inside) and gate it against "
+        "PyTorch FP32 on real images. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 parity gate failed.",
+    )
+    p.add_argument("checkpoint", type=Path, help="our checkpoint (*.pt), or a torchvision state dict with --arch")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output .onnx path (default: beside the checkpoint, model.pt -> model.onnx)")
+    p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="dynamo (torch.export + onnxscript), torchscript (legacy tracer), or auto: dynamo, "
+                   "falling back to torchscript if it fails (default)")
+    p.add_argument("--no-gate", action="store_true",
+                   help="skip the parity gate (the file is still checked by onnx.checker); not for production")
+    parity.add_gate_arguments(p)
+    parity.add_threshold_argument(p, "--thresholds", "fp32")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    thresholds = parity.thresholds_from_args(args, "fp32")
+    out = args.output or artifacts.layout_for(args.checkpoint).onnx
+    if out.suffix != ".onnx":
+        raise UsageError(f"output must end in .onnx, not {out.name}")
+    artifacts.ensure_writable(out.parent)
+    model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
+    proto, used = export_model(model, card, args.exporter)
+    staged = artifacts.staging_path(out)
+    try:
+        save_proto(proto, staged)
+        if args.no_gate:
+            artifacts.publish(staged, out)
+            log(f"wrote {out} ({used} exporter; parity gate skipped by --no-gate)")
+            return 0
+        images = parity.load_image_set(args.images, card, limit=args.limit)
+        reference = parity.Reference.from_model(model, card, images, source=str(args.checkpoint))
+        report = parity.gate_candidate(reference, staged, images, thresholds, args.max_batch, final=out)
+    finally:
+        staged.unlink(missing_ok=True)
+    log(f"wrote {out} ({used} exporter) · {parity.summary_line(report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(resnet.run_cli(main, sys.argv[1:], prog="export.onnx"))

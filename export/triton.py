@@ -1,0 +1,305 @@
+"""Write a Triton Inference Server model repository for one of our models, so it runs on Triton unchanged.
+
+    python -m export.triton MODEL --repo DIR [--name NAME] [--max-batch 64] [--instances 1] [--kind auto]
+
+MODEL is an ONNX graph of ours (``.onnx`` / ``.fp16.onnx``: platform ``onnxruntime_onnx``), a TensorRT engine
+(``.plan`` with its ``.plan.json`` sidecar: platform ``tensorrt_plan``), or a checkpoint (``.pt``/``.pth``, exported
+to ONNX first by ``export.onnx``). The result, written atomically (temp folder + rename)::
+
+    DIR/<name>/config.pbtxt          platform, max_batch_size, input "input" / output "logits", dynamic batching,
+                                     instance groups, label_filename
+    DIR/<name>/<version>/model.onnx  (or model.plan)
+    DIR/<name>/labels.txt            one class label per line, in output order
+    DIR/<name>/model_card.json       the model card (DESIGN.md §1), for people and tools; Triton ignores it
+    DIR/<name>/model.onnx.parity.json  (checkpoint input only) the FP32 parity report that admitted the graph
+
+The batch dimension Triton batches over is the crop dimension: one ten-crop image is 10 rows, so the preferred
+batch sizes are multiples of 10. Triton does no ten-crop itself: a client sends ``resnet.preprocess`` crops and
+averages the per-crop softmax (``resnet.crop_probabilities``), exactly as our server does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from resnet import CardError, UsageError, UserError, run_cli, validate_card
+from resnet.onnx_card import read_onnx_card
+
+LABELS_FILE = "labels.txt"
+CARD_FILE = "model_card.json"
+PARITY_FILE = "model.onnx.parity.json"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+DEFAULT_MAX_BATCH = 64
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+
+
+def preferred_batch_sizes(max_batch: int) -> list[int]:
+    """Whole ten-crop images, doubling: 10, 20, 40, ... and the largest multiple of 10 that fits ``max_batch``."""
+    if max_batch < 10:
+        raise UsageError(f"--max-batch {max_batch} is below 10: one ten-crop image is 10 rows")
+    sizes, size = [], 10
+    while size <= max_batch:
+        sizes.append(size)
+        size *= 2
+    if (top := max_batch // 10 * 10) not in sizes:
+        sizes.append(top)
+    return sizes
+
+
+def _safe_name(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
+    if not clean:
+        raise UsageError(f"model name {name!r} has no usable characters; pass --name")
+    return clean
+
+
+def _dims(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def render_config(
+    *, name: str, platform: str, card: dict[str, Any], max_batch: int, instances: int, kind: str,
+    queue_delay_us: int = 2000,
+) -> str:  # fmt: skip
+    """The ``config.pbtxt`` text (Triton's ModelConfig protobuf in text format)."""
+    size = int(card["input_size"])
+    preferred = preferred_batch_sizes(max_batch)
+    return f"""# Written by `python -m export.triton` for {card.get("name", name)} ({card.get("family")} {card.get("arch")}-\
+{card.get("depth")}). Rows are crops: one ten-crop image = 10 rows.
+name: "{name}"
+platform: "{platform}"
+max_batch_size: {max_batch}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+input [
+  {{
+    name: "{INPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: {_dims([3, size, size])}
+  }}
+]
+output [
+  {{
+    name: "{OUTPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: {_dims([int(card["num_classes"])])}
+    label_filename: "{LABELS_FILE}"
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: {_dims(preferred)}
+  max_queue_delay_microseconds: {queue_delay_us}
+}}
+instance_group [
+  {{
+    count: {instances}
+    kind: {kind}
+  }}
+]
+"""
+
+
+# ---- reading the source artifact -----------------------------------------------------------------------------------
+
+
+def _onnx_io(path: Path) -> tuple[Any, Any]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    return model, (inputs, list(model.graph.output))
+
+
+def _check_onnx(path: Path, card: dict[str, Any]) -> list[Path]:
+    """Check the graph's I/O against DESIGN.md §2 and the card; return external data files to copy with it."""
+    from onnx import TensorProto
+
+    model, (inputs, outputs) = _onnx_io(path)
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+        raise CardError(
+            f"{path}: inputs {[i.name for i in inputs]} / outputs {[o.name for o in outputs]}, expected "
+            f"['{INPUT_NAME}'] / ['{OUTPUT_NAME}'] (DESIGN.md §2)"
+        )
+    size, classes = int(card["input_size"]), int(card["num_classes"])
+    for value, want in ((inputs[0], [None, 3, size, size]), (outputs[0], [None, classes])):
+        t = value.type.tensor_type
+        if t.elem_type != TensorProto.FLOAT:
+            raise CardError(f"{path}: '{value.name}' is {TensorProto.DataType.Name(t.elem_type)}, expected FLOAT")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if len(dims) != len(want) or dims[1:] != want[1:]:
+            raise CardError(f"{path}: '{value.name}' has shape {dims}, the card says {want}")
+        if dims[0] is not None:
+            raise CardError(
+                f"{path}: the batch dimension of '{value.name}' is frozen at {dims[0]}; Triton batches over it "
+                "(re-export with a dynamic batch: python -m export.onnx)"
+            )
+    extra = {
+        entry.value
+        for init in model.graph.initializer
+        for entry in init.external_data
+        if entry.key == "location"
+    }  # fmt: skip
+    return [path.parent / loc for loc in sorted(extra)]
+
+
+def _plan_sidecar(path: Path) -> dict[str, Any]:
+    side = path.with_name(path.name + ".json")
+    if not side.is_file():
+        raise CardError(f"{path} has no sidecar {side.name}: the engine's card and profile are unknown")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CardError(f"{side} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise CardError(f"{side} is not a sidecar of ours (expected a JSON object)")
+    return meta
+
+
+def _plan_card_and_max(meta: dict[str, Any], side: str) -> tuple[dict[str, Any], int | None]:
+    card = meta.get("model_card") or meta.get("card")
+    if not isinstance(card, dict):
+        raise CardError(f"{side} holds no model card")
+    profile = meta.get("profile") or meta.get("optimization_profile") or {}
+    top = profile.get("max") if isinstance(profile, dict) else None
+    if isinstance(top, list):  # a full shape [N, 3, H, W]
+        top = top[0]
+    return validate_card(card), (int(top) if top is not None else None)
+
+
+def _onnx_from_checkpoint(path: Path, arch: str | None, staging: Path) -> tuple[Path, Path | None]:
+    """Export a checkpoint through the export stage's own command (``export.onnx``: contract checks and the FP32
+    parity gate; a failed gate raises its exit-3 error). Returns the graph and its parity report."""
+    from export.onnx import main as export_onnx_main
+
+    out = staging / "model.onnx"
+    export_onnx_main([str(path), "-o", str(out), *(["--arch", arch] if arch else [])])
+    report = out.with_name(out.name + ".parity.json")
+    return out, (report if report.is_file() else None)
+
+
+# ---- writing the repository ---------------------------------------------------------------------------------------
+
+
+def write_repository(
+    model: str | Path, repo: str | Path, *, name: str | None = None, max_batch: int | None = None,
+    instances: int = 1, kind: str = "auto", version: int = 1, arch: str | None = None, force: bool = False,
+) -> Path:  # fmt: skip
+    """Write ``repo/<name>/`` for ``model`` and return that folder. Raises ``UserError`` for anything a user can fix."""
+    src, repo = Path(model), Path(repo)
+    if not src.is_file():
+        raise UserError(f"no such file: {src}")
+    if instances < 1:
+        raise UsageError(f"--instances must be at least 1, not {instances}")
+    if version < 1:
+        raise UsageError(f"--version must be at least 1, not {version}")
+    if kind not in KINDS:
+        raise UsageError(f"--kind must be one of {sorted(KINDS)}, not {kind!r}")
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the repository folder {repo}: {e.strerror}") from None
+
+    with tempfile.TemporaryDirectory(prefix=".triton-", dir=repo) as tmp_name:
+        tmp = Path(tmp_name) / "model"
+        vdir = tmp / str(version)
+        vdir.mkdir(parents=True)
+        suffix = src.name.lower()
+        if suffix.endswith(".plan") or suffix.endswith(".engine"):
+            meta = _plan_sidecar(src)
+            card, profile_max = _plan_card_and_max(meta, src.name + ".json")
+            if max_batch is None:
+                max_batch = profile_max or DEFAULT_MAX_BATCH
+            if profile_max is not None and max_batch > profile_max:
+                raise UsageError(f"--max-batch {max_batch} exceeds the engine's optimisation profile max {profile_max}")
+            if kind == "cpu":
+                raise UsageError("a TensorRT engine runs only on a GPU: --kind cpu is not possible for a .plan")
+            platform, kind_name = "tensorrt_plan", "KIND_GPU"
+            shutil.copyfile(src, vdir / "model.plan")
+        else:
+            if suffix.endswith(".onnx"):
+                card = read_onnx_card(src)
+                extra = _check_onnx(src, card)
+                shutil.copyfile(src, vdir / "model.onnx")
+                for f in extra:
+                    if not f.is_file():
+                        raise UserError(f"{src} refers to external data {f.name}, which is missing")
+                    shutil.copyfile(f, vdir / f.name)
+            elif suffix.endswith(CHECKPOINT_SUFFIXES):
+                staging = Path(tmp_name) / "export"
+                staging.mkdir()
+                onnx_path, report = _onnx_from_checkpoint(src, arch, staging)
+                card = read_onnx_card(onnx_path)
+                _check_onnx(onnx_path, card)
+                onnx_path.rename(vdir / "model.onnx")
+                if report is not None:
+                    report.rename(tmp / PARITY_FILE)
+            else:
+                raise UsageError(f"{src}: expected a .onnx, .plan or checkpoint (.pt/.pth) file")
+            platform, kind_name = "onnxruntime_onnx", KINDS[kind]
+            max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
+
+        model_name = _safe_name(name or card.get("name") or src.stem)
+        labels = [str(label) for label in card["labels"]]
+        if any("\n" in label for label in labels):
+            raise CardError("a label contains a line break; Triton's label file is one label per line")
+        (tmp / "config.pbtxt").write_text(
+            render_config(
+                name=model_name, platform=platform, card=card, max_batch=max_batch, instances=instances,
+                kind=kind_name,
+            )  # fmt: skip
+        )
+        (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+
+        final = repo / model_name
+        if final.exists() and not force:
+            raise UserError(f"{final} already exists; pass --force to replace it")
+        old = Path(tmp_name) / "old"
+        if final.exists():
+            final.rename(old)  # moved into the temp folder, deleted with it
+        try:
+            tmp.rename(final)
+        except OSError:
+            if old.exists():
+                old.rename(final)
+            raise
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.triton",
+        description="Write a Triton Inference Server model repository (config.pbtxt, model, labels) for a model.",
+    )
+    parser.add_argument("model", metavar="CHECKPOINT_OR_ONNX_OR_PLAN",
+                        help="our .onnx/.fp16.onnx graph, a .plan engine with its .plan.json sidecar, or a checkpoint")
+    parser.add_argument("--repo", required=True, metavar="DIR", help="model repository folder (created if missing)")
+    parser.add_argument("--name", help="model name in Triton (default: the card's name)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help=f"max_batch_size in crops (default {DEFAULT_MAX_BATCH}, or the engine's profile max)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    parser.add_argument("--kind", choices=sorted(KINDS), default="auto",
+                        help="instance placement: auto (GPU if present), cpu or gpu (default auto; .plan: gpu)")
+    parser.add_argument("--version", type=int, default=1, help="model version folder (default 1)")
+    parser.add_argument("--arch", help="architecture of a plain torchvision state dict (checkpoint input only)")
+    parser.add_argument("--force", action="store_true", help="replace an existing model folder of the same name")
+    args = parser.parse_args(argv)
+    out = write_repository(
+        args.model, args.repo, name=args.name, max_batch=args.max_batch, instances=args.instances, kind=args.kind,
+        version=args.version, arch=args.arch, force=args.force,
+    )  # fmt: skip
+    files = sorted(p.relative_to(out.parent).as_posix() for p in out.rglob("*") if p.is_file())
+    print(f"wrote Triton model repository {out.parent}: " + ", ".join(files))
+    print(f"serve it: tritonserver --model-repository {out.parent.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, prog="export.triton"))
