@@ -60,7 +60,9 @@ def _open(source: ImageInput) -> Image.Image:
         raise UnsupportedImageError(
             f"not an accepted image format (accepted: {', '.join(ACCEPTED_FORMATS)})"
         ) from None
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # The warning arrives as an exception when another thread is inside decode_image's warnings filter
+        # (warnings.catch_warnings is process-wide), e.g. in the server's decode pool.
         raise ImageTooLargeError(str(e)) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"cannot read image: {e}") from None

@@ -348,6 +348,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             batch_sizes=out.batch_sizes,
         )
 
+    @app.api_route("/classify", methods=["GET", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    async def classify_wrong_method(request: Request) -> JSONResponse:
+        return error_response(405, "method_not_allowed", f"{request.method} /classify: use POST", {"Allow": "POST"})
+
     @app.get("/healthz", response_model=Health, summary="Process alive")
     async def healthz() -> Health:
         return Health(status="ok")

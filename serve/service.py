@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
 import resnet
 from resnet.preprocess import (
@@ -77,6 +78,8 @@ class ClassifyService:
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(
             settings.decode_threads or cpu_threads(), thread_name_prefix="decode"
         )
+        # Pillow's own decompression-bomb guard at our cap too (decode_image turns its warning into an error).
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
         self.ready = False
         self.draining = False
         self.warmup_s: float | None = None
@@ -136,6 +139,13 @@ class ClassifyService:
             raise ImageError(415, "unsupported_media_type", str(e)) from None
         except ImageDecodeError as e:
             raise ImageError(400, "bad_image", str(e)) from None
+        except Image.DecompressionBombWarning as e:
+            raise ImageError(413, "image_too_large", str(e)) from None
+        except ImageError:
+            raise
+        except Exception as e:  # a decoder tripping over hostile bytes in a way Pillow does not classify
+            log.warning("undecodable upload (%s)", type(e).__name__, exc_info=True)
+            raise ImageError(400, "bad_image", f"cannot decode image ({type(e).__name__})") from None
 
     async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[np.ndarray], float]:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,130 @@
+"""Helpers for the serving tests: a real ``python -m serve`` process on 127.0.0.1, ONNX export, the offline reference."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision import transforms as T
+
+import resnet
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export_onnx(checkpoint: Path, out: Path) -> Path:
+    """Plain ``torch.onnx.export`` (dynamic batch) + the card in metadata: what the export stage produces."""
+    import onnx
+
+    from resnet.onnx_card import set_onnx_card
+
+    model, card = resnet.load_checkpoint(checkpoint)
+    size = int(card["input_size"])
+    torch.onnx.export(
+        model, torch.zeros(1, 3, size, size), str(out), input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+    )  # fmt: skip
+    proto = onnx.load(str(out))
+    set_onnx_card(proto, card)
+    onnx.save(proto, str(out))
+    return out
+
+
+class Server:
+    """``python -m serve ...`` as a subprocess; ``start()`` waits for /readyz; ``stop()`` sends SIGTERM."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = ["--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> "Server":
+        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "serve", *self.args], cwd=REPO, env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready within {timeout} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path and self.log_path.exists() else ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample in /metrics, e.g. ``metric("resnet_serve_batch_size_count")``."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        key = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(key + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+def reference_probs(image: bytes | Path, model: torch.nn.Module, card: dict[str, Any], crops: str = "ten") -> np.ndarray:
+    """The offline pipeline users trust: Pillow + torchvision Resize/TenCrop/ToTensor/Normalize + the model."""
+    img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
+    img = (ImageOps.exif_transpose(img) or img).convert("RGB")
+    norm = T.Compose([T.ToTensor(), T.Normalize(card["mean"], card["std"])])
+    resized = T.Resize(card["resize_size"])(img)
+    if crops == "ten":
+        x = torch.stack([norm(c) for c in T.TenCrop(card["input_size"])(resized)])
+    else:
+        x = norm(T.CenterCrop(card["input_size"])(resized))[None]
+    with torch.no_grad():
+        return torch.softmax(model(x).double(), dim=1).mean(0).numpy()
+
+
+def probs_from_answer(result: dict[str, Any], num_classes: int) -> np.ndarray:
+    """A /classify result with topk = num_classes -> the full probability vector by class index."""
+    p = np.zeros(num_classes)
+    for entry in result["topk"]:
+        p[entry["index"]] = entry["probability"]
+    return p
+
+
+def encode(img: Image.Image, fmt: str, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()

@@ -1,0 +1,388 @@
+"""The real server (``python -m serve`` under uvicorn on 127.0.0.1) on the trained digits model: correctness against
+the offline torchvision pipeline, odd-but-valid images, hostile inputs, concurrency with cross-request batching."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+import resnet
+from resnet.samples import digits_images
+
+from tests.serve_support import Server, encode, export_onnx, probs_from_answer, reference_probs
+
+pytestmark = pytest.mark.timeout(180)
+NUM_CLASSES = 10
+DRAFT_JPEG_TOL = 0.05  # JPEG draft mode (DCT-reduced decode of large JPEGs) vs the exact decode, on 32-px crops
+
+
+@pytest.fixture(scope="module")
+def model_and_card(digits_checkpoint: Path):
+    return resnet.load_checkpoint(digits_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def onnx_server(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The digits model exported to ONNX, served with the default settings (ONNX Runtime, JPEG draft mode on)."""
+    folder = tmp_path_factory.mktemp("serve_onnx")
+    onnx_path = export_onnx(digits_checkpoint, folder / "digits.onnx")
+    server = Server(["--model", str(onnx_path)], log_path=folder / "server.log").start()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def torch_server(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The checkpoint itself on the torch backend, exact decoding (--no-draft)."""
+    folder = tmp_path_factory.mktemp("serve_torch")
+    server = Server(["--model", str(digits_checkpoint), "--backend", "torch", "--no-draft"],
+                    log_path=folder / "server.log").start()  # fmt: skip
+    yield server
+    server.stop()
+
+
+def classify(server: Server, files: list[tuple[str, bytes]], **params) -> httpx.Response:
+    params = {"topk": NUM_CLASSES, **params}
+    return httpx.post(server.url + "/classify", params=params, files=[("file", f) for f in files], timeout=60)
+
+
+# ---- correctness against the offline pipeline ---------------------------------------------------------------------
+
+
+def test_onnx_server_matches_offline_torchvision_pipeline_on_photos(onnx_server, model_and_card, photo_paths):
+    model, card = model_and_card
+    r = classify(onnx_server, [(p.name, p.read_bytes()) for p in photo_paths])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["backend"] == "onnxruntime:CPUExecutionProvider" and body["model"] == card["name"]
+    assert len(body["results"]) == len(photo_paths)
+    for path, result in zip(photo_paths, body["results"]):
+        assert result["filename"] == path.name
+        got = probs_from_answer(result, NUM_CLASSES)
+        want = reference_probs(path, model, card)
+        # Large JPEGs are DCT-reduced while decoding (draft mode, on by default); the exact check is --no-draft below.
+        drafted = path.suffix == ".jpg" and min(Image.open(path).size) >= 4 * card["resize_size"]
+        tol = DRAFT_JPEG_TOL if drafted else 1e-4
+        assert np.abs(got - want).max() <= tol, (path.name, np.abs(got - want).max())
+        assert abs(got.sum() - 1) < 1e-6
+
+
+def test_draft_mode_answer_equals_shared_preprocessing_offline(onnx_server, model_and_card, photo_paths):
+    """With draft mode on, the server still equals resnet.preprocess + the same model to 1e-4."""
+    model, card = model_and_card
+    jpegs = [p for p in photo_paths if p.suffix == ".jpg"]
+    r = classify(onnx_server, [(p.name, p.read_bytes()) for p in jpegs])
+    assert r.status_code == 200, r.text
+    for path, result in zip(jpegs, r.json()["results"]):
+        x = torch.from_numpy(resnet.preprocess(path.read_bytes(), card, "ten"))
+        with torch.no_grad():
+            want = resnet.crop_probabilities(model(x).numpy(), 10)[0]
+        assert np.abs(probs_from_answer(result, NUM_CLASSES) - want).max() <= 1e-4, path.name
+
+
+def test_checkpoint_server_exact_decode_matches_offline_pipeline_on_all_photos(torch_server, model_and_card,
+                                                                                photo_paths):  # fmt: skip
+    model, card = model_and_card
+    r = classify(torch_server, [(p.name, p.read_bytes()) for p in photo_paths])
+    assert r.status_code == 200, r.text
+    assert r.json()["backend"].startswith("torch:cpu")
+    for path, result in zip(photo_paths, r.json()["results"]):
+        got = probs_from_answer(result, NUM_CLASSES)
+        assert np.abs(got - reference_probs(path, model, card)).max() <= 1e-4, path.name
+
+
+def test_center_crop_and_topk_follow_the_query(onnx_server, model_and_card, photo_paths):
+    model, card = model_and_card
+    path = photo_paths[0]
+    r = classify(onnx_server, [(path.name, path.read_bytes())], crops="center", topk=3)
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]["topk"]
+    want = reference_probs(path, model, card, crops="center")
+    assert [t["index"] for t in top] == list(np.argsort(-want, kind="stable")[:3])
+    assert [t["label"] for t in top] == [card["labels"][t["index"]] for t in top]
+    assert all(abs(t["probability"] - want[t["index"]]) <= 1e-4 for t in top)
+    assert r.json()["crops"] == "center"
+
+
+def test_held_out_digits_are_classified_over_http_as_offline(onnx_server, model_and_card, digits_test_images):
+    images, labels = digits_test_images
+    files = [(f"{i}.png", encode(Image.fromarray(im), "PNG")) for i, im in enumerate(images[:60])]
+    r = classify(onnx_server, files, topk=1, crops="center")  # digits are not flip-invariant: no ten-crop
+    assert r.status_code == 200, r.text
+    predicted = np.array([int(res["topk"][0]["label"]) for res in r.json()["results"]])
+    model, card = model_and_card
+    norm = T.Compose([T.ToTensor(), T.Normalize(card["mean"], card["std"])])  # 32x32 digits: centre crop = all
+    with torch.no_grad():
+        offline = model(torch.stack([norm(Image.fromarray(im)) for im in images[:60]])).argmax(1).numpy()
+    assert (predicted == offline).all()  # the same answers as the model offline, image for image
+    assert float(np.mean(predicted == labels[:60])) > 0.25  # well above chance (0.1) for the small fixture model
+
+
+def test_raw_image_body_is_accepted_and_timings_reported(onnx_server, photo_paths):
+    path = next(p for p in photo_paths if p.suffix == ".png")
+    r = httpx.post(onnx_server.url + "/classify", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["filename"] is None and len(body["results"][0]["topk"]) == 5
+    t = body["timings"]
+    assert t["total_ms"] >= t["decode_ms"] > 0 and t["inference_ms"] > 0 and t["queue_ms"] >= 0
+
+
+# ---- odd but valid images: classified as the offline pipeline would --------------------------------------------
+
+
+def _digit_photo(size: int = 100) -> Image.Image:
+    """A real held-out digit, upscaled and on a tinted background so colour conversions matter."""
+    img = Image.fromarray(digits_images("test")[0][3]).resize((size, int(size * 1.3)), Image.Resampling.BILINEAR)
+    arr = np.asarray(img).astype(np.int16) + np.array([10, -20, 30])
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _odd_images() -> dict[str, tuple[bytes, Image.Image | None]]:
+    """name -> (encoded bytes, the RGB image the offline reference should see; None = decode the bytes)."""
+    base = _digit_photo()
+    arr = np.asarray(base)
+    rotated_src = base.transpose(Image.Transpose.ROTATE_90)  # stored sideways, EXIF says rotate back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    grey16 = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    frames = [base, Image.fromarray(255 - arr)]
+    gif = __import__("io").BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return {
+        "cmyk_jpeg": (encode(base.convert("CMYK"), "JPEG", quality=95), None),
+        "palette_png_with_transparency": (encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG",
+                                                 transparency=0), None),  # fmt: skip
+        "grey16_png": (encode(grey16, "PNG"), base.convert("L")),
+        "grey_png": (encode(base.convert("L"), "PNG"), None),
+        "grey_alpha_png": (encode(base.convert("LA"), "PNG"), None),
+        "rgba_png": (encode(rgba, "PNG"), None),
+        "exif_rotated_jpeg": (encode(rotated_src, "JPEG", quality=95, exif=exif.tobytes()), None),
+        "animated_gif_first_frame": (gif.getvalue(), None),
+        "bmp": (encode(base, "BMP"), base),
+        "webp_lossless": (encode(base, "WEBP", lossless=True), base),
+        "tiff": (encode(base, "TIFF"), base),
+        "tiny_1x1_png": (encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), None),
+    }
+
+
+ODD = _odd_images()
+
+
+@pytest.mark.parametrize("name", sorted(ODD))
+def test_odd_but_valid_image_is_classified_like_offline_pipeline(onnx_server, model_and_card, name):
+    model, card = model_and_card
+    data, reference_image = ODD[name]
+    r = classify(onnx_server, [(name, data)])
+    assert r.status_code == 200, r.text
+    if reference_image is not None:
+        want = reference_probs(encode(reference_image, "PNG"), model, card)
+    else:
+        want = reference_probs(data, model, card)
+    got = probs_from_answer(r.json()["results"][0], NUM_CLASSES)
+    assert np.abs(got - want).max() <= 1e-4, name
+
+
+def test_exif_rotation_changes_the_answer_like_the_offline_pipeline(onnx_server, model_and_card):
+    """The EXIF-rotated JPEG is classified upright: same answer as its upright twin, not as the sideways pixels."""
+    data, _ = ODD["exif_rotated_jpeg"]
+    with Image.open(__import__("io").BytesIO(data)) as im:
+        assert im.getexif()[0x0112] == 6 and im.width > im.height  # stored sideways
+    r = classify(onnx_server, [("rot.jpg", data)])
+    model, card = model_and_card
+    upright = Image.open(__import__("io").BytesIO(data)).transpose(Image.Transpose.ROTATE_270)
+    want = reference_probs(encode(upright, "PNG"), model, card)
+    assert np.abs(probs_from_answer(r.json()["results"][0], NUM_CLASSES) - want).max() <= 5e-3
+
+
+def test_declared_type_is_ignored_format_sniffed_from_bytes(onnx_server, photo_paths):
+    jpeg = next(p for p in photo_paths if p.suffix == ".jpg").read_bytes()
+    r = httpx.post(onnx_server.url + "/classify", content=jpeg, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+
+
+# ---- hostile and malformed input: one clear JSON error, never a 500 ------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes whose header claims width x height pixels: a decompression bomb."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + _png_chunk(b"IEND", b""))  # fmt: skip
+
+
+def _hostile() -> dict[str, tuple[dict, int, str]]:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8))
+    png, jpg, gif = encode(img, "PNG"), encode(img, "JPEG"), encode(img, "GIF")
+    tif, webp, bmp = encode(img, "TIFF"), encode(img, "WEBP"), encode(img, "BMP")
+    corrupt = bytearray(png)
+    i = png.find(b"IDAT")
+    corrupt[i + 20 : i + 200] = b"\xff" * 180
+
+    def files(*blobs: bytes) -> dict:
+        return {"files": [("file", (f"x{n}", b)) for n, b in enumerate(blobs)]}
+
+    def raw(body: bytes, ctype: str | None = "image/jpeg") -> dict:
+        return {"content": body, "headers": {"Content-Type": ctype} if ctype else {}}
+
+    return {
+        "truncated_jpeg": (files(jpg[: len(jpg) // 2]), 400, "bad_image"),
+        "truncated_png": (files(png[: len(png) // 2]), 400, "bad_image"),
+        "corrupt_png_data_stream": (files(bytes(corrupt)), 400, "bad_image"),
+        "truncated_gif": (files(gif[: len(gif) // 2]), 400, "bad_image"),
+        "truncated_tiff": (files(tif[: len(tif) // 2]), 400, "bad_image"),
+        "truncated_webp": (files(webp[: len(webp) // 2]), 400, "bad_image"),
+        "truncated_bmp": (files(bmp[:60]), 400, "bad_image"),
+        "empty_file_field": (files(b""), 400, "empty_image"),
+        "empty_raw_body": (raw(b""), 400, "empty_image"),
+        "second_image_truncated": (files(png, png[:100]), 400, "bad_image"),
+        "text_file": (files(b"hello, I am not an image\n" * 10), 415, "unsupported_media_type"),
+        "svg": (files(b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>"), 415,
+                "unsupported_media_type"),  # fmt: skip
+        "pdf": (files(encode(img, "PDF")), 415, "unsupported_media_type"),
+        "ico_not_accepted": (files(encode(img.resize((32, 32)), "ICO")), 415, "unsupported_media_type"),
+        "html_declared_as_jpeg": (raw(b"<html><body>hi</body></html>"), 415, "unsupported_media_type"),
+        "png_signature_only": (files(png[:8]), 415, "unsupported_media_type"),
+        "raw_body_text_content_type": (raw(png, "text/plain"), 415, "unsupported_media_type"),
+        "raw_body_no_content_type": (raw(png, None), 415, "unsupported_media_type"),
+        "decompression_bomb_49_megapixels": (files(_png_claiming(7000, 7000)), 413, "image_too_large"),
+        "decompression_bomb_10_gigapixels": (files(_png_claiming(100_000, 100_000)), 413, "image_too_large"),
+        "extreme_aspect_ratio": (files(encode(Image.new("RGB", (4000, 2)), "PNG")), 413, "image_too_large"),
+        "too_many_images": (files(*([png] * 65)), 413, "too_many_images"),
+        "multipart_without_file_field": ({"files": [("image", ("a.png", png))]}, 422, "no_image"),
+        "multipart_text_field_named_file": ({"data": {"file": "not a file"}, "files": [("other", ("a.png", png))]},
+                                            422, "no_image"),  # fmt: skip
+    }
+
+
+HOSTILE = _hostile()
+BAD_PARAMS = {
+    "topk_zero": {"topk": 0}, "topk_negative": {"topk": -3}, "topk_not_a_number": {"topk": "five"},
+    "topk_over_classes": {"topk": 11}, "crops_unknown": {"crops": "seven"}, "topk_float": {"topk": 2.5},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_input_gets_clear_json_error(onnx_server, name):
+    kwargs, status, code = HOSTILE[name]
+    r = httpx.post(onnx_server.url + "/classify", timeout=30, **kwargs)
+    assert r.status_code == status, (name, r.status_code, r.text)
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and "\n" not in err["message"]
+    assert "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PARAMS))
+def test_bad_parameter_returns_422(onnx_server, photo_paths, name):
+    r = httpx.post(onnx_server.url + "/classify", params=BAD_PARAMS[name],
+                   files=[("file", photo_paths[0].read_bytes())])  # fmt: skip
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_parameter"
+
+
+def test_body_over_cap_by_content_length_returns_413_without_reading_it(onnx_server):
+    big = b"\0" * (16 * 1024 * 1024 + 1)
+    r = httpx.post(onnx_server.url + "/classify", content=big, headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_chunked_body_over_cap_returns_413_while_reading(onnx_server):
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        for _ in range(40):  # up to 40 MiB if the server kept reading
+            sent += 1 << 20
+            yield b"\xff" * (1 << 20)
+
+    try:
+        r = httpx.post(onnx_server.url + "/classify", content=chunks(), headers={"Content-Type": "image/jpeg"},
+                       timeout=30)  # fmt: skip
+    except httpx.HTTPError:  # the server may close the connection before the client finishes writing
+        assert sent < 40 << 20
+        return
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_wrong_method_and_unknown_path_use_the_error_shape(onnx_server):
+    r = httpx.get(onnx_server.url + "/classify")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = httpx.post(onnx_server.url + "/no/such/route")
+    assert r.status_code in (404, 405) and "error" in r.json()
+
+
+def test_bad_input_never_produced_a_5xx(onnx_server):
+    text = httpx.get(onnx_server.url + "/metrics").text
+    fives = [ln for ln in text.splitlines() if ln.startswith("resnet_serve_requests_total")
+             and 'status="5' in ln and 'route="/readyz"' not in ln]  # readyz is 503 while warming up: by design
+    assert fives == [], fives
+
+
+# ---- concurrency and cross-request batching ----------------------------------------------------------------------
+
+
+def test_64_concurrent_requests_all_answered_and_batched_together(onnx_server, photo_paths):
+    before_batches = onnx_server.metric("resnet_serve_batch_size_count")
+    before_big = before_batches - onnx_server.metric("resnet_serve_batch_size_bucket", 'le="10.0"')
+    sequential = {}
+    for p in photo_paths[:4]:
+        sequential[p.name] = classify(onnx_server, [(p.name, p.read_bytes())]).json()["results"][0]["topk"]
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=onnx_server.url, limits=limits, timeout=60) as client:
+            jobs = []
+            for i in range(64):
+                p = photo_paths[i % 4]
+                jobs.append(client.post("/classify", params={"topk": NUM_CLASSES},
+                                        files=[("file", (p.name, p.read_bytes()))]))  # fmt: skip
+            return await asyncio.gather(*jobs)
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 64
+    for r in responses:
+        res = r.json()["results"][0]
+        want = {t["index"]: t["probability"] for t in sequential[res["filename"]]}
+        assert all(abs(t["probability"] - want[t["index"]]) <= 1e-5 for t in res["topk"])
+    after_batches = onnx_server.metric("resnet_serve_batch_size_count")
+    after_big = after_batches - onnx_server.metric("resnet_serve_batch_size_bucket", 'le="10.0"')
+    # 64 ten-crop requests took fewer than 64 batches: crops of different requests shared batches (> 10 crops).
+    assert after_batches - before_batches < 64
+    assert after_big - before_big >= 1
+    assert any(max(r.json()["batch_sizes"]) > 10 for r in responses)
+
+
+def test_metrics_report_stages_images_crops_and_queue(onnx_server, photo_paths):
+    classify(onnx_server, [(photo_paths[0].name, photo_paths[0].read_bytes())])
+    text = httpx.get(onnx_server.url + "/metrics").text
+    for stage in ("decode", "queue", "inference", "total"):
+        assert f'resnet_serve_stage_seconds_count{{stage="{stage}"}}' in text
+    assert onnx_server.metric("resnet_serve_images_total") >= 1
+    assert onnx_server.metric("resnet_serve_crops_total") >= 10
+    assert onnx_server.metric("resnet_serve_requests_total", 'route="/classify",status="200"') >= 1
+    assert "resnet_serve_queue_crops " in text
+
+
+def test_health_ready_and_openapi_docs(onnx_server):
+    assert httpx.get(onnx_server.url + "/healthz").json()["status"] == "ok"
+    ready = httpx.get(onnx_server.url + "/readyz").json()
+    assert ready["status"] == "ready" and ready["backend"].startswith("onnxruntime")
+    spec = httpx.get(onnx_server.url + "/openapi.json").json()
+    assert "/classify" in spec["paths"] and "ClassifyResponse" in spec["components"]["schemas"]
+    assert httpx.get(onnx_server.url + "/docs").status_code == 200
