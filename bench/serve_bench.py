@@ -1,0 +1,217 @@
+"""Serving benchmark (issue 5, item 7), all ratios measured side by side in one run on this machine.
+
+For each network (an ImageNet ResNet with random weights: speed does not depend on the weights), exported to ONNX:
+
+1. efficiency: ``python -m serve`` throughput at concurrency 8 over the raw in-process backend's throughput at the
+   batch size the server actually ran (target >= 0.90), and the server's p50 latency at concurrency 1 over one raw
+   10-crop inference (target <= 1.15);
+2. against the naive baseline (``bench/serve_naive.py``: FastAPI + torch per request, no batching) at
+   concurrency 8, same model and images (target >= 1.8x throughput).
+
+``python -m bench.serve_bench --arch resnet18 resnet50 [--requests 32]`` prints a Markdown table for RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+import numpy as np
+import torch
+
+import resnet
+from resnet.samples import sample_photo_paths
+
+REPO = Path(__file__).resolve().parent.parent
+COLOUR_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "ihc.png")
+
+
+def build_artifacts(arch: str, folder: Path) -> tuple[Path, Path]:
+    """A checkpoint and its ONNX export (dynamic batch, card in metadata)."""
+    import onnx
+
+    from resnet.onnx_card import set_onnx_card
+
+    torch.manual_seed(0)
+    model = resnet.create_model(arch).eval()
+    card = resnet.make_card(arch, provenance={"note": "benchmark: random weights"})
+    pt = resnet.save_checkpoint(folder / f"{arch}.pt", model, card)
+    onnx_path = folder / f"{arch}.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(onnx_path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+                      dynamo=False)  # fmt: skip
+    proto = onnx.load(str(onnx_path))
+    set_onnx_card(proto, card)
+    onnx.save(proto, str(onnx_path))
+    return pt, onnx_path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, log: Path, timeout: float = 300) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd} not ready in {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def load(url: str, images: list[bytes], requests: int, concurrency: int) -> tuple[float, list[float]]:
+    """``requests`` ten-crop requests from ``concurrency`` workers -> (wall seconds, per-request latencies)."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            r = await client.post(url + "/classify", files=[("file", ("img", images[i % len(images)]))])
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - t0)
+
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+        await client.post(url + "/classify", files=[("file", ("img", images[0]))])  # connection + first-call warm
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return time.perf_counter() - t0, latencies
+
+
+def mean_padded_batch(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    vals = {}
+    for line in text.splitlines():
+        for key in ("resnet_serve_padded_batch_size_sum", "resnet_serve_padded_batch_size_count"):
+            if line.startswith(key + " "):
+                vals[key] = float(line.split()[-1])
+    return vals["resnet_serve_padded_batch_size_sum"] / max(1.0, vals["resnet_serve_padded_batch_size_count"])
+
+
+def raw_seconds(backend, batch: int, repeats: int) -> float:
+    """Median seconds of one raw backend call on ``batch`` crops (after one warm call)."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    backend.run(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        backend.run(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_arch(arch: str, folder: Path, requests: int, threads: int) -> dict[str, float]:
+    from serve.backends import load_backend
+
+    pt, onnx_path = build_artifacts(arch, folder)
+    photos = {p.name: p for p in sample_photo_paths()}
+    images = [photos[n].read_bytes() for n in COLOUR_PHOTOS if n in photos]
+    res: dict[str, float] = {}
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "serve", "--model", str(onnx_path), "--port", str(port), "--log-level", "warning"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = start(cmd, port, folder / f"{arch}-serve.log")
+    try:
+        _, lat1 = asyncio.run(load(url, images, max(6, requests // 4), 1))
+        res["server_p50_c1_s"] = statistics.median(lat1)
+        # Fresh batch histogram for the concurrency-8 phase only.
+        before = httpx.get(url + "/metrics").text
+        wall8, _ = asyncio.run(load(url, images, requests, 8))
+        res["server_img_per_s_c8"] = requests / wall8
+        res["server_mean_batch"] = _phase_mean_batch(before, httpx.get(url + "/metrics").text)
+    finally:
+        stop(proc)
+
+    backend = load_backend(onnx_path, "onnxruntime", threads=threads)
+    batch = int(round(res["server_mean_batch"]))
+    res["raw_batch"] = batch
+    res["raw_10crop_s"] = raw_seconds(backend, 10, 7)
+    res["raw_img_per_s"] = batch / 10 / raw_seconds(backend, batch, 4)  # images (10 crops each) per second
+    del backend
+
+    port = free_port()
+    naive = start([sys.executable, "-m", "bench.serve_naive", "--model", str(pt), "--port", str(port)], port,
+                  folder / f"{arch}-naive.log")  # fmt: skip
+    try:
+        wall_naive, _ = asyncio.run(load(f"http://127.0.0.1:{port}", images, requests, 8))
+        res["naive_img_per_s_c8"] = requests / wall_naive
+    finally:
+        stop(naive)
+    res["efficiency_throughput"] = res["server_img_per_s_c8"] / res["raw_img_per_s"]
+    res["efficiency_latency"] = res["server_p50_c1_s"] / res["raw_10crop_s"]
+    res["vs_naive"] = res["server_img_per_s_c8"] / res["naive_img_per_s_c8"]
+    return res
+
+
+def _phase_mean_batch(before: str, after: str) -> float:
+    def read(text: str) -> tuple[float, float]:
+        s = c = 0.0
+        for line in text.splitlines():
+            if line.startswith("resnet_serve_padded_batch_size_sum "):
+                s = float(line.split()[-1])
+            elif line.startswith("resnet_serve_padded_batch_size_count "):
+                c = float(line.split()[-1])
+        return s, c
+
+    (s0, c0), (s1, c1) = read(before), read(after)
+    return (s1 - s0) / max(1.0, c1 - c0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", nargs="+", default=["resnet18", "resnet50"], help="ImageNet networks to serve")
+    p.add_argument("--requests", type=int, default=32, help="ten-crop requests per concurrency-8 phase")
+    p.add_argument("--threads", type=int, default=0, help="backend threads for server and raw (0 = all CPUs)")
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+        for arch in args.arch:
+            t0 = time.perf_counter()
+            r = bench_arch(arch, Path(tmp), args.requests, args.threads)
+            print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            rows.append((arch, r))
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
+    print("| model | server img/s @c8 | raw img/s @ same batch (batch) | throughput efficiency | server p50 @c1 ms | "
+          "raw 10-crop ms | latency ratio | naive img/s @c8 | vs naive |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for arch, r in rows:
+        print(f"| {arch} | {r['server_img_per_s_c8']:.2f} | {r['raw_img_per_s']:.2f} ({r['raw_batch']:.0f}) | "
+              f"{r['efficiency_throughput']:.2f} | {r['server_p50_c1_s'] * 1e3:.0f} | {r['raw_10crop_s'] * 1e3:.0f} | "
+              f"{r['efficiency_latency']:.2f} | {r['naive_img_per_s_c8']:.2f} | {r['vs_naive']:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
