@@ -159,7 +159,10 @@ def settings_table() -> str:
     """A Markdown table of every setting (flag, environment variable, default, meaning) for the README."""
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Settings):
-        default = f.default if f.name != "web_dir" else "`clients/web` of this checkout"
-        default = f"`{default}`" if f.name != "web_dir" else default
-        rows.append(f"| `{_flag(f.name)}` | `{ENV_PREFIX}{f.name.upper()}` | {default} | {f.metadata['help']} |")
+        if f.name == "web_dir":
+            default = "`clients/web` of this checkout"
+        else:
+            default = f"`{f.default}`" if f.default != "" else "(none)"
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{_flag(f.name)}` | `{ENV_PREFIX}{f.name.upper()}` | {default} | {meaning} |")
     return "\n".join(rows)
