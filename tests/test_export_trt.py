@@ -1,0 +1,78 @@
+"""TensorRT engines: built, run through resnet.trt_runtime.TensorRTRunner and gated (GPU + tensorrt only)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import resnet
+from export import trt
+from export.engine import choose_mode
+from resnet.trt_runtime import TensorRTRunner, tensorrt_available
+
+HAS_ENGINE, REASON = tensorrt_available()
+needs_engine = pytest.mark.skipif(not HAS_ENGINE, reason=f"TensorRT engine tests need CUDA + tensorrt: {REASON}")
+
+
+def test_tensorrt_available_says_why_not() -> None:
+    ok, reason = tensorrt_available()
+    assert isinstance(ok, bool) and reason
+    if not ok:
+        assert "CUDA" in reason or "tensorrt" in reason or "TensorRT" in reason
+
+
+def test_build_mode_follows_the_tensorrt_version() -> None:
+    assert choose_mode("11.0.0", strongly_typed=None) is True  # BuilderFlag.FP16 is gone in 11
+    assert choose_mode("11.4.1", strongly_typed=False) is True
+    assert choose_mode("10.8.0", strongly_typed=None) is False  # FP32 graph + FP16 flag
+    assert choose_mode("10.8.0", strongly_typed=True) is True
+
+
+@pytest.fixture(scope="module")
+def engine_folder(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("export_trt")
+    shutil.copy(digits_checkpoint, folder / "model.pt")
+    assert trt.main([str(folder / "model.pt"), "--max-batch", "32", "--require-engine"]) == 0
+    return folder
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_engine_and_sidecar_are_written_after_the_gate_passes(engine_folder: Path) -> None:
+    assert (engine_folder / "model.plan").exists()
+    meta = json.loads((engine_folder / "model.plan.json").read_text())
+    _, card = resnet.load_checkpoint(engine_folder / "model.pt")
+    assert meta["model_card"] == card
+    assert meta["profile"] == {"min": 1, "opt": 10, "max": 32}
+    assert meta["tensorrt"] and meta["gpu"]["name"]
+    assert meta["parity"]["passed"] and meta["parity"]["candidate"]["backend"] == "tensorrt"
+    assert (engine_folder / "model.timing.cache").stat().st_size > 0
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_runner_handles_dynamic_batches_like_onnxruntime(engine_folder: Path) -> None:
+    runner = TensorRTRunner(engine_folder / "model.plan")
+    assert (runner.min_batch, runner.max_batch, runner.input_shape) == (1, 32, (3, 32, 32))
+    sess = ort.InferenceSession(str(engine_folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    ref = sess.run(None, {"input": x})[0]
+    for n in (1, 7, 20, 32):
+        out = runner.run(x[:n])
+        assert out.shape == (n, 10) and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref[:n], atol=5e-2, rtol=0)
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        runner.run(np.zeros((33, 3, 32, 32), np.float32))
+    runner.close()
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_rebuild_reuses_the_timing_cache(engine_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert trt.main([str(engine_folder / "model.pt"), "--max-batch", "32", "--require-engine"]) == 0
+    assert "timing cache reused" in capsys.readouterr().out
