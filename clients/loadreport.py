@@ -15,7 +15,7 @@ from resnet import UserError
 from .load import LevelResult
 
 COLUMNS = (
-    "level", "requests", "ok", "img/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "batch", "queue ms", "errors",
+    "level", "requests", "ok", "img/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "crops/batch", "queue ms", "errors",
 )  # fmt: skip
 
 
@@ -32,7 +32,8 @@ def _level(r: LevelResult) -> str:
 
 
 def format_table(results: Sequence[LevelResult]) -> str:
-    """The table printed at the end of a run; ``batch``/``queue ms`` are the server's own averages from /metrics."""
+    """The table printed at the end of a run; ``crops/batch`` and ``queue ms`` are the server's own averages over
+    the level, from /metrics (a ten-crop image is 10 crops)."""
     rows = [COLUMNS] + [
         (
             _level(r), str(r.requests), str(r.ok), _num(r.throughput), _num(r.latency_ms["p50"]), _num(r.latency_ms["p90"]),
