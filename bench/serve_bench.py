@@ -189,12 +189,30 @@ def _phase_mean_batch(before: str, after: str) -> float:
     return (s1 - s0) / max(1.0, c1 - c0)
 
 
+def thread_sweep(arch: str, folder: Path) -> None:
+    """Raw ONNX Runtime CPU time per crop at batch 10 and 64 for each intra-op thread count (1 .. all CPUs)."""
+    from serve.backends import cpu_threads, load_backend
+
+    _, onnx_path = build_artifacts(arch, folder)
+    print(f"\n| {arch} ORT CPU intra-op threads | ms/crop @ batch 10 | ms/crop @ batch 64 |\n|---:|---:|---:|")
+    for n in sorted({1, max(1, cpu_threads() // 2), cpu_threads()}):
+        backend = load_backend(onnx_path, "onnxruntime", threads=n)
+        t10, t64 = raw_seconds(backend, 10, 5) / 10, raw_seconds(backend, 64, 2) / 64
+        print(f"| {n} | {t10 * 1e3:.1f} | {t64 * 1e3:.1f} |", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", nargs="+", default=["resnet18", "resnet50"], help="ImageNet networks to serve")
     p.add_argument("--requests", type=int, default=32, help="ten-crop requests per concurrency-8 phase")
     p.add_argument("--threads", type=int, default=0, help="backend threads for server and raw (0 = all CPUs)")
+    p.add_argument("--thread-sweep", action="store_true", help="only measure ORT CPU time per crop vs threads")
     args = p.parse_args(argv)
+    if args.thread_sweep:
+        with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+            for arch in args.arch:
+                thread_sweep(arch, Path(tmp))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         for arch in args.arch:

@@ -56,7 +56,7 @@ class OnnxRuntimeBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One batch runs at a time (the batcher serialises them), so all threads go to intra-op parallelism.
-        # bench/serve_threads.py measured 1 vs all cores: all cores wins at every batch size on this machine.
+        # `python -m bench.serve_bench --thread-sweep` measures 1..all cores (bench/RESULTS.md): all cores wins.
         opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

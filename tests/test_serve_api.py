@@ -265,6 +265,8 @@ def _hostile() -> dict[str, tuple[dict, int, str]]:
         "decompression_bomb_10_gigapixels": (files(_png_claiming(100_000, 100_000)), 413, "image_too_large"),
         "extreme_aspect_ratio": (files(encode(Image.new("RGB", (4000, 2)), "PNG")), 413, "image_too_large"),
         "too_many_images": (files(*([png] * 65)), 413, "too_many_images"),
+        "multipart_without_boundary": (raw(b"abc", "multipart/form-data"), 400, "bad_request"),
+        "multipart_garbage_body": (raw(b"garbage", "multipart/form-data; boundary=xyz"), 400, "bad_request"),
         "multipart_without_file_field": ({"files": [("image", ("a.png", png))]}, 422, "no_image"),
         "multipart_text_field_named_file": ({"data": {"file": "not a file"}, "files": [("other", ("a.png", png))]},
                                             422, "no_image"),  # fmt: skip
