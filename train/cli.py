@@ -78,6 +78,10 @@ def build_parser(prog: str, family: str, default_dataset: str) -> argparse.Argum
     g.add_argument("--variant", choices=("v1", "v1.5"), default="v1.5",
                    help="bottleneck stride in the first 1x1 (v1, paper) or the 3x3 (v1.5, torchvision)")
     g.add_argument("--zero-init-residual", action="store_true", help="zero-init the last BN of each block")
+    g.add_argument("--input-size", type=_positive_int, default=None,
+                   help="ImageFolder crop size (default 224; the resize range [256, 480] scales with it)")
+    g.add_argument("--train-limit", type=_positive_int, default=None,
+                   help="train on the first N images of the training split only (smoke tests, learning curves)")
     g.add_argument("--val-size", type=_nonneg_int, default=None,
                    help="images held out of the training split for validation (CIFAR: 5000; digits: 144)")
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")

@@ -188,8 +188,23 @@ def load_imagefolder(data: str | Path, train_size: int = 224, resize_range: tupl
     )  # fmt: skip
 
 
-def load_data(dataset: str, data: str | None, val_size: int) -> DataBundle:
-    """Dispatch on ``--dataset``: ``digits`` (bundled), ``cifar`` (``--data`` folder), ``imagenet`` (``--data``)."""
+def load_data(dataset: str, data: str | None, val_size: int, input_size: int | None = None,
+              train_limit: int | None = None) -> DataBundle:  # fmt: skip
+    bundle = _load_data(dataset, data, val_size, input_size)
+    if train_limit is not None and train_limit < len(bundle.train):
+        bundle.train = torch.utils.data.Subset(bundle.train, range(train_limit))
+        bundle.description += f", first {train_limit} training images only"
+    return bundle
+
+
+def _load_data(dataset: str, data: str | None, val_size: int, input_size: int | None = None) -> DataBundle:
+    """Dispatch on ``--dataset``: ``digits`` (bundled), ``cifar`` (``--data`` folder), ``imagenet`` (``--data``).
+
+    ``input_size`` (ImageNet only, default 224) scales the paper's sizes: resize range [256, 480] and eval resize 256
+    become ``input_size`` x 256/224 and x 480/224.
+    """
+    if input_size is not None and dataset != "imagenet":
+        raise UsageError(f"--input-size applies to ImageFolder data only; {dataset} images are 32x32")
     if dataset == "digits":
         return load_digits(val_size)
     if not data:
@@ -197,5 +212,6 @@ def load_data(dataset: str, data: str | None, val_size: int) -> DataBundle:
     if dataset == "cifar":
         return load_cifar(data, val_size)
     if dataset == "imagenet":
-        return load_imagefolder(data)
+        size = input_size or 224
+        return load_imagefolder(data, size, (round(256 * size / 224), round(480 * size / 224)), round(256 * size / 224))
     raise UsageError(f"unknown dataset {dataset!r}")

@@ -54,7 +54,7 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
 
 
 def model_name(args: argparse.Namespace, recipe: Recipe) -> str:
-    depth = args.depth or (recipe.default_depth if args.family == recipe.family else (50 if args.family == "imagenet" else 20))
+    depth = args.depth or (recipe.default_depth if args.family == recipe.family else (18 if args.family == "imagenet" else 20))
     name = f"{'cifar_' if args.family == 'cifar' else ''}{'plain' if args.plain else 'resnet'}{depth}"
     resnet.parse_model_name(name)  # UsageError (exit 2) for a depth the family does not have
     return name
@@ -139,7 +139,7 @@ class Trainer:
         if info.world_size > 1 and self.recipe.batch_size % info.world_size:
             raise UsageError(f"--batch-size {self.recipe.batch_size} is not divisible by {info.world_size} ranks")
         self.per_rank_batch = self.recipe.batch_size // info.world_size
-        self.data: DataBundle = load_data(args.dataset, args.data, self.recipe.val_size)
+        self.data: DataBundle = load_data(args.dataset, args.data, self.recipe.val_size, args.input_size, args.train_limit)
         if len(self.data.train) < self.recipe.batch_size:
             raise UsageError(f"the training split has {len(self.data.train)} images, fewer than one batch "
                              f"({self.recipe.batch_size})")  # fmt: skip
@@ -228,6 +228,11 @@ class Trainer:
         return x, y
 
     def save(self, model: torch.nn.Module, reason: str) -> None:
+        """last.pt (rank 0), never with non-finite weights: the previous good file is then kept."""
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLoss(f"weights became non-finite ({bad[0]}) at iteration {self.step}; stopped. The last "
+                                f"good checkpoint is {self.out / 'last.pt'}: lower --lr, then resume")
         if self.info.is_main:
             epoch, pos = divmod(self.step, self.iters_per_epoch)
             save_state(self.out / "last.pt", model=model, optimizer=self.optimizer, schedule=self.schedule,
@@ -390,6 +395,7 @@ def train_main(args: argparse.Namespace) -> int:
     """Run a training command end to end (called by ``train.imagenet`` / ``train.cifar``)."""
     info = D.init_distributed(args.device)
     trainer = None
+    saved_globals = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     try:
         trainer = Trainer(args, info)
         trainer.resume_if_any()
@@ -402,3 +408,5 @@ def train_main(args: argparse.Namespace) -> int:
         if trainer is not None:
             trainer.log.close()
         D.cleanup()
+        torch.use_deterministic_algorithms(saved_globals[0])  # callers (tests, notebooks) keep their settings
+        torch.set_num_threads(saved_globals[1])
