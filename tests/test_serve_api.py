@@ -388,3 +388,16 @@ def test_health_ready_and_openapi_docs(onnx_server):
     spec = httpx.get(onnx_server.url + "/openapi.json").json()
     assert "/classify" in spec["paths"] and "ClassifyResponse" in spec["components"]["schemas"]
     assert httpx.get(onnx_server.url + "/docs").status_code == 200
+
+
+def test_smoke_command_prints_accuracy_of_held_out_digits_over_http(onnx_server, tmp_path, capsys):
+    from resnet import run_cli
+    from resnet.samples import write_digits_imagefolder
+    from serve.smoke import main as smoke
+
+    folder = write_digits_imagefolder(tmp_path / "digits", limit=40)
+    assert run_cli(smoke, [str(folder), "--url", onnx_server.url, "--crops", "center", "--wait", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "40 held-out images" in out and "top-1 accuracy" in out
+    assert run_cli(smoke, [str(folder), "--url", onnx_server.url, "--min-accuracy", "1.01", "--wait", "5"]) == 1
+    assert run_cli(smoke, [str(tmp_path / "nowhere"), "--url", onnx_server.url]) == 2
