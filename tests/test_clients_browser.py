@@ -8,11 +8,13 @@ browser). Set CLIENTS_SCREENSHOT=path to save a screenshot of the page (how docs
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from resnet.samples import DIGIT_LABELS
 from tests.clients_server import shared_server
@@ -101,6 +103,27 @@ def test_photo_gets_top5_bars_and_corrupt_file_gets_plain_error(page, server, ph
     if shot:
         page.set_viewport_size({"width": 860, "height": 600})
         page.screenshot(path=shot, full_page=True)
+        Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)  # small enough for git
+
+
+def test_dropping_an_image_on_the_zone_classifies_it(page, server, photo_paths):
+    page.locator("#api-key-row").evaluate("el => el.hidden = false")
+    page.fill("#api-key", server.api_key)
+    photo = photo_paths[3]  # rocket.jpg
+    page.evaluate(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            const zone = document.getElementById("drop-zone");
+            zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+        }""",
+        [photo.name, base64.b64encode(photo.read_bytes()).decode()],
+    )
+    card = page.locator("#results .result").filter(has_text=photo.name)
+    sync_api.expect(card.locator(".prediction")).to_have_count(5, timeout=20_000)
+    assert page.locator("#drop-zone.over").count() == 0  # the highlight went away after the drop
 
 
 def test_centre_crop_toggle_is_sent_to_the_server(page, server, photo_paths):
