@@ -93,6 +93,10 @@ class TorchBackend:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(threads or cpu_threads())
+        if self.device.type == "cuda" and precision == "fp32":
+            # TF32 convolutions would move probabilities past the 1e-4 parity with the offline fp32 pipeline.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         if precision == "fp16" and self.device.type == "cpu":
             raise UsageError("--torch-precision fp16 needs CUDA; on the CPU use bf16 or fp32")
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()

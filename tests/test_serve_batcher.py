@@ -1,0 +1,86 @@
+"""The crop queue on its own, with a real ONNX Runtime session of the digits model as the backend: images larger
+than the engine's max batch are split across batches, batches are padded to warmed-up shapes, results come back to
+the right caller, and cancelled callers leave the queue."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve.backends import load_backend
+from serve.batcher import Batcher, QueueFull, batch_shapes
+from tests.serve_support import export_onnx
+
+
+@pytest.fixture(scope="module")
+def backend(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    return load_backend(export_onnx(digits_checkpoint, tmp_path_factory.mktemp("batcher") / "m.onnx"), "onnxruntime")
+
+
+def crops(seed: int, n: int = 10) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
+
+
+def test_batch_shapes_default_clip_and_engine_minimum():
+    assert batch_shapes(64) == [1, 2, 4, 8, 10, 16, 20, 30, 32, 40, 50, 60, 64]
+    assert batch_shapes(12) == [1, 2, 4, 8, 10, 12]
+    assert batch_shapes(16, [3, 100], min_batch=4) == [4, 16]
+
+
+def test_images_split_across_small_batches_get_their_own_logits(backend):
+    seen: list[tuple[int, int]] = []
+
+    async def go():
+        b = Batcher(backend.run, max_batch=4, max_wait_s=0.01, max_queue_crops=100, shapes=[1, 2, 4],
+                    on_batch=lambda n, padded, s: seen.append((n, padded)))  # fmt: skip
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(crops(i)) for i in range(3)))
+        finally:
+            await b.close()
+
+    results = asyncio.run(go())
+    for i, st in enumerate(results):
+        np.testing.assert_allclose(st.logits, backend.run(crops(i)), rtol=1e-5, atol=1e-5)
+    assert sum(n for n, _ in seen) == 30 and all(padded in (1, 2, 4) and padded >= n for n, padded in seen)
+    assert max(n for n, _ in seen) == 4  # never over the engine's max batch
+
+
+def test_crops_of_concurrent_callers_share_a_batch(backend):
+    seen: list[int] = []
+
+    async def go():
+        b = Batcher(backend.run, 64, 0.05, 1000, batch_shapes(64), on_batch=lambda n, p, s: seen.append(n))
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(crops(i)) for i in range(5)))
+        finally:
+            await b.close()
+
+    results = asyncio.run(go())
+    assert seen == [50] and all(st.batch_sizes == [50] for st in results)
+
+
+def test_cancelled_caller_leaves_the_queue_and_bound_is_enforced(backend):
+    async def go():
+        b = Batcher(backend.run, 64, 1.5, 15, batch_shapes(64))  # batches wait up to 1.5 s to fill
+        b.start()
+        try:
+            waiting = asyncio.ensure_future(b.submit(crops(0)))
+            await asyncio.sleep(0.05)
+            assert b.pending_crops == 10
+            with pytest.raises(QueueFull):
+                await b.submit(crops(1))
+            waiting.cancel()
+            await asyncio.sleep(0)
+            assert b.pending_crops == 0
+            st = await asyncio.wait_for(b.submit(crops(2, n=1)), 10)  # the queue works on after a cancel
+            return st
+        finally:
+            await b.close()
+
+    st = asyncio.run(go())
+    assert st.logits.shape == (1, 10)
