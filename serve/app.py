@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .backends import Backend, load_backend
 from .batcher import BackendFailed, QueueFull
+from .kserve import create_router as kserve_router
 from .metrics import Metrics
 from .schemas import ClassifyResponse, ErrorResponse, Health, ImageResult, Timings
 from .service import ClassifyService, ImageError
@@ -369,6 +370,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(kserve_router(require_api_key))  # KServe v2 / Open Inference Protocol (serve/kserve.py)
 
     web_dir = Path(settings.web_dir) if settings.web_dir else None
     if web_dir is not None and web_dir.is_dir():
