@@ -75,7 +75,8 @@ def parse_thresholds(text: str | None, base: Thresholds) -> Thresholds:
         key, sep, raw = part.strip().partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
-            raise UsageError(f"bad threshold {part.strip()!r}; use KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+            known = ", ".join(sorted(fields))
+            raise UsageError(f"bad threshold {part.strip()!r}; use KEY=VALUE with KEY one of {known}")
         if raw.strip().lower() == "none":
             if key in ("min_top1_agreement", "min_cosine"):
                 raise UsageError(f"threshold {key} cannot be switched off")
@@ -262,7 +263,8 @@ class OnnxCandidate:
             proto = onnx.load(str(path))
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # a corrupt or unrunnable graph: one line
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({why})") from None
         fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
         self.precision = "fp16" if fp16 else "fp32"
         self.input_name = self.session.get_inputs()[0].name
@@ -315,7 +317,9 @@ def read_sidecar_card(plan: Path) -> dict[str, Any]:
     try:
         meta = json.loads(sidecar.read_text())
     except FileNotFoundError:
-        raise CardError(f"{plan} has no sidecar {sidecar.name} with a model card: it was not built by this project") from None
+        raise CardError(
+            f"{plan} has no sidecar {sidecar.name} with a model card: it was not built by this project"
+        ) from None
     except (OSError, ValueError) as e:
         raise CardError(f"{sidecar} is unreadable: {e}") from None
     return resnet.validate_card(meta.get("model_card") if isinstance(meta, dict) else None)
@@ -332,7 +336,8 @@ def check_same_model(reference: dict[str, Any], candidate: dict[str, Any], where
     keys = ("num_classes", "labels", "input_size", "resize_size", "mean", "std")
     diff = [k for k in keys if reference.get(k) != candidate.get(k)]
     if diff:
-        raise UserError(f"{where}: its model card differs from the reference's in {', '.join(diff)}; not the same model")
+        fields = ", ".join(diff)
+        raise UserError(f"{where}: its model card differs from the reference's in {fields}; not the same model")
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -386,7 +391,9 @@ def _run_batches(candidate: Any, x: np.ndarray, batch: int, desc: str) -> np.nda
     return np.concatenate([candidate.run(x[i : i + batch]) for i in progress(starts, desc, len(starts))])
 
 
-def evaluate(reference: Reference, candidate: Any, images: ImageSet, thresholds: Thresholds, max_batch: int) -> dict[str, Any]:
+def evaluate(
+    reference: Reference, candidate: Any, images: ImageSet, thresholds: Thresholds, max_batch: int
+) -> dict[str, Any]:
     """Run the candidate at batch 10, 1 and ``max_batch``; compare with the reference; apply the thresholds."""
     x, ref = images.crops, reference.logits
     n = len(x)
@@ -420,7 +427,8 @@ def evaluate(reference: Reference, candidate: Any, images: ImageSet, thresholds:
         per_batch[str(batch)] = entry
     report: dict[str, Any] = {"batch_sizes": per_batch}
     if main is not None:
-        report["metrics"] = {**crop_metrics(ref, main), **image_metrics(ref, main, images.crops_per_image, images.labels)}
+        per_image = image_metrics(ref, main, images.crops_per_image, images.labels)
+        report["metrics"] = {**crop_metrics(ref, main), **per_image}
         report["candidate_seconds"] = round(seconds, 3)
         m = report["metrics"]
         t = thresholds

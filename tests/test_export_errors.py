@@ -128,7 +128,8 @@ def test_bad_gate_options_exit_2(exported: Path, extra: list[str], message: str,
 
 def test_empty_images_folder_exits_2(exported: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "notes.txt").write_text("no images here")
-    rc, err = _run(parity.main, [str(exported / "model.pt"), str(exported / "model.onnx"), "--images", str(tmp_path)], capsys)
+    argv = [str(exported / "model.pt"), str(exported / "model.onnx"), "--images", str(tmp_path)]
+    rc, err = _run(parity.main, argv, capsys)
     assert rc == 2 and "no image files" in err
 
 
