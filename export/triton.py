@@ -173,13 +173,13 @@ def _plan_card_and_max(meta: dict[str, Any], side: str) -> tuple[dict[str, Any],
     return validate_card(card), (int(top) if top is not None else None)
 
 
-def _onnx_from_checkpoint(path: Path, arch: str | None, staging: Path) -> tuple[Path, Path | None]:
+def _onnx_from_checkpoint(path: Path, arch: str | None, staging: Path, gate_args: list[str]) -> tuple[Path, Path | None]:
     """Export a checkpoint through the export stage's own command (``export.onnx``: contract checks and the FP32
     parity gate; a failed gate raises its exit-3 error). Returns the graph and its parity report."""
     from export.onnx import main as export_onnx_main
 
     out = staging / "model.onnx"
-    export_onnx_main([str(path), "-o", str(out), *(["--arch", arch] if arch else [])])
+    export_onnx_main([str(path), "-o", str(out), *(["--arch", arch] if arch else []), *gate_args])
     report = out.with_name(out.name + ".parity.json")
     return out, (report if report.is_file() else None)
 
@@ -190,6 +190,7 @@ def _onnx_from_checkpoint(path: Path, arch: str | None, staging: Path) -> tuple[
 def write_repository(
     model: str | Path, repo: str | Path, *, name: str | None = None, max_batch: int | None = None,
     instances: int = 1, kind: str = "auto", version: int = 1, arch: str | None = None, force: bool = False,
+    gate_images: str | Path | None = None, gate_limit: int | None = None,
 ) -> Path:  # fmt: skip
     """Write ``repo/<name>/`` for ``model`` and return that folder. Raises ``UserError`` for anything a user can fix."""
     src, repo = Path(model), Path(repo)
@@ -234,7 +235,9 @@ def write_repository(
             elif suffix.endswith(CHECKPOINT_SUFFIXES):
                 staging = Path(tmp_name) / "export"
                 staging.mkdir()
-                onnx_path, report = _onnx_from_checkpoint(src, arch, staging)
+                gate_args = [*(["--images", str(gate_images)] if gate_images else []),
+                             *(["--limit", str(gate_limit)] if gate_limit else [])]  # fmt: skip
+                onnx_path, report = _onnx_from_checkpoint(src, arch, staging, gate_args)
                 card = read_onnx_card(onnx_path)
                 _check_onnx(onnx_path, card)
                 onnx_path.rename(vdir / "model.onnx")
@@ -290,10 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1, help="model version folder (default 1)")
     parser.add_argument("--arch", help="architecture of a plain torchvision state dict (checkpoint input only)")
     parser.add_argument("--force", action="store_true", help="replace an existing model folder of the same name")
+    parser.add_argument("--gate-images", metavar="DIR",
+                        help="checkpoint input: images (or ImageFolder) for export.onnx's parity gate (default: photos)")
+    parser.add_argument("--gate-limit", type=int, metavar="N", help="checkpoint input: gate on at most N images")
     args = parser.parse_args(argv)
     out = write_repository(
         args.model, args.repo, name=args.name, max_batch=args.max_batch, instances=args.instances, kind=args.kind,
-        version=args.version, arch=args.arch, force=args.force,
+        version=args.version, arch=args.arch, force=args.force, gate_images=args.gate_images,
+        gate_limit=args.gate_limit,
     )  # fmt: skip
     files = sorted(p.relative_to(out.parent).as_posix() for p in out.rglob("*") if p.is_file())
     print(f"wrote Triton model repository {out.parent}: " + ", ".join(files))

@@ -191,7 +191,7 @@ def test_checkpoint_is_exported_by_the_export_stage_behind_its_parity_gate(
     digits_checkpoint: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("export.onnx", reason="the export stage's ONNX exporter is not in this tree")
-    folder = triton.write_repository(digits_checkpoint, tmp_path / "models", max_batch=20)
+    folder = triton.write_repository(digits_checkpoint, tmp_path / "models", max_batch=20, gate_limit=2)
     cfg = parse_config((folder / "config.pbtxt").read_text())
     assert cfg["platform"] == "onnxruntime_onnx" and int(cfg["max_batch_size"]) == 20
     report = json.loads((folder / triton.PARITY_FILE).read_text())
