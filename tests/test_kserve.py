@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import resnet
+from resnet.preprocess import preprocess
 from serve_support import Server, encode, export_onnx, reference_probs
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the [dev] extra) is not installed")
@@ -52,7 +53,7 @@ def client(server: Any) -> Any:
 
 
 def _crops(images: np.ndarray, card: dict[str, Any]) -> np.ndarray:
-    return np.concatenate([resnet.preprocess(Image.fromarray(im), card, crops="ten") for im in images])
+    return np.concatenate([preprocess(Image.fromarray(im), card, crops="ten") for im in images])
 
 
 def test_tritonclient_sees_a_live_ready_server_and_the_models_metadata(client: Any) -> None:

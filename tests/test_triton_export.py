@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import resnet
+from resnet.preprocess import preprocess
 from export import triton
 from resnet.onnx_card import set_onnx_card
 
@@ -59,7 +60,7 @@ def parse_config(text: str) -> dict[str, Any]:
 
 
 def _digit_crops(images: np.ndarray, card: dict[str, Any], n: int) -> np.ndarray:
-    return np.concatenate([resnet.preprocess(Image.fromarray(img), card, crops="center") for img in images[:n]])
+    return np.concatenate([preprocess(Image.fromarray(img), card, crops="center") for img in images[:n]])
 
 
 def test_onnx_model_gives_a_repository_that_tritons_schema_accepts(digits_onnx: Path, tmp_path: Path) -> None:
