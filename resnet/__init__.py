@@ -1,8 +1,16 @@
 """The ResNet paper's networks and the contracts every stage shares (DESIGN.md): model card, checkpoints,
-ten-crop preprocessing."""
+ten-crop preprocessing.
 
-from .card import make_card, validate_card
-from .checkpoint import atomic_save, load_checkpoint, model_from_card, save_checkpoint
+Names that need torch are imported lazily (PEP 562), so a light client (``from resnet.errors import UserError``)
+does not pay for importing torch. ``preprocess`` (numpy + Pillow only) is bound eagerly so that ``resnet.preprocess``
+is always the function, never the module of the same name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import (
     CardError,
     CheckpointError,
@@ -12,13 +20,28 @@ from .errors import (
     UserError,
     run_cli,
 )
-from .models import BasicBlock, Bottleneck, CifarResNet, ResNet
 from .preprocess import crop_probabilities, decode_image, preprocess, topk
-from .registry import create_model, list_models, parse_model_name
 
-__all__ = [
-    "BasicBlock", "Bottleneck", "CardError", "CheckpointError", "CifarResNet", "MissingComponentError",
-    "ParityError", "ResNet", "UsageError", "UserError", "atomic_save", "create_model", "crop_probabilities",
-    "decode_image", "list_models", "load_checkpoint", "make_card", "model_from_card", "parse_model_name",
-    "preprocess", "run_cli", "save_checkpoint", "topk", "validate_card",
-]  # fmt: skip
+_EXPORTS = {
+    "make_card": "card", "validate_card": "card",
+    "atomic_save": "checkpoint", "load_checkpoint": "checkpoint", "model_from_card": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "BasicBlock": "models", "Bottleneck": "models", "CifarResNet": "models", "ResNet": "models",
+    "create_model": "registry", "list_models": "registry", "parse_model_name": "registry",
+}  # fmt: skip
+
+__all__ = sorted([*_EXPORTS, "CardError", "CheckpointError", "MissingComponentError", "ParityError", "UsageError",
+                  "UserError", "run_cli", "crop_probabilities", "decode_image", "preprocess", "topk"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'resnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
