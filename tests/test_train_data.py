@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import resnet
+from resnet.card import CIFAR10_LABELS
 from resnet.samples import sample_photo_paths, write_digits_imagefolder
 from train.augment import BatchAugment, imagenet_eval_transform, imagenet_train_transform, step_generator
 from train.cifar_pickle import UnsafePickleError, load_batch, write_batch
@@ -33,7 +34,7 @@ def make_cifar_folder(root: Path, per_batch: int = 12) -> Path:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         labels = [i % 10 for i in range(per_batch)]
         write_batch(folder / name, rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), labels, name)
-    meta = {b"label_names": [n.encode() for n in resnet.card.CIFAR10_LABELS], b"num_cases_per_batch": per_batch}
+    meta = {b"label_names": [n.encode() for n in CIFAR10_LABELS], b"num_cases_per_batch": per_batch}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return folder
 
@@ -54,7 +55,7 @@ def test_cifar_batch_reads_rows_as_rgb_planes(tmp_path: Path) -> None:
 def test_cifar_folder_loads_with_label_names_and_holdout(tmp_path: Path) -> None:
     make_cifar_folder(tmp_path)
     bundle = load_cifar(tmp_path, val_size=10)
-    assert bundle.labels == list(resnet.card.CIFAR10_LABELS)
+    assert bundle.labels == list(CIFAR10_LABELS)
     assert len(bundle.train) == 50 and len(bundle.val) == 10 and len(bundle.test) == 12
     assert bundle.test_source[0].shape == (12, 32, 32, 3)
 

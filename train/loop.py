@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 import resnet
 from resnet import UsageError, UserError
+from resnet.checkpoint import load_state_dict_strict
 
 from . import distributed as D
 from .augment import BatchAugment, step_generator
@@ -195,7 +196,7 @@ class Trainer:
         ):  # fmt: skip
             raise UsageError(f"{path} is a run of {card['name']}, not {self.card['name']}; "
                              "choose another --out or pass --no-resume")  # fmt: skip
-        resnet.checkpoint.load_state_dict_strict(self.model, st["model"], self.arch)
+        load_state_dict_strict(self.model, st["model"], self.arch)
         self.optimizer.load_state_dict(st["optimizer"])
         self.schedule.load_state_dict(st["schedule"])
         self.rt.scaler.load_state_dict(st["scaler"])
