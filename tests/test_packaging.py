@@ -279,3 +279,21 @@ def test_compose_runs_the_cpu_image_with_prometheus_scraping_its_metrics() -> No
     nginx = (REPO / lb_mount).read_text()
     assert f"server resnet:{server['environment']['RESNET_SERVE_PORT']}" in nginx
     assert re.search(r"proxy_next_upstream[^;]*http_503", nginx)
+
+
+def test_every_environment_variable_the_images_and_compose_set_is_a_server_setting() -> None:
+    """A typo in RESNET_SERVE_* would be silently ignored by the server; read them back through its own settings."""
+    from serve.settings import settings_from
+
+    for stage in ("cpu", "gpu"):
+        env: dict[str, str] = {}
+        for word, rest in _stages()[stage]:
+            if word == "ENV":
+                env.update(tok.split("=", 1) for tok in shlex.split(rest))  # type: ignore[misc]
+        ours = {k: v for k, v in env.items() if k.startswith("RESNET_SERVE_")}
+        settings = settings_from([], environ=ours)
+        assert (settings.host, settings.port, settings.model) == (
+            ours["RESNET_SERVE_HOST"], int(ours["RESNET_SERVE_PORT"]), ours["RESNET_SERVE_MODEL"])  # fmt: skip
+    compose_env = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["resnet"]["environment"]
+    fields = {f"RESNET_SERVE_{name.upper()}" for name in settings.__dataclass_fields__}
+    assert set(compose_env) <= fields, set(compose_env) - fields
