@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -187,6 +188,18 @@ def _onnx_from_checkpoint(path: Path, arch: str | None, staging: Path, gate_args
 # ---- writing the repository ---------------------------------------------------------------------------------------
 
 
+def _staging_dir(repo: Path) -> tempfile.TemporaryDirectory[str]:
+    """A temp folder on the repository's file system (so the final rename is atomic) but outside it where possible,
+    so a Triton polling the repository never sees a half-written model."""
+    parent = repo.resolve().parent
+    try:
+        if parent.stat().st_dev == repo.stat().st_dev and os.access(parent, os.W_OK):
+            return tempfile.TemporaryDirectory(prefix=f".{repo.name}.triton-", dir=parent)
+    except OSError:
+        pass
+    return tempfile.TemporaryDirectory(prefix=".triton-", dir=repo)  # a mount point: stage inside, then rename
+
+
 def write_repository(
     model: str | Path, repo: str | Path, *, name: str | None = None, max_batch: int | None = None,
     instances: int = 1, kind: str = "auto", version: int = 1, arch: str | None = None, force: bool = False,
@@ -207,7 +220,7 @@ def write_repository(
     except OSError as e:
         raise UserError(f"cannot create the repository folder {repo}: {e.strerror}") from None
 
-    with tempfile.TemporaryDirectory(prefix=".triton-", dir=repo) as tmp_name:
+    with _staging_dir(repo) as tmp_name:
         tmp = Path(tmp_name) / "model"
         vdir = tmp / str(version)
         vdir.mkdir(parents=True)

@@ -186,6 +186,7 @@ def test_existing_model_is_replaced_only_with_force(digits_onnx: Path, tmp_path:
     assert triton.main([str(digits_onnx), "--repo", str(repo), "--max-batch", "30", "--force"]) == 0
     assert "max_batch_size: 30" in (repo / "digits-resnet8" / "config.pbtxt").read_text()
     assert [p.name for p in repo.iterdir()] == ["digits-resnet8"]  # no temp folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
 
 
 def test_checkpoint_is_exported_by_the_export_stage_behind_its_parity_gate(
