@@ -107,20 +107,11 @@ async def load(url: str, images: list[bytes], requests: int, concurrency: int) -
         return time.perf_counter() - t0, latencies
 
 
-def mean_padded_batch(url: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    vals = {}
-    for line in text.splitlines():
-        for key in ("resnet_serve_padded_batch_size_sum", "resnet_serve_padded_batch_size_count"):
-            if line.startswith(key + " "):
-                vals[key] = float(line.split()[-1])
-    return vals["resnet_serve_padded_batch_size_sum"] / max(1.0, vals["resnet_serve_padded_batch_size_count"])
-
-
-def raw_seconds(backend, batch: int, repeats: int) -> float:
-    """Median seconds of one raw backend call on ``batch`` crops (after one warm call)."""
+def raw_seconds(backend, batch: int, repeats: int, warm: bool = True) -> float:
+    """Median seconds of one raw backend call on ``batch`` crops (after one warm call unless ``warm=False``)."""
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-    backend.run(x)
+    if warm:
+        backend.run(x)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -129,46 +120,58 @@ def raw_seconds(backend, batch: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_arch(arch: str, folder: Path, requests: int, threads: int) -> dict[str, float]:
+def bench_arch(arch: str, folder: Path, requests: int, threads: int, rounds: int = 3) -> dict[str, float]:
+    """Interleaved rounds (server burst, raw backend, naive burst, latency pairs) so that a load change on a shared
+    machine hits both sides of each ratio alike; each ratio is computed from the summed times of all rounds."""
     from serve.backends import load_backend
 
     pt, onnx_path = build_artifacts(arch, folder)
     photos = {p.name: p for p in sample_photo_paths()}
     images = [photos[n].read_bytes() for n in COLOUR_PHOTOS if n in photos]
-    res: dict[str, float] = {}
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    port, naive_port = free_port(), free_port()
+    url, naive_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{naive_port}"
     cmd = [sys.executable, "-m", "serve", "--model", str(onnx_path), "--port", str(port), "--log-level", "warning"]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = start(cmd, port, folder / f"{arch}-serve.log")
+    naive = start([sys.executable, "-m", "bench.serve_naive", "--model", str(pt), "--port", str(naive_port)],
+                  naive_port, folder / f"{arch}-naive.log")  # fmt: skip
+    backend = load_backend(onnx_path, "onnxruntime", threads=threads)
+    x10 = np.random.default_rng(0).standard_normal((10, 3, 224, 224), dtype=np.float32)
+    backend.run(x10)
+    per_round = max(8, requests // rounds)
+    server_wall = raw_wall = naive_wall = 0.0
+    batches: list[float] = []
+    lat_server: list[float] = []
+    lat_raw: list[float] = []
     try:
-        _, lat1 = asyncio.run(load(url, images, max(6, requests // 4), 1))
-        res["server_p50_c1_s"] = statistics.median(lat1)
-        # Fresh batch histogram for the concurrency-8 phase only.
-        before = httpx.get(url + "/metrics").text
-        wall8, _ = asyncio.run(load(url, images, requests, 8))
-        res["server_img_per_s_c8"] = requests / wall8
-        res["server_mean_batch"] = _phase_mean_batch(before, httpx.get(url + "/metrics").text)
+        for _ in range(rounds):
+            for _ in range(3):  # latency at concurrency 1, alternating server and raw
+                _, lat = asyncio.run(load(url, images, 1, 1))
+                lat_server += lat
+                lat_raw.append(raw_seconds(backend, 10, 1, warm=False))
+            before = httpx.get(url + "/metrics").text
+            wall, _ = asyncio.run(load(url, images, per_round, 8))
+            server_wall += wall
+            batch = _phase_mean_batch(before, httpx.get(url + "/metrics").text)
+            batches.append(batch)
+            size = int(round(batch))
+            n_batches = per_round * 10 / size  # the same number of crops, in batches of the server's mean size
+            raw_wall += raw_seconds(backend, size, max(1, round(n_batches))) * n_batches
+            wall, _ = asyncio.run(load(naive_url, images, per_round, 8))
+            naive_wall += wall
     finally:
         stop(proc)
-
-    backend = load_backend(onnx_path, "onnxruntime", threads=threads)
-    batch = int(round(res["server_mean_batch"]))
-    res["raw_batch"] = batch
-    res["raw_10crop_s"] = raw_seconds(backend, 10, 7)
-    res["raw_img_per_s"] = batch / 10 / raw_seconds(backend, batch, 4)  # images (10 crops each) per second
-    del backend
-
-    port = free_port()
-    naive = start([sys.executable, "-m", "bench.serve_naive", "--model", str(pt), "--port", str(port)], port,
-                  folder / f"{arch}-naive.log")  # fmt: skip
-    try:
-        wall_naive, _ = asyncio.run(load(f"http://127.0.0.1:{port}", images, requests, 8))
-        res["naive_img_per_s_c8"] = requests / wall_naive
-    finally:
         stop(naive)
+    n = per_round * rounds
+    res = {
+        "server_img_per_s_c8": n / server_wall,
+        "raw_img_per_s": n / raw_wall,
+        "raw_batch": statistics.mean(batches),
+        "naive_img_per_s_c8": n / naive_wall,
+        "server_p50_c1_s": statistics.median(lat_server),
+        "raw_10crop_s": statistics.median(lat_raw),
+    }
     res["efficiency_throughput"] = res["server_img_per_s_c8"] / res["raw_img_per_s"]
     res["efficiency_latency"] = res["server_p50_c1_s"] / res["raw_10crop_s"]
     res["vs_naive"] = res["server_img_per_s_c8"] / res["naive_img_per_s_c8"]
@@ -204,7 +207,8 @@ def thread_sweep(arch: str, folder: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", nargs="+", default=["resnet18", "resnet50"], help="ImageNet networks to serve")
-    p.add_argument("--requests", type=int, default=32, help="ten-crop requests per concurrency-8 phase")
+    p.add_argument("--requests", type=int, default=24, help="ten-crop requests per concurrency-8 phase, all rounds")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (server, raw, naive) per network")
     p.add_argument("--threads", type=int, default=0, help="backend threads for server and raw (0 = all CPUs)")
     p.add_argument("--thread-sweep", action="store_true", help="only measure ORT CPU time per crop vs threads")
     args = p.parse_args(argv)
@@ -217,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         for arch in args.arch:
             t0 = time.perf_counter()
-            r = bench_arch(arch, Path(tmp), args.requests, args.threads)
+            r = bench_arch(arch, Path(tmp), args.requests, args.threads, args.rounds)
             print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             rows.append((arch, r))
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")

@@ -61,6 +61,9 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        # No busy-waiting after a run: in a server the decode threads and the event loop need those cores between
+        # batches (ONNX Runtime threading docs; a bare session runs as fast either way).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types

@@ -27,9 +27,12 @@ from resnet.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
+    crop_probabilities,
     decode_image,
     resized_size,
 )
+from resnet.preprocess import preprocess as preprocess_image
+from resnet.preprocess import topk as top_k
 
 from .backends import DEFAULT_MAX_BATCH, Backend, cpu_threads
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
@@ -132,7 +135,7 @@ class ClassifyService:
                     f"image is {w}x{h}: aspect ratio over {s.max_aspect:g} would resize to "
                     f"{'x'.join(map(str, resized_size(w, h, int(self.card['resize_size']))))} pixels",
                 )  # fmt: skip
-            return resnet.preprocess(img, self.card, crops=crops, draft=False, max_pixels=None)
+            return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
         except ImageTooLargeError as e:
             raise ImageError(413, "image_too_large", str(e)) from None
         except UnsupportedImageError as e:
@@ -141,11 +144,9 @@ class ClassifyService:
             raise ImageError(400, "bad_image", str(e)) from None
         except Image.DecompressionBombWarning as e:
             raise ImageError(413, "image_too_large", str(e)) from None
-        except ImageError:
-            raise
-        except Exception as e:  # a decoder tripping over hostile bytes in a way Pillow does not classify
+        except (OSError, ValueError, EOFError) as e:  # lazy decoders may fail late, while resizing
             log.warning("undecodable upload (%s)", type(e).__name__, exc_info=True)
-            raise ImageError(400, "bad_image", f"cannot decode image ({type(e).__name__})") from None
+            raise ImageError(400, "bad_image", f"cannot decode image ({type(e).__name__}: {e})") from None
 
     async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[np.ndarray], float]:
         loop = asyncio.get_running_loop()
@@ -184,8 +185,8 @@ class ClassifyService:
             raise
         results = []
         for st in stats:
-            probs = resnet.crop_probabilities(st.logits, CROPS[crops])[0]
-            results.append(resnet.topk(probs, topk, self.labels))
+            probs = crop_probabilities(st.logits, CROPS[crops])[0]
+            results.append(top_k(probs, topk, self.labels))
         return Classified(
             results=results,
             decode_s=decode_s,
