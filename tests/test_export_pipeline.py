@@ -103,14 +103,14 @@ def test_fp32_and_fp16_reports_pass_with_thresholds_and_all_batch_sizes(digits_e
 
 
 def test_labelled_gate_on_digits_imagefolder_reports_accuracy_of_both(digits_export: Path, tmp_path: Path) -> None:
-    folder = write_digits_imagefolder(tmp_path / "digits", split="test", limit=80)
+    folder = write_digits_imagefolder(tmp_path / "digits", split="test", limit=40)
     candidate = tmp_path / "model.fp16.onnx"
     shutil.copy(digits_export / "model.fp16.onnx", candidate)
     rc = resnet.run_cli(parity.main, [str(digits_export / "model.pt"), str(candidate), "--images", str(folder)])
     assert rc == 0
     report = json.loads((tmp_path / "model.fp16.onnx.parity.json").read_text())
     acc = report["metrics"]["accuracy"]
-    assert report["images"]["labelled"] and report["images"]["count"] == 80
+    assert report["images"]["labelled"] and report["images"]["count"] == 40
     assert report["thresholds"]["max_top1_change"] == 0.2  # FP16 preset picked from the graph's weights
     assert abs(acc["candidate"]["top1"] - acc["reference"]["top1"]) <= 0.2
     assert acc["reference"]["top1"] > 10.0  # a trained model, better than chance on held-out digits
@@ -141,6 +141,7 @@ def test_failed_fp16_gate_in_pipeline_keeps_fp32_and_rejects_fp16(digits_checkpo
     shutil.copy(digits_checkpoint, tmp_path / "model.pt")
     # An FP16 graph cannot reach this cosine: the gate must fail and say so.
     argv = [str(tmp_path / "model.pt"), "--fp16-thresholds", "min_cosine=0.99999999", "--max-batch", "12"]
+    argv += ["--limit", "2"]
     assert resnet.run_cli(trt.main, argv) == 3
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "model.onnx" in names and "model.fp16.onnx" not in names and "model.fp16.onnx.rejected" in names
@@ -154,7 +155,8 @@ def test_cli_subprocess_require_engine_exits_4_after_making_the_graphs(
     if HAS_ENGINE:
         pytest.skip("TensorRT and CUDA are present: the engine step runs (covered by test_export_trt.py)")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "export.trt", str(digits_checkpoint), "-o", str(out), "--max-batch", "16"]
+    cmd = [sys.executable, "-m", "export.trt", str(digits_checkpoint), "-o", str(out), "--max-batch", "12"]
+    cmd += ["--limit", "2"]
     proc = subprocess.run(cmd + ["--require-engine"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 4, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("export.trt: error: engine step required")
