@@ -79,6 +79,12 @@ def start(cmd: list[str], port: int, log: Path, timeout: float = 300) -> subproc
     raise RuntimeError(f"{cmd} not ready in {timeout} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -141,6 +147,7 @@ def bench_arch(arch: str, folder: Path, requests: int, threads: int, rounds: int
     backend.run(x10)
     per_round = max(8, requests // rounds)
     server_wall = raw_wall = naive_wall = 0.0
+    server_cpu = raw_cpu = naive_cpu = 0.0
     batches: list[float] = []
     lat_server: list[float] = []
     lat_raw: list[float] = []
@@ -150,16 +157,19 @@ def bench_arch(arch: str, folder: Path, requests: int, threads: int, rounds: int
                 _, lat = asyncio.run(load(url, images, 1, 1))
                 lat_server += lat
                 lat_raw.append(raw_seconds(backend, 10, 1, warm=False))
-            before = httpx.get(url + "/metrics").text
+            before, cpu0 = httpx.get(url + "/metrics").text, cpu_seconds(proc.pid)
             wall, _ = asyncio.run(load(url, images, per_round, 8))
-            server_wall += wall
+            server_wall, server_cpu = server_wall + wall, server_cpu + cpu_seconds(proc.pid) - cpu0
             batch = _phase_mean_batch(before, httpx.get(url + "/metrics").text)
             batches.append(batch)
             size = int(round(batch))
             n_batches = per_round * 10 / size  # the same number of crops, in batches of the server's mean size
+            cpu0 = time.process_time()
             raw_wall += raw_seconds(backend, size, max(1, round(n_batches))) * n_batches
+            raw_cpu += (time.process_time() - cpu0) * n_batches / (max(1, round(n_batches)) + 1)
+            cpu0 = cpu_seconds(naive.pid)
             wall, _ = asyncio.run(load(naive_url, images, per_round, 8))
-            naive_wall += wall
+            naive_wall, naive_cpu = naive_wall + wall, naive_cpu + cpu_seconds(naive.pid) - cpu0
     finally:
         stop(proc)
         stop(naive)
@@ -171,7 +181,12 @@ def bench_arch(arch: str, folder: Path, requests: int, threads: int, rounds: int
         "naive_img_per_s_c8": n / naive_wall,
         "server_p50_c1_s": statistics.median(lat_server),
         "raw_10crop_s": statistics.median(lat_raw),
+        "server_cpu_per_img": server_cpu / n,
+        "raw_cpu_per_img": raw_cpu / n,
+        "naive_cpu_per_img": naive_cpu / n,
     }
+    res["cpu_efficiency"] = res["raw_cpu_per_img"] / res["server_cpu_per_img"]
+    res["cpu_vs_naive"] = res["naive_cpu_per_img"] / res["server_cpu_per_img"]
     res["efficiency_throughput"] = res["server_img_per_s_c8"] / res["raw_img_per_s"]
     res["efficiency_latency"] = res["server_p50_c1_s"] / res["raw_10crop_s"]
     res["vs_naive"] = res["server_img_per_s_c8"] / res["naive_img_per_s_c8"]
@@ -225,13 +240,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             rows.append((arch, r))
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
-    print("| model | server img/s @c8 | raw img/s @ same batch (batch) | throughput efficiency | server p50 @c1 ms | "
-          "raw 10-crop ms | latency ratio | naive img/s @c8 | vs naive |")
+    print("Wall clock (ratios from interleaved rounds):\n")
+    print("| model | server img/s @c8 | raw img/s @ same batch (mean batch) | throughput efficiency | "
+          "server p50 @c1 ms | raw 10-crop ms | latency ratio | naive img/s @c8 | vs naive |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arch, r in rows:
         print(f"| {arch} | {r['server_img_per_s_c8']:.2f} | {r['raw_img_per_s']:.2f} ({r['raw_batch']:.0f}) | "
               f"{r['efficiency_throughput']:.2f} | {r['server_p50_c1_s'] * 1e3:.0f} | {r['raw_10crop_s'] * 1e3:.0f} | "
               f"{r['efficiency_latency']:.2f} | {r['naive_img_per_s_c8']:.2f} | {r['vs_naive']:.2f}x |")
+    print("\nCPU seconds per ten-crop image (the processes' own user+system time; unaffected by other jobs):\n")
+    print("| model | server | raw backend | CPU efficiency (raw/server) | naive | naive/server |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for arch, r in rows:
+        print(f"| {arch} | {r['server_cpu_per_img']:.3f} | {r['raw_cpu_per_img']:.3f} | {r['cpu_efficiency']:.2f} | "
+              f"{r['naive_cpu_per_img']:.3f} | {r['cpu_vs_naive']:.2f}x |")
     return 0
 
 

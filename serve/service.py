@@ -105,6 +105,8 @@ class ClassifyService:
         size = int(self.card["input_size"])
         rng = np.random.default_rng(0)
         for n in self.shapes:
+            if self.draining:  # shutting down during warm-up: stop between shapes
+                return
             batch = rng.standard_normal((n, 3, size, size), dtype=np.float32)
             out = self.batcher.run_sync(batch)
             if out.shape != (n, len(self.labels)):

@@ -20,7 +20,6 @@ from resnet.samples import digits_images
 
 from tests.serve_support import Server, encode, export_onnx, probs_from_answer, reference_probs
 
-pytestmark = pytest.mark.timeout(180)
 NUM_CLASSES = 10
 DRAFT_JPEG_TOL = 0.05  # JPEG draft mode (DCT-reduced decode of large JPEGs) vs the exact decode, on 32-px crops
 

@@ -17,7 +17,6 @@ from serve.__main__ import main
 from serve.settings import build_parser, settings_from, settings_table
 from tests.serve_support import REPO, Server, export_onnx
 
-pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
