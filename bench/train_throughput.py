@@ -6,8 +6,9 @@
 "plain" is what torchvision's reference script does per step: per-image PIL transforms in a DataLoader
 (RandomCrop(32, padding=4) + flip + ToTensor + Normalize), fp32, contiguous tensors. "ours" is train.loop's step:
 uint8 batches augmented on the device (train.augment.BatchAugment) and the device's speed settings (channels_last,
-AMP). With --synthetic both loops read the same random tensors, so only the step itself differs. Each variant runs
---iters timed iterations after --warmup; prints images/s and the ratio to plain.
+AMP). With --synthetic both loops read the same random tensors, so only the step itself differs. The variants run
+round-robin, one timed step each per round (--iters rounds after --warmup), so a change in machine load hits
+all of them alike; prints the median images/s and the ratio to plain.
 """
 
 from __future__ import annotations
@@ -53,39 +54,45 @@ def plain_loader(images: np.ndarray, labels: np.ndarray, batch: int, synthetic: 
                       persistent_workers=workers > 0)  # fmt: skip
 
 
-def run_plain(model, loader, device, iters: int, warmup: int) -> float:
+def plain_stepper(model, loader, device):
+    """One step of the plain loop per call; returns the images it trained on."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     model.train()
-    done, t0 = 0, None
-    while True:
-        for x, y in loader:
-            if done == warmup:
-                t0 = time.perf_counter()
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss.item()
-            done += 1
-            if done == warmup + iters:
-                return iters * len(y) / (time.perf_counter() - t0)
+    it = iter(loader)
+
+    def step() -> int:
+        nonlocal it
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        return len(y)
+
+    return step
 
 
-def run_ours(model, images_u8: torch.Tensor, labels: torch.Tensor, batch: int, device, iters: int, warmup: int,
-             amp: torch.dtype | None, channels_last: bool, augment: BatchAugment | None, norm: BatchAugment) -> float:  # fmt: skip
+def ours_stepper(model, images_u8: torch.Tensor, labels: torch.Tensor, batch: int, device,
+                 amp: torch.dtype | None, channels_last: bool, augment: BatchAugment | None, norm: BatchAugment):  # fmt: skip
+    """One step of train.loop's recipe per call (batch augmentation on the device, AMP, memory format)."""
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     model.train()
     ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
-    n = len(labels)
-    t0 = None
-    for step in range(warmup + iters):
-        if step == warmup:
-            t0 = time.perf_counter()
-        idx = torch.randint(0, n, (batch,))
+    gen = torch.Generator().manual_seed(0)
+    count = 0
+
+    def step() -> int:
+        nonlocal count
+        idx = torch.randint(0, len(labels), (batch,), generator=gen)
         x, y = images_u8[idx].to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
-        x = augment(x, step_generator(0, 0, step)) if augment else norm.normalise(x)
+        x = augment(x, step_generator(0, 0, count)) if augment else norm.normalise(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
@@ -94,19 +101,42 @@ def run_ours(model, images_u8: torch.Tensor, labels: torch.Tensor, batch: int, d
         loss.backward()
         opt.step()
         loss.item()
-    return iters * batch / (time.perf_counter() - t0)
+        count += 1
+        return batch
+
+    return step
+
+
+def measure(steppers: dict, iters: int, warmup: int, device, clock=time.perf_counter) -> dict[str, float]:
+    """Round-robin: each round times one step of every variant, so load drift hits all alike; median img/s."""
+    for step in steppers.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(iters):
+        for name, step in steppers.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = clock()
+            n = step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(n / (clock() - t))
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20", help="network name (resnet.list_models())")
     p.add_argument("--batch-size", type=int, default=128, help="images per step")
-    p.add_argument("--iters", type=int, default=8, help="timed iterations per variant")
+    p.add_argument("--iters", type=int, default=8, help="timed rounds (one step of every variant each)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--synthetic", action="store_true", help="random images instead of the digits (any --image-size)")
     p.add_argument("--image-size", type=int, default=32, help="synthetic image size")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this process's CPU time (with --threads 1 it is robust to other jobs on the machine)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the plain loop")
     args = p.parse_args(argv)
     if args.threads:
@@ -138,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         return resnet.create_model(args.model, num_classes=10).to(device)
 
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, batch {args.batch_size}, {what}, {dev}; {args.iters} timed iterations per variant")
-    plain = run_plain(fresh(), plain_loader(images, labels, args.batch_size, args.synthetic, mean, std, args.workers),
-                      device, args.iters, args.warmup)  # fmt: skip
-    rows = [("plain torchvision-style loop (fp32, per-image transforms)", plain)]
+    print(f"{args.model}, batch {args.batch_size}, {what}, {dev}; {args.iters} timed rounds, {args.clock} clock")
+    plain_name = "plain torchvision-style loop (fp32, per-image transforms)"
+    steppers = {plain_name: plain_stepper(fresh(), plain_loader(images, labels, args.batch_size, args.synthetic, mean,
+                                                                std, args.workers), device)}  # fmt: skip
     variants = [("ours: batch augment on device, fp32", None, False),
                 ("ours: + channels_last", None, True),
                 ("ours: + bf16 autocast", torch.bfloat16, False),
@@ -149,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         variants = [(n.replace("bf16", "fp16"), torch.float16 if a else None, c) for n, a, c in variants]
     for name, amp, cl in variants:
-        rows.append((name, run_ours(fresh(), images_u8, labels_t, args.batch_size, device, args.iters, args.warmup,
-                                    amp, cl, augment, norm)))  # fmt: skip
-    for name, ips in rows:
+        steppers[name] = ours_stepper(fresh(), images_u8, labels_t, args.batch_size, device, amp, cl, augment, norm)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu" and device.type == "cuda":
+        clock = time.perf_counter  # GPU work is not this process's CPU time
+    rates = measure(steppers, args.iters, args.warmup, device, clock)
+    plain = rates[plain_name]
+    for name, ips in rates.items():
         print(f"{name:58s} {ips:9.1f} img/s   x{ips / plain:.2f}")
     return 0
 

@@ -108,7 +108,8 @@ def configure_runtime(args: argparse.Namespace, info: D.DistInfo, say: Callable[
     if amp == "fp16" and not cuda:
         raise UsageError("--amp fp16 needs a CUDA GPU (on CPU use --amp bf16 or off)")
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    channels_last = cuda if args.channels_last is None else args.channels_last
+    # CPU: channels_last pays off with bf16 (oneDNN's blocked kernels; bench/RESULTS.md), so it follows AMP there
+    channels_last = (cuda or dtype == torch.bfloat16) if args.channels_last is None else args.channels_last
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
     if not cuda:
         say("device: cpu (no CUDA GPU visible; fp16 AMP + GradScaler, cudnn.benchmark and SyncBN skipped)")
