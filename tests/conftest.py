@@ -32,8 +32,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ResNet-8 (CIFAR family) trained for 300 iterations on the real digits: a small, real, trained model.
 
     About 99% held-out ten-crop accuracy (lr 0.1, divided by 10 at 200 and 260 iterations, flip augmentation: the
-    paper.s schedule in
-    miniature). Saved in our checkpoint format with a complete card (labels "0".."9", 32x32, digits mean/std).
+    paper's schedule in miniature). Saved in our checkpoint format with a complete card (labels "0".."9", 32x32, digits mean/std).
     """
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
