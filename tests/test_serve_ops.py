@@ -80,8 +80,9 @@ def test_disconnected_client_crops_are_dropped_from_the_queue(slow_server, image
 
 @pytest.fixture(scope="module")
 def keyed_server(digits_checkpoint: Path, onnx_model: Path):
-    """The checkpoint on torch, the API key from the environment (12-factor)."""
-    server = Server(["--model", str(digits_checkpoint)], env={"RESNET_SERVE_API_KEY": "s3cret-key"},
+    """The checkpoint on torch, the API key from the environment (12-factor), CORS for one origin."""
+    server = Server(["--model", str(digits_checkpoint), "--cors-origins", "http://app.example"],
+                    env={"RESNET_SERVE_API_KEY": "s3cret-key"},
                     log_path=onnx_model.parent / "keyed.log").start()  # fmt: skip
     yield server
     server.stop()
@@ -118,10 +119,14 @@ def test_health_endpoints_stay_open_with_an_api_key(keyed_server):
         assert httpx.get(keyed_server.url + path).status_code == 200, path
 
 
-def test_cors_is_off_unless_origins_are_given(keyed_server):
-    r = httpx.options(keyed_server.url + "/classify", headers={"Origin": "http://evil.example",
-                                                               "Access-Control-Request-Method": "POST"})  # fmt: skip
-    assert "access-control-allow-origin" not in r.headers
+def test_cors_allows_only_the_given_origins(keyed_server, slow_server):
+    def preflight(server, origin):
+        return httpx.options(server.url + "/classify", headers={"Origin": origin,
+                                                                "Access-Control-Request-Method": "POST"})  # fmt: skip
+
+    assert preflight(keyed_server, "http://app.example").headers["access-control-allow-origin"] == "http://app.example"
+    assert "access-control-allow-origin" not in preflight(keyed_server, "http://evil.example").headers
+    assert "access-control-allow-origin" not in preflight(slow_server, "http://app.example").headers  # CORS off
 
 
 def test_sigterm_drains_readiness_503_in_flight_finishes_then_exit_0(onnx_model: Path, image):
