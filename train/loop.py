@@ -282,8 +282,8 @@ class Trainer:
                     logits = model(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=r.label_smoothing)
                 wrong = (logits.argmax(1) != y).sum()
-                loss_sum, n_wrong, n, signum = D.all_reduce_sum(
-                    [loss.detach().float().item() * len(y), float(wrong), float(len(y)), float(stop.signum)], info)
+                loss_sum, n_wrong, n, stopping = D.all_reduce_sum(  # every rank agrees to stop at the same step
+                    [loss.detach().float().item() * len(y), float(wrong), float(len(y)), float(stop.signum > 0)], info)
                 if not math.isfinite(loss_sum):
                     raise NonFiniteLoss(
                         f"loss is {loss_sum / n} at iteration {self.step + 1} (lr {lr:g}); stopped. The last good "
@@ -305,8 +305,9 @@ class Trainer:
                     self.validate(model)
                 if (self.args.save_every and self.step % self.args.save_every == 0) or self.step % self.iters_per_epoch == 0:
                     self.save(model, "periodic")
-                if signum or self.step == self.args.stop_at_iter:
+                if stopping or self.step == self.args.stop_at_iter:
                     self.save(model, "stop")
+                    signum = (stop.signum or signal.SIGTERM) if stopping else 0  # a rank that saw none: its peers' TERM
                     why = f"signal {signal.Signals(int(signum)).name}" if signum else f"--stop-at-iter {self.step}"
                     log.info(f"stopped by {why} at iteration {self.step}; {self.out / 'last.pt'} saved; "
                              "run the same command again to resume")  # fmt: skip
