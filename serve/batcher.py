@@ -3,8 +3,9 @@
 ``submit(crops)`` enqueues one image's crops and returns when their logits are back. The worker takes crops in
 arrival order until a batch holds ``max_batch`` crops or the oldest crop has waited ``max_wait``, pads the batch up
 to the nearest warmed-up batch shape, runs the backend in its own thread (off the event loop), and hands each
-image its rows. An image's crops may span two batches. A caller that goes away (cancelled: client disconnected,
-deadline passed) has its not-yet-batched crops dropped from the queue. The queue is bounded in crops: ``QueueFull``.
+image its rows. Images go whole into a batch unless one alone exceeds ``max_batch`` (then it spans batches). A
+caller that goes away (cancelled: client disconnected, deadline passed) has its not-yet-batched crops dropped from
+the queue. The queue is bounded in crops: ``QueueFull``.
 """
 
 from __future__ import annotations
@@ -141,7 +142,11 @@ class Batcher:
                 pass
 
     def _take(self) -> list[tuple[_Item, int, int]]:
-        """Pop up to ``max_batch`` crops in arrival order, as (item, start, stop) slices."""
+        """Pop up to ``max_batch`` crops in arrival order, as (item, start, stop) slices.
+
+        Whole images only, unless one image alone is larger than the batch (then it is split): ten-crop traffic
+        gives batches of 10, 20, ... crops, which are batch shapes already, so nothing is wasted on padding.
+        """
         parts: list[tuple[_Item, int, int]] = []
         room = self.max_batch
         while self._queue and room > 0:
@@ -150,6 +155,8 @@ class Batcher:
                 self._drop(item)
                 continue
             start = item.taken
+            if len(item.crops) - start > room and parts:
+                break  # the next image does not fit whole: start the next batch with it (no ragged sizes to pad)
             stop = min(len(item.crops), start + room)
             parts.append((item, start, stop))
             item.taken = stop
