@@ -20,7 +20,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 def test_torchrun_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "train.cifar", "--dataset", "digits",
-           "--depth", "8", "--batch-size", "32", "--max-iters", "4", "--eval-every", "2", "--log-every", "2",
+           "--depth", "8", "--batch-size", "32", "--max-iters", "4", "--val-size", "201", "--eval-every", "2", "--log-every", "2",
            "--eval-crops", "center", "--sync-bn", "--no-tensorboard", "--progress", "lines", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
@@ -32,8 +32,9 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     assert weights_digest(model) == summary["replica_weight_digests"][0]
     assert card["provenance"]["world_size"] == 2
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # 144 validation / 360 test images split over 2 ranks without padding: each counted exactly once
-    assert [r["images"] for r in recs if r["kind"] == "val"] == [144, 144]
+    # 201 validation (shards of 101 and 100: one more batch on rank 0, which must not hang) and 360 test images
+    # split over 2 ranks without padding: each counted exactly once
+    assert [r["images"] for r in recs if r["kind"] == "val"] == [201, 201]
     assert [r["images"] for r in recs if r["kind"] == "test"] == [360]
     # each training step saw the global batch: 32 images = 16 per rank, all-reduced
     assert all(r["img_per_s"] > 0 for r in recs if r["kind"] == "train")

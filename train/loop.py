@@ -120,6 +120,12 @@ def configure_runtime(args: argparse.Namespace, info: D.DistInfo, say: Callable[
     return Runtime(dtype, channels_last, scaler)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain network inside torch.compile and DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
 class StopSignals:
     """SIGTERM/SIGINT set a flag; the loop saves last.pt after the current iteration and exits."""
 
@@ -338,7 +344,9 @@ class Trainer:
         """Centre-crop top-1/top-5 error on the validation split, all-reduced; best.pt when it improves."""
         if len(self.data.val) == 0:
             return
-        model.eval()
+        net = unwrap(model)  # no DDP collectives per forward: shards may differ by one batch
+        D.broadcast_buffers(net, self.info)  # every rank evaluates rank 0's BN statistics
+        net.eval()
         shard = Subset(self.data.val, D.shard_indices(len(self.data.val), self.info))
         workers = 0 if self.data.kind == "array" else (self.args.workers if self.args.workers is not None else min(8, os.cpu_count() or 1))
         loader = DataLoader(shard, batch_size=max(self.per_rank_batch, 100), num_workers=workers, collate_fn=collate_batch)
@@ -346,7 +354,7 @@ class Trainer:
         for x, y in loader:
             x, y = self.to_device(x, y, self.step, train=False)
             with self.rt.autocast(self.info.device):
-                logits = model(x).float()
+                logits = net(x).float()
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
             sums[1] += float((top5[:, 0] != y).sum())
@@ -369,7 +377,7 @@ class Trainer:
 
     def finish(self, model: torch.nn.Module) -> int:
         """Final test evaluation with the shared preprocessing, model.pt with its card, summary.json."""
-        base = getattr(getattr(model, "_orig_mod", model), "module", getattr(model, "_orig_mod", model))
+        base = unwrap(model)
         D.broadcast_buffers(base, self.info)
         digests = D.gather_strings(D.weights_digest(base), self.info)
         metrics: dict[str, Any] = {}
