@@ -59,8 +59,15 @@ def init_distributed(device_choice: str = "auto") -> DistInfo:
 
 
 def cleanup() -> None:
+    """Leave the process group (safe to call when none was joined)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank: ranks leave a finished run together, not while rank 0 is still writing."""
+    if info.distributed:
+        dist.barrier()
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:

@@ -409,6 +409,7 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
             os.replace(tmp, self.out / "summary.json")
             self.log.info(f"wrote {path} (card {self.card['name']}, metrics {metrics.get('protocol', 'none')})")
+        D.barrier(self.info)
         if len(set(digests)) != 1:
             raise UserError(f"ranks ended with different weights: {digests}")
         return 0
