@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet import UserError
+from resnet.atomic import atomic_write, default_file_mode, fsync_dir
 
 REJECTED_SUFFIX = ".rejected"
 
@@ -94,27 +95,8 @@ def staging_path(final: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to {final.parent}: {e.strerror or e}") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; artifacts get the usual permissions
     return Path(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_bytes_to(path: Path, data: bytes) -> None:
@@ -129,29 +111,15 @@ def write_bytes_to(path: Path, data: bytes) -> None:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    tmp = staging_path(path)
-    try:
-        write_bytes_to(tmp, data)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    return atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def publish(staged: Path, final: Path) -> Path:
     """Move a gated staging file to its final name (atomic); drops any stale ``.rejected`` of that name."""
     os.replace(staged, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     rejected_path(final).unlink(missing_ok=True)
     return final
 
@@ -161,5 +129,5 @@ def reject(staged: Path, final: Path) -> Path:
     target = rejected_path(final)
     os.replace(staged, target)
     Path(final).unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target

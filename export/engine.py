@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from resnet import UserError
+from resnet.atomic import atomic_write
 
-from . import artifacts
 from .log import log
 
 OPT_BATCH = 10  # one ten-crop image
@@ -95,7 +95,7 @@ def build_engine(
     seconds = time.perf_counter() - start
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build an engine from {source.name} (log above)")
-    artifacts.atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     mode = (
         "strongly typed network from the FP16 graph" if typed else "FP32 graph with BuilderFlag.FP16 (weakly typed)"
     )

@@ -30,8 +30,12 @@ _EXPORTS = {
     "create_model": "registry", "list_models": "registry", "parse_model_name": "registry",
 }  # fmt: skip
 
-__all__ = sorted([*_EXPORTS, "CardError", "CheckpointError", "MissingComponentError", "ParityError", "UsageError",
-                  "UserError", "run_cli", "crop_probabilities", "decode_image", "preprocess", "topk"])
+__all__ = [
+    "BasicBlock", "Bottleneck", "CardError", "CheckpointError", "CifarResNet", "MissingComponentError",
+    "ParityError", "ResNet", "UsageError", "UserError", "atomic_save", "create_model", "crop_probabilities",
+    "decode_image", "list_models", "load_checkpoint", "make_card", "model_from_card", "parse_model_name",
+    "preprocess", "run_cli", "save_checkpoint", "topk", "validate_card",
+]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -9,8 +9,8 @@ smaller ones still.
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,7 @@ from torch import nn
 
 import resnet
 from resnet import UserError
+from resnet.atomic import atomic_write
 from resnet.models import BasicBlock, Bottleneck
 
 from .cli import _Parser
@@ -99,12 +100,10 @@ def plot_responses(results: list[tuple[str, list[tuple[str, float]]]], output: P
     top.legend(fontsize=8)
     top.set_title("Std of 3x3 layer responses (after BN, before addition/ReLU)")
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, output)
-    return output
+    return atomic_write(output, buf.getvalue())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 import resnet
 from resnet import UsageError, UserError
+from resnet.atomic import atomic_write
 from resnet.checkpoint import load_state_dict_strict
 
 from . import distributed as D
@@ -404,10 +405,7 @@ class Trainer:
                        "world_size": self.info.world_size, "replica_weight_digests": digests,
                        "replicas_identical": len(set(digests)) == 1,
                        "train_seconds": round(time.time() - self.log.t0, 1)}  # fmt: skip
-            resnet.atomic_save  # noqa: B018 (json is written with the same temp + rename below)
-            tmp = self.out / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.out / "summary.json")
+            atomic_write(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
             self.log.info(f"wrote {path} (card {self.card['name']}, metrics {metrics.get('protocol', 'none')})")
         D.barrier(self.info)
         if len(set(digests)) != 1:

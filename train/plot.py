@@ -6,12 +6,13 @@ The style of the paper's Fig. 4 and 6: thin lines = training error, bold lines =
 from __future__ import annotations
 
 import argparse
-import os
+import io
 from pathlib import Path
 from typing import Sequence
 
 import resnet
 from resnet import UserError
+from resnet.atomic import atomic_write
 
 from .cli import _Parser
 from .runlog import read_metrics
@@ -86,12 +87,10 @@ def plot_runs(runs: Sequence[Path], output: Path, labels: Sequence[str] | None =
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, output)
-    return output
+    return atomic_write(output, buf.getvalue())
 
 
 def _main(argv: Sequence[str] | None) -> int:
