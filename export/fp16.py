@@ -12,10 +12,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from resnet.onnx_card import set_onnx_card
 
 from .log import log
-from .onnx import ExportError, check_contract
+from .onnx import ExportError, seal
 
 # Kept in FP32: accumulations over many values and the exponentials (added to the converter's default list).
 SENSITIVE_OPS = (
@@ -50,12 +49,6 @@ def convert_fp16(fp32: Any, card: dict[str, Any]) -> Any:
     clamped = sum("truncated" in str(w.message) for w in caught)
     if clamped:
         log(f"note: FP16 conversion clamped {clamped} weight value(s) outside FP16's range (|x| < 1e-7 or > 1e4)")
-    set_onnx_card(proto, card)
-    proto.producer_name = "resnet-stack export.fp16"
-    proto.producer_version = f"onnxconverter-common float16, blocked: {','.join(SENSITIVE_OPS)}"
-    check_contract(proto, card)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"onnx.checker rejected the FP16 graph: {str(e).splitlines()[0]}") from None
+    seal(proto, card, "resnet-stack export.fp16", f"onnxconverter-common float16, blocked: {','.join(SENSITIVE_OPS)}",
+         "the FP16 graph")
     return proto

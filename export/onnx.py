@@ -72,7 +72,6 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor) -> Any:
 
 def export_model(model: nn.Module, card: dict[str, Any], exporter: str = "auto") -> tuple[Any, str]:
     """Export an eval-mode network to an ``onnx.ModelProto`` with the card; returns ``(proto, exporter used)``."""
-    import onnx
 
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -93,15 +92,22 @@ def export_model(model: nn.Module, card: dict[str, Any], exporter: str = "auto")
         except Exception as e2:
             first = (str(e2).strip().splitlines() or [type(e2).__name__])[0][:200]
             raise ExportError(f"both exporters failed; torchscript: {type(e2).__name__}: {first}") from None
+    seal(proto, card, "resnet-stack export.onnx", f"torch {torch.__version__} ({used})", "the exported graph")
+    return proto, used
+
+
+def seal(proto: Any, card: dict[str, Any], producer: str, version: str, what: str) -> None:
+    """The last step of every graph we write: the card in metadata, producer fields, our I/O contract, onnx.checker."""
+    import onnx
+
     set_onnx_card(proto, card)
-    proto.producer_name = "resnet-stack export.onnx"
-    proto.producer_version = f"torch {torch.__version__} ({used})"
+    proto.producer_name = producer
+    proto.producer_version = version
     check_contract(proto, card)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
-    return proto, used
+        raise ExportError(f"onnx.checker rejected {what}: {str(e).splitlines()[0]}") from None
 
 
 def _dims(value_info: Any) -> list[int | str]:
