@@ -2,82 +2,47 @@
 
 Every tests/test_clients_*.py module asks for it through `shared_server(checkpoint)`; the process is stopped when
 the session's interpreter exits. It runs with an API key and small size limits so that 401 and 413 are reachable.
+Starting, waiting for /readyz and stopping are `tests.serve_support.Server`'s, shared with the serving tests.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from tests.serve_support import Server, free_port
 
-REPO = Path(__file__).resolve().parent.parent
+__all__ = ["API_KEY", "MAX_BODY_BYTES", "MAX_PIXELS", "ClientsServer", "free_port", "shared_server", "start_server"]
+
 API_KEY = "test-key-0123"
 MAX_PIXELS = 3_000_000  # the sample photos are all below it (retina.jpg is 1411x1411)
 MAX_BODY_BYTES = 4_000_000
 
+class ClientsServer(Server):
+    """The server with the clients' API key and size limits; settings from these flags only, never the environment."""
 
-@dataclass
-class Server:
-    url: str
-    api_key: str
-    process: subprocess.Popen
-    log: Path
+    api_key = API_KEY
 
-
-_server: Server | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def __init__(self, model: Path, log: Path, extra: list[str] | None = None) -> None:
+        args = ["--model", str(model), "--host", "127.0.0.1", "--api-key", API_KEY, "--max-pixels", str(MAX_PIXELS),
+                "--max-body-bytes", str(MAX_BODY_BYTES), "--threads", "2", "--log-level", "warning", *(extra or [])]  # fmt: skip
+        super().__init__(args, log_path=log)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_SERVE_")}
 
 
-def start_server(model: Path, log: Path, extra: list[str] | None = None, timeout: float = 120.0) -> Server:
-    """Start `python -m serve` and wait until /readyz answers 200; raise with the server's log if it does not."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--api-key", API_KEY, "--max-pixels", str(MAX_PIXELS), "--max-body-bytes", str(MAX_BODY_BYTES),
-           "--threads", "2", "--log-level", "warning", *(extra or [])]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_SERVE_")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2.0).status_code == 200:
-                return Server(url, API_KEY, proc, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop(proc)
-    raise RuntimeError(f"server not ready within {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+_server: ClientsServer | None = None
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def start_server(model: Path, log: Path, extra: list[str] | None = None, timeout: float = 120.0) -> ClientsServer:
+    """Start `python -m serve` with the clients' key and limits; wait until /readyz answers 200."""
+    return ClientsServer(model, log, extra).start(timeout)
 
 
-def shared_server(model: Path, log_dir: Path) -> Server:
+def shared_server(model: Path, log_dir: Path) -> ClientsServer:
     """The session's one server for the clients' tests (started on first use, stopped at exit)."""
     global _server
-    if _server is None or _server.process.poll() is not None:
+    if _server is None or _server.proc is None or _server.proc.poll() is not None:
         _server = start_server(model, log_dir / "serve.log")
-        atexit.register(stop, _server.process)
+        atexit.register(_server.stop)
     return _server
