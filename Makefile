@@ -20,6 +20,8 @@ demo: $(STAMP)
 	PY=$(PY) bash scripts/demo.sh
 
 test: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 # Each benchmark prints its table; bench/RESULTS.md records the figures with date and machine (about 20 min in all).

@@ -13,8 +13,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,10 +74,14 @@ def bench_model(name: str, max_batch: int, repeats: int, folder: Path) -> dict[s
         result = parity.evaluate(reference, cand, images, parity.PRESETS[preset], max_batch)
         m = result["metrics"]
         row[tag] = {
-            "passed": result["passed"], "top1": m["top1_agreement"], "top5": m["top5_agreement"],
-            "cos_min": min(e["cosine_min"] for e in result["batch_sizes"].values()), "max_abs": m["max_abs"],
-            "rel_l2": m["rel_l2"], "size_mb": path.stat().st_size / 1e6,
-        }  # fmt: skip
+            "passed": result["passed"],
+            "top1": m["top1_agreement"],
+            "top5": m["top5_agreement"],
+            "cos_min": min(e["cosine_min"] for e in result["batch_sizes"].values()),
+            "max_abs": m["max_abs"],
+            "rel_l2": m["rel_l2"],
+            "size_mb": path.stat().st_size / 1e6,
+        }
         sessions[tag] = cand
     x10 = images.crops[:10]
     with torch.inference_mode():

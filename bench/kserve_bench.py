@@ -20,8 +20,8 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 import numpy as np
@@ -71,22 +71,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = [photos[n].read_bytes() for n in COLOUR_PHOTOS if n in photos]
         crops = [np.ascontiguousarray(resnet.preprocess(img, card, crops="ten")) for img in images]
         name = card["name"]
-        image_bodies = [v2_body([{"name": "image", "shape": [1], "datatype": "BYTES",
-                                  "parameters": {"binary_data_size": 4 + len(img)}}],
-                                [struct.pack("<I", len(img)) + img]) for img in images]  # fmt: skip
-        crop_bodies = [v2_body([{"name": "input", "shape": list(c.shape), "datatype": "FP32",
-                                 "parameters": {"binary_data_size": c.nbytes}}], [c.tobytes()]) for c in crops]  # fmt: skip
+        image_bodies = [
+            v2_body(
+                [
+                    {
+                        "name": "image",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": 4 + len(img)},
+                    }
+                ],
+                [struct.pack("<I", len(img)) + img],
+            )
+            for img in images
+        ]
+        crop_bodies = [
+            v2_body(
+                [
+                    {
+                        "name": "input",
+                        "shape": list(c.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": c.nbytes},
+                    }
+                ],
+                [c.tobytes()],
+            )
+            for c in crops
+        ]
         kinds = {
             "classify": lambda c, i: c.post("/classify", files=[("file", ("img", images[i % len(images)]))]),
-            "v2 image": lambda c, i: c.post(f"/v2/models/{name}/infer", content=image_bodies[i % len(images)][0],
-                                            headers=image_bodies[i % len(images)][1]),
-            "v2 crops": lambda c, i: c.post(f"/v2/models/{name}/infer", content=crop_bodies[i % len(images)][0],
-                                            headers=crop_bodies[i % len(images)][1]),
-        }  # fmt: skip
+            "v2 image": lambda c, i: c.post(
+                f"/v2/models/{name}/infer",
+                content=image_bodies[i % len(images)][0],
+                headers=image_bodies[i % len(images)][1],
+            ),
+            "v2 crops": lambda c, i: c.post(
+                f"/v2/models/{name}/infer",
+                content=crop_bodies[i % len(images)][0],
+                headers=crop_bodies[i % len(images)][1],
+            ),
+        }
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start([sys.executable, "-m", "serve", "--model", str(onnx_path), "--port", str(port),
-                      "--log-level", "warning"], port, folder / "serve.log")  # fmt: skip
+        proc = start(
+            [sys.executable, "-m", "serve", "--model", str(onnx_path), "--port", str(port), "--log-level", "warning"],
+            port,
+            folder / "serve.log",
+        )
         try:
             walls = {k: 0.0 for k in kinds}
             lats: dict[str, list[float]] = {k: [] for k in kinds}

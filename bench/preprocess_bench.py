@@ -11,7 +11,7 @@ import argparse
 import io
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,24 +48,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     data = two_megapixel_jpeg()
     card = resnet.make_card("resnet50")
-    tv = T.Compose([
-        T.Resize(256), T.TenCrop(224),
-        T.Lambda(lambda cs: torch.stack([T.Normalize(card["mean"], card["std"])(T.ToTensor()(c)) for c in cs])),
-    ])  # fmt: skip
+    tv = T.Compose(
+        [
+            T.Resize(256),
+            T.TenCrop(224),
+            T.Lambda(lambda cs: torch.stack([T.Normalize(card["mean"], card["std"])(T.ToTensor()(c)) for c in cs])),
+        ]
+    )
     exact = resnet.preprocess(data, card, "ten", draft=False)
     fast = resnet.preprocess(data, card, "ten", draft=True)
     ref = tv(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
     diff = np.abs(fast - exact)
     rows = [
-        ("torchvision Resize+TenCrop+Normalize", median_ms(lambda: tv(Image.open(io.BytesIO(data)).convert("RGB")), args.repeats)),
-        ("resnet.preprocess exact (draft=False)", median_ms(lambda: resnet.preprocess(data, card, "ten", draft=False), args.repeats)),
+        (
+            "torchvision Resize+TenCrop+Normalize",
+            median_ms(lambda: tv(Image.open(io.BytesIO(data)).convert("RGB")), args.repeats),
+        ),
+        (
+            "resnet.preprocess exact (draft=False)",
+            median_ms(lambda: resnet.preprocess(data, card, "ten", draft=False), args.repeats),
+        ),
         ("resnet.preprocess draft (default)", median_ms(lambda: resnet.preprocess(data, card, "ten"), args.repeats)),
     ]
     print(f"2.0 MP JPEG ({len(data) / 1e6:.2f} MB) -> 10 x 3 x 224 x 224, median of {args.repeats}, 1 thread")
     for name, ms in rows:
         print(f"  {name:<40} {ms:7.1f} ms   {rows[0][1] / ms:4.2f}x vs torchvision")
     print(f"  exact vs torchvision: max abs diff {np.abs(exact - ref).max():.2e}")
-    print(f"  draft vs exact: mean abs {diff.mean():.4f}, p99 {np.quantile(diff, 0.99):.4f}, max {diff.max():.4f} (normalised units)")
+    print(
+        f"  draft vs exact: mean abs {diff.mean():.4f}, p99 {np.quantile(diff, 0.99):.4f}, max {diff.max():.4f} (normalised units)"
+    )
     return 0
 
 

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 import numpy as np
@@ -46,9 +46,15 @@ def build_artifacts(arch: str, folder: Path) -> tuple[Path, Path]:
     card = resnet.make_card(arch, provenance={"note": "benchmark: random weights"})
     pt = resnet.save_checkpoint(folder / f"{arch}.pt", model, card)
     onnx_path = folder / f"{arch}.onnx"
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(onnx_path), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
-                      dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, 224, 224),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
     proto = onnx.load(str(onnx_path))
     set_onnx_card(proto, card)
     onnx.save(proto, str(onnx_path))
@@ -140,8 +146,11 @@ def bench_arch(arch: str, folder: Path, requests: int, threads: int, rounds: int
     if threads:
         cmd += ["--threads", str(threads)]
     proc = start(cmd, port, folder / f"{arch}-serve.log")
-    naive = start([sys.executable, "-m", "bench.serve_naive", "--model", str(pt), "--port", str(naive_port)],
-                  naive_port, folder / f"{arch}-naive.log")  # fmt: skip
+    naive = start(
+        [sys.executable, "-m", "bench.serve_naive", "--model", str(pt), "--port", str(naive_port)],
+        naive_port,
+        folder / f"{arch}-naive.log",
+    )
     backend = load_backend(onnx_path, "onnxruntime", threads=threads)
     x10 = np.random.default_rng(0).standard_normal((10, 3, 224, 224), dtype=np.float32)
     backend.run(x10)
@@ -241,19 +250,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((arch, r))
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
     print("Wall clock (ratios from interleaved rounds):\n")
-    print("| model | server img/s @c8 | raw img/s @ same batch (mean batch) | throughput efficiency | "
-          "server p50 @c1 ms | raw 10-crop ms | latency ratio | naive img/s @c8 | vs naive |")
+    print(
+        "| model | server img/s @c8 | raw img/s @ same batch (mean batch) | throughput efficiency | "
+        "server p50 @c1 ms | raw 10-crop ms | latency ratio | naive img/s @c8 | vs naive |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arch, r in rows:
-        print(f"| {arch} | {r['server_img_per_s_c8']:.2f} | {r['raw_img_per_s']:.2f} ({r['raw_batch']:.0f}) | "
-              f"{r['efficiency_throughput']:.2f} | {r['server_p50_c1_s'] * 1e3:.0f} | {r['raw_10crop_s'] * 1e3:.0f} | "
-              f"{r['efficiency_latency']:.2f} | {r['naive_img_per_s_c8']:.2f} | {r['vs_naive']:.2f}x |")
+        print(
+            f"| {arch} | {r['server_img_per_s_c8']:.2f} | {r['raw_img_per_s']:.2f} ({r['raw_batch']:.0f}) | "
+            f"{r['efficiency_throughput']:.2f} | {r['server_p50_c1_s'] * 1e3:.0f} | {r['raw_10crop_s'] * 1e3:.0f} | "
+            f"{r['efficiency_latency']:.2f} | {r['naive_img_per_s_c8']:.2f} | {r['vs_naive']:.2f}x |"
+        )
     print("\nCPU seconds per ten-crop image (the processes' own user+system time; unaffected by other jobs):\n")
     print("| model | server | raw backend | CPU efficiency (raw/server) | naive | naive/server |")
     print("|---|---:|---:|---:|---:|---:|")
     for arch, r in rows:
-        print(f"| {arch} | {r['server_cpu_per_img']:.3f} | {r['raw_cpu_per_img']:.3f} | {r['cpu_efficiency']:.2f} | "
-              f"{r['naive_cpu_per_img']:.3f} | {r['cpu_vs_naive']:.2f}x |")
+        print(
+            f"| {arch} | {r['server_cpu_per_img']:.3f} | {r['raw_cpu_per_img']:.3f} | {r['cpu_efficiency']:.2f} | "
+            f"{r['naive_cpu_per_img']:.3f} | {r['cpu_vs_naive']:.2f}x |"
+        )
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import uvicorn
@@ -33,8 +33,12 @@ def create_naive_app(model_path: str) -> FastAPI:
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1).mean(0)
         top = torch.topk(probs, 5)
-        return {"topk": [{"index": int(i), "label": card["labels"][int(i)], "probability": float(p)}
-                         for p, i in zip(top.values, top.indices)]}  # fmt: skip
+        return {
+            "topk": [
+                {"index": int(i), "label": card["labels"][int(i)], "probability": float(p)}
+                for p, i in zip(top.values, top.indices)
+            ]
+        }
 
     @app.get("/readyz")
     def readyz() -> dict:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import resnet  # noqa: E402
-from train.augment import BatchAugment, step_generator  # noqa: E402
+import resnet
+from train.augment import BatchAugment, step_generator
 
 
 def plain_loader(images: np.ndarray, labels: np.ndarray, batch: int, synthetic: bool, mean, std, workers: int):
@@ -36,11 +36,13 @@ def plain_loader(images: np.ndarray, labels: np.ndarray, batch: int, synthetic: 
 
     if synthetic:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-        ds = TensorDataset((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1),
-                           torch.from_numpy(labels))  # fmt: skip
+        ds = TensorDataset(
+            (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1), torch.from_numpy(labels)
+        )
     else:
-        tf = T.Compose([T.RandomCrop(images.shape[1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                        T.Normalize(mean, std)])  # fmt: skip
+        tf = T.Compose(
+            [T.RandomCrop(images.shape[1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        )
 
         class PilDataset(Dataset):
             def __len__(self) -> int:
@@ -50,8 +52,9 @@ def plain_loader(images: np.ndarray, labels: np.ndarray, batch: int, synthetic: 
                 return tf(Image.fromarray(images[i])), int(labels[i])
 
         ds = PilDataset()
-    return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                      persistent_workers=workers > 0)  # fmt: skip
+    return DataLoader(
+        ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
 
 
 def plain_stepper(model, loader, device):
@@ -78,8 +81,17 @@ def plain_stepper(model, loader, device):
     return step
 
 
-def ours_stepper(model, images_u8: torch.Tensor, labels: torch.Tensor, batch: int, device,
-                 amp: torch.dtype | None, channels_last: bool, augment: BatchAugment | None, norm: BatchAugment):  # fmt: skip
+def ours_stepper(
+    model,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    device,
+    amp: torch.dtype | None,
+    channels_last: bool,
+    augment: BatchAugment | None,
+    norm: BatchAugment,
+):
     """One step of train.loop's recipe per call (batch augmentation on the device, AMP, memory format)."""
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -126,7 +138,9 @@ def measure(steppers: dict, iters: int, warmup: int, device, clock=time.perf_cou
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default="cifar_resnet20", help="network name (resnet.list_models())")
     p.add_argument("--batch-size", type=int, default=128, help="images per step")
     p.add_argument("--iters", type=int, default=8, help="timed rounds (one step of every variant each)")
@@ -135,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=32, help="synthetic image size")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="cpu: this process's CPU time (with --threads 1 it is robust to other jobs on the machine)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this process's CPU time (with --threads 1 it is robust to other jobs on the machine)",
+    )
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the plain loop")
     args = p.parse_args(argv)
     if args.threads:
@@ -149,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     if args.synthetic:
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (max(4 * args.batch_size, 512), args.image_size, args.image_size, 3), dtype=np.uint8)
+        images = rng.integers(
+            0, 256, (max(4 * args.batch_size, 512), args.image_size, args.image_size, 3), dtype=np.uint8
+        )
         labels = rng.integers(0, 10, len(images)).astype(np.int64)
         what = f"synthetic {args.image_size}x{args.image_size}"
     else:
@@ -170,12 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model}, batch {args.batch_size}, {what}, {dev}; {args.iters} timed rounds, {args.clock} clock")
     plain_name = "plain torchvision-style loop (fp32, per-image transforms)"
-    steppers = {plain_name: plain_stepper(fresh(), plain_loader(images, labels, args.batch_size, args.synthetic, mean,
-                                                                std, args.workers), device)}  # fmt: skip
-    variants = [("ours: batch augment on device, fp32", None, False),
-                ("ours: + channels_last", None, True),
-                ("ours: + bf16 autocast", torch.bfloat16, False),
-                ("ours: + bf16 autocast + channels_last", torch.bfloat16, True)]  # fmt: skip
+    steppers = {
+        plain_name: plain_stepper(
+            fresh(), plain_loader(images, labels, args.batch_size, args.synthetic, mean, std, args.workers), device
+        )
+    }
+    variants = [
+        ("ours: batch augment on device, fp32", None, False),
+        ("ours: + channels_last", None, True),
+        ("ours: + bf16 autocast", torch.bfloat16, False),
+        ("ours: + bf16 autocast + channels_last", torch.bfloat16, True),
+    ]
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         variants = [(n.replace("bf16", "fp16"), torch.float16 if a else None, c) for n, a, c in variants]
     for name, amp, cl in variants:

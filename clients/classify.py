@@ -37,11 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
     ap.add_argument("--url", default=DEFAULT_URL, help="server base URL (default: %(default)s)")
     ap.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default: %(default)s)")
-    ap.add_argument("--crops", choices=CROPS, default="ten", help="ten-crop (paper) or centre crop (default: %(default)s)")
+    ap.add_argument(
+        "--crops", choices=CROPS, default="ten", help="ten-crop (paper) or centre crop (default: %(default)s)"
+    )
     ap.add_argument("--api-key", default=None, help="API key, when the server was started with one")
     ap.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default: %(default)s)")
-    ap.add_argument("--retries", type=int, default=3, help="retries of a 503 (server busy), honouring Retry-After (default: %(default)s)")  # fmt: skip
+    ap.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for each answer (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries of a 503 (server busy), honouring Retry-After (default: %(default)s)",
+    )
     return ap
 
 
@@ -61,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = client.classify(path, topk=args.topk, crops=args.crops)
             except ClientError as e:
                 if args.json:
-                    print(json.dumps({"file": str(path), "error": {"status": e.status, "code": e.code, "message": str(e)}}))
+                    print(
+                        json.dumps(
+                            {"file": str(path), "error": {"status": e.status, "code": e.code, "message": str(e)}}
+                        )
+                    )
                 print(f"{path}: error: {e}", file=sys.stderr)
                 if isinstance(e, ServerUnreachable):
                     break  # the server is not there: every other image would fail the same way

@@ -14,9 +14,10 @@ from __future__ import annotations
 import mimetypes
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -77,8 +78,11 @@ class Classification:
         """A JSON-ready dict (what ``--json`` prints)."""
         return {
             "top": [{"index": p.index, "label": p.label, "probability": p.probability} for p in self.top],
-            "model": self.model, "backend": self.backend, "crops": self.crops, "timings": self.timings,
-        }  # fmt: skip
+            "model": self.model,
+            "backend": self.backend,
+            "crops": self.crops,
+            "timings": self.timings,
+        }
 
 
 def sniff_content_type(data: bytes) -> str | None:
@@ -160,9 +164,13 @@ def parse_result(body: dict[str, Any], index: int = 0) -> Classification:
     preds = [Prediction(int(p["index"]), str(p["label"]), float(p["probability"])) for p in top]
     timings = body.get("timings") or (item.get("timings") if isinstance(item, dict) else None) or {}
     return Classification(
-        top=preds, model=body.get("model"), backend=body.get("backend"), timings=dict(timings),
-        crops=body.get("crops"), raw=body,
-    )  # fmt: skip
+        top=preds,
+        model=body.get("model"),
+        backend=body.get("backend"),
+        timings=dict(timings),
+        crops=body.get("crops"),
+        raw=body,
+    )
 
 
 class Client:
@@ -233,7 +241,9 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.ConnectError:
-                raise ServerUnreachable(f"cannot connect to {self.url} (connection refused: is the server running?)") from None
+                raise ServerUnreachable(
+                    f"cannot connect to {self.url} (connection refused: is the server running?)"
+                ) from None
             except httpx.TimeoutException:
                 timeout = self._http.timeout.read
                 raise ClientError(f"no answer from {self.url} within {timeout:g} s (raise --timeout?)") from None

@@ -102,9 +102,14 @@ async def _send(
 
 
 async def _closed_loop(
-    http: httpx.AsyncClient, batches: itertools.cycle, settings: LoadSettings, rec: _Recorder,
-    concurrency: int, duration: float, max_requests: int | None,
-) -> None:  # fmt: skip
+    http: httpx.AsyncClient,
+    batches: itertools.cycle,
+    settings: LoadSettings,
+    rec: _Recorder,
+    concurrency: int,
+    duration: float,
+    max_requests: int | None,
+) -> None:
     deadline = time.perf_counter() + duration
 
     async def worker() -> None:
@@ -115,9 +120,15 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    http: httpx.AsyncClient, batches: itertools.cycle, settings: LoadSettings, rec: _Recorder,
-    rate: float, duration: float, max_requests: int | None, seed: int,
-) -> None:  # fmt: skip
+    http: httpx.AsyncClient,
+    batches: itertools.cycle,
+    settings: LoadSettings,
+    rec: _Recorder,
+    rate: float,
+    duration: float,
+    max_requests: int | None,
+    seed: int,
+) -> None:
     rng = random.Random(seed)
     start = time.perf_counter()
     arrival = start
@@ -150,12 +161,21 @@ async def _scrape(http: httpx.AsyncClient) -> str | None:
 
 
 async def run_level(
-    url: str, payloads: list[Payload], settings: LoadSettings, mode: str, level: float, duration: float,
-    max_requests: int | None = None, headers: dict[str, str] | None = None, seed: int = 0,
-) -> LevelResult:  # fmt: skip
+    url: str,
+    payloads: list[Payload],
+    settings: LoadSettings,
+    mode: str,
+    level: float,
+    duration: float,
+    max_requests: int | None = None,
+    headers: dict[str, str] | None = None,
+    seed: int = 0,
+) -> LevelResult:
     """Run one level (``mode`` "concurrency" with ``level`` clients, or "rate" with ``level`` requests/s)."""
     per = settings.images_per_request
-    batches = itertools.cycle([[payloads[(i + j) % len(payloads)] for j in range(per)] for i in range(0, len(payloads), per)])
+    batches = itertools.cycle(
+        [[payloads[(i + j) % len(payloads)] for j in range(per)] for i in range(0, len(payloads), per)]
+    )
     connections = int(level) if mode == "concurrency" else settings.max_inflight
     limits = httpx.Limits(max_connections=connections + 1, max_keepalive_connections=connections + 1)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=settings.timeout, limits=limits) as http:
@@ -175,13 +195,23 @@ async def run_level(
     batch, queue_ms = server_averages(before, after)
     ok = len(rec.latencies)
     return LevelResult(
-        mode=mode, level=level, elapsed_s=elapsed, requests=rec.requests, ok=ok, images_ok=ok * per,
-        throughput=ok * per / elapsed, latency_ms=latency, errors=dict(sorted(rec.errors.items())),
-        server_batch_size=batch, server_queue_ms=queue_ms,
-    )  # fmt: skip
+        mode=mode,
+        level=level,
+        elapsed_s=elapsed,
+        requests=rec.requests,
+        ok=ok,
+        images_ok=ok * per,
+        throughput=ok * per / elapsed,
+        latency_ms=latency,
+        errors=dict(sorted(rec.errors.items())),
+        server_batch_size=batch,
+        server_queue_ms=queue_ms,
+    )
 
 
-async def warm_up(url: str, payloads: list[Payload], settings: LoadSettings, seconds: float, headers: dict[str, str] | None) -> None:
+async def warm_up(
+    url: str, payloads: list[Payload], settings: LoadSettings, seconds: float, headers: dict[str, str] | None
+) -> None:
     """Send requests one at a time for ``seconds`` so the first level does not pay for cold caches."""
     if seconds > 0:
         await run_level(url, payloads, settings, "concurrency", 1, seconds, headers=headers)

@@ -75,37 +75,84 @@ def load_payloads(folder: str) -> list[Payload]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m clients.loadgen", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--url", default=DEFAULT_URL, help="server base URL; only loopback unless you name another host here (default: %(default)s)")  # fmt: skip
-    ap.add_argument("--images", required=True, help="folder of images (searched recursively) or one image; sent round-robin")
-    ap.add_argument("--concurrency", default="1,2,4,8", help="closed-loop levels: comma-separated client counts (default: %(default)s)")
-    ap.add_argument("--rate", default=None, help="open loop instead: comma-separated Poisson arrival rates in requests/s")
-    ap.add_argument("--duration", default="20s", help="how long each level runs, e.g. 20s, 500ms, 1m (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        prog="python -m clients.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help="server base URL; only loopback unless you name another host here (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--images", required=True, help="folder of images (searched recursively) or one image; sent round-robin"
+    )
+    ap.add_argument(
+        "--concurrency",
+        default="1,2,4,8",
+        help="closed-loop levels: comma-separated client counts (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--rate", default=None, help="open loop instead: comma-separated Poisson arrival rates in requests/s"
+    )
+    ap.add_argument(
+        "--duration", default="20s", help="how long each level runs, e.g. 20s, 500ms, 1m (default: %(default)s)"
+    )
     ap.add_argument("--max-requests", type=int, default=None, help="also stop a level after this many requests")
-    ap.add_argument("--warmup", default="2s", help="single-client warm-up before the first level, not reported (default: %(default)s)")
-    ap.add_argument("--images-per-request", type=int, default=1, help="images per request, as multipart file fields (default: %(default)s)")
+    ap.add_argument(
+        "--warmup",
+        default="2s",
+        help="single-client warm-up before the first level, not reported (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        help="images per request, as multipart file fields (default: %(default)s)",
+    )
     ap.add_argument("--topk", type=int, default=5, help="top-k asked of the server (default: %(default)s)")
     ap.add_argument("--crops", choices=CROPS, default="ten", help="ten-crop or centre crop (default: %(default)s)")
     ap.add_argument("--api-key", default=None, help="API key, when the server was started with one")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default: %(default)s)")
-    ap.add_argument("--max-inflight", type=int, default=256, help="open loop: most outstanding requests; later arrivals are dropped and counted (default: %(default)s)")  # fmt: skip
+    ap.add_argument(
+        "--max-inflight",
+        type=int,
+        default=256,
+        help="open loop: most outstanding requests; later arrivals are dropped and counted (default: %(default)s)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default: %(default)s)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     ap.add_argument("--csv", default=None, metavar="PATH", help="write one CSV row per level here")
-    ap.add_argument("--plot", default=None, metavar="PATH", help="draw throughput and p99 latency against the level to this PNG")
+    ap.add_argument(
+        "--plot", default=None, metavar="PATH", help="draw throughput and p99 latency against the level to this PNG"
+    )
     return ap
 
 
-async def _run(args: argparse.Namespace, url: str, payloads: list[Payload], mode: str, levels: list) -> list[LevelResult]:
-    settings = LoadSettings(topk=args.topk, crops=args.crops, images_per_request=args.images_per_request,
-                            timeout=args.timeout, max_inflight=args.max_inflight)  # fmt: skip
+async def _run(
+    args: argparse.Namespace, url: str, payloads: list[Payload], mode: str, levels: list
+) -> list[LevelResult]:
+    settings = LoadSettings(
+        topk=args.topk,
+        crops=args.crops,
+        images_per_request=args.images_per_request,
+        timeout=args.timeout,
+        max_inflight=args.max_inflight,
+    )
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     await warm_up(url, payloads, settings, parse_duration(args.warmup), headers)
     results = []
     for level in levels:
-        r = await run_level(url, payloads, settings, mode, level, parse_duration(args.duration), args.max_requests,
-                            headers=headers, seed=args.seed)  # fmt: skip
+        r = await run_level(
+            url,
+            payloads,
+            settings,
+            mode,
+            level,
+            parse_duration(args.duration),
+            args.max_requests,
+            headers=headers,
+            seed=args.seed,
+        )
         print(f"  {mode} {level:g}: {r.ok}/{r.requests} ok, {r.throughput:.1f} images/s", file=sys.stderr, flush=True)
         results.append(r)
     return results
@@ -123,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     if parse_duration(args.duration) <= 0:
         raise UsageError("--duration must be positive")
     parse_duration(args.warmup)
-    mode, levels = ("rate", parse_levels(args.rate, float, "--rate")) if args.rate else (
-        "concurrency", parse_levels(args.concurrency, int, "--concurrency"))  # fmt: skip
+    mode, levels = (
+        ("rate", parse_levels(args.rate, float, "--rate"))
+        if args.rate
+        else ("concurrency", parse_levels(args.concurrency, int, "--concurrency"))
+    )
     payloads = load_payloads(args.images)
     if not is_loopback(url):
         print(f"loadgen: {url} is not a loopback address; loading it because you named it with --url", file=sys.stderr)
@@ -135,17 +185,30 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{url}/healthz answered HTTP {e.response.status_code}: is it our server?") from None
     except httpx.HTTPError:
         raise UserError(f"cannot connect to {url} (connection refused: is the server running?)") from None
-    print(f"loadgen: {len(payloads)} image(s), {mode} levels {','.join(f'{x:g}' for x in levels)}, "
-          f"{args.duration} each, {args.crops}-crop -> {url}/classify", file=sys.stderr)  # fmt: skip
+    print(
+        f"loadgen: {len(payloads)} image(s), {mode} levels {','.join(f'{x:g}' for x in levels)}, "
+        f"{args.duration} each, {args.crops}-crop -> {url}/classify",
+        file=sys.stderr,
+    )
     results = asyncio.run(_run(args, url, payloads, mode, levels))
     print(format_table(results))
     meta = {
-        "url": url, "mode": mode, "levels": levels, "duration_s": parse_duration(args.duration),
-        "max_requests": args.max_requests, "images": len(payloads), "images_per_request": args.images_per_request,
-        "crops": args.crops, "topk": args.topk, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
-    for path, write in ((args.json, lambda p: write_json(p, results, meta)), (args.csv, lambda p: write_csv(p, results)),
-                        (args.plot, lambda p: write_plot(p, results, f"POST /classify ({args.crops}-crop) at {url}"))):  # fmt: skip
+        "url": url,
+        "mode": mode,
+        "levels": levels,
+        "duration_s": parse_duration(args.duration),
+        "max_requests": args.max_requests,
+        "images": len(payloads),
+        "images_per_request": args.images_per_request,
+        "crops": args.crops,
+        "topk": args.topk,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for path, write in (
+        (args.json, lambda p: write_json(p, results, meta)),
+        (args.csv, lambda p: write_csv(p, results)),
+        (args.plot, lambda p: write_plot(p, results, f"POST /classify ({args.crops}-crop) at {url}")),
+    ):
         if path:
             print(f"wrote {write(Path(path))}", file=sys.stderr)
     return 1 if any(r.ok == 0 for r in results) else 0

@@ -6,16 +6,27 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from resnet.atomic import atomic_write
 
 from .load import LevelResult
 
 COLUMNS = (
-    "level", "requests", "ok", "img/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "crops/batch", "queue ms", "errors",
-)  # fmt: skip
+    "level",
+    "requests",
+    "ok",
+    "img/s",
+    "p50 ms",
+    "p90 ms",
+    "p95 ms",
+    "p99 ms",
+    "crops/batch",
+    "queue ms",
+    "errors",
+)
 
 
 def _num(value: float | None, fmt: str = ".1f") -> str:
@@ -35,14 +46,25 @@ def format_table(results: Sequence[LevelResult]) -> str:
     the level, from /metrics (a ten-crop image is 10 crops)."""
     rows = [COLUMNS] + [
         (
-            _level(r), str(r.requests), str(r.ok), _num(r.throughput), _num(r.latency_ms["p50"]), _num(r.latency_ms["p90"]),
-            _num(r.latency_ms["p95"]), _num(r.latency_ms["p99"]), _num(r.server_batch_size, ".2f"),
-            _num(r.server_queue_ms), _errors(r.errors),
+            _level(r),
+            str(r.requests),
+            str(r.ok),
+            _num(r.throughput),
+            _num(r.latency_ms["p50"]),
+            _num(r.latency_ms["p90"]),
+            _num(r.latency_ms["p95"]),
+            _num(r.latency_ms["p99"]),
+            _num(r.server_batch_size, ".2f"),
+            _num(r.server_queue_ms),
+            _errors(r.errors),
         )
         for r in results
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(w) if i < len(COLUMNS) - 1 else cell for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(cell.rjust(w) if i < len(COLUMNS) - 1 else cell for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -56,20 +78,42 @@ def write_json(path: str | os.PathLike[str], results: Sequence[LevelResult], met
 def write_csv(path: str | os.PathLike[str], results: Sequence[LevelResult]) -> Path:
     """One row per level, latencies flattened into columns, errors as ``status:count`` pairs."""
     buf = io.StringIO()
-    fields = ["mode", "level", "elapsed_s", "requests", "ok", "images_ok", "throughput_img_s",
-              "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms",
-              "server_batch_size", "server_queue_ms", "errors"]  # fmt: skip
+    fields = [
+        "mode",
+        "level",
+        "elapsed_s",
+        "requests",
+        "ok",
+        "images_ok",
+        "throughput_img_s",
+        "p50_ms",
+        "p90_ms",
+        "p95_ms",
+        "p99_ms",
+        "mean_ms",
+        "max_ms",
+        "server_batch_size",
+        "server_queue_ms",
+        "errors",
+    ]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in results:
-        w.writerow({
-            "mode": r.mode, "level": r.level, "elapsed_s": round(r.elapsed_s, 4), "requests": r.requests, "ok": r.ok,
-            "images_ok": r.images_ok, "throughput_img_s": round(r.throughput, 3),
-            **{f"{k}_ms": (None if v is None else round(v, 3)) for k, v in r.latency_ms.items()},
-            "server_batch_size": None if r.server_batch_size is None else round(r.server_batch_size, 3),
-            "server_queue_ms": None if r.server_queue_ms is None else round(r.server_queue_ms, 3),
-            "errors": ";".join(f"{k}:{v}" for k, v in r.errors.items()),
-        })  # fmt: skip
+        w.writerow(
+            {
+                "mode": r.mode,
+                "level": r.level,
+                "elapsed_s": round(r.elapsed_s, 4),
+                "requests": r.requests,
+                "ok": r.ok,
+                "images_ok": r.images_ok,
+                "throughput_img_s": round(r.throughput, 3),
+                **{f"{k}_ms": (None if v is None else round(v, 3)) for k, v in r.latency_ms.items()},
+                "server_batch_size": None if r.server_batch_size is None else round(r.server_batch_size, 3),
+                "server_queue_ms": None if r.server_queue_ms is None else round(r.server_queue_ms, 3),
+                "errors": ";".join(f"{k}:{v}" for k, v in r.errors.items()),
+            }
+        )
     return atomic_write(path, buf.getvalue().encode())
 
 
@@ -87,8 +131,20 @@ def write_plot(path: str | os.PathLike[str], results: Sequence[LevelResult], tit
     ax1.set_ylabel("throughput (images/s)")
     ax1.set_ylim(bottom=0)
     ax1.grid(alpha=0.3)
-    ax2.plot(xs, [r.latency_ms["p99"] if r.latency_ms["p99"] is not None else float("nan") for r in results], "s-", color="tab:red", label="p99")
-    ax2.plot(xs, [r.latency_ms["p50"] if r.latency_ms["p50"] is not None else float("nan") for r in results], "^--", color="tab:gray", label="p50")
+    ax2.plot(
+        xs,
+        [r.latency_ms["p99"] if r.latency_ms["p99"] is not None else float("nan") for r in results],
+        "s-",
+        color="tab:red",
+        label="p99",
+    )
+    ax2.plot(
+        xs,
+        [r.latency_ms["p50"] if r.latency_ms["p50"] is not None else float("nan") for r in results],
+        "^--",
+        color="tab:gray",
+        label="p50",
+    )
     ax2.set_ylabel("latency (ms)")
     ax2.set_ylim(bottom=0)
     ax2.set_xlabel(xlabel)

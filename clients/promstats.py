@@ -32,7 +32,7 @@ def histogram_totals(text: str, name: str, labels: dict[str, str] | None = None)
             continue
         total = {"_sum": 0.0, "_count": 0.0}
         for sample in family.samples:
-            suffix = sample.name[len(name):]
+            suffix = sample.name[len(name) :]
             if suffix in total and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total[suffix] += sample.value
         return HistogramTotals(total["_sum"], total["_count"])

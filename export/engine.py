@@ -96,14 +96,17 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build an engine from {source.name} (log above)")
     atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    mode = (
-        "strongly typed network from the FP16 graph" if typed else "FP32 graph with BuilderFlag.FP16 (weakly typed)"
-    )
+    mode = "strongly typed network from the FP16 graph" if typed else "FP32 graph with BuilderFlag.FP16 (weakly typed)"
     return EngineBuild(
-        plan=bytes(memoryview(serialized)), tensorrt=trt.__version__, mode=mode, source=source.name,
-        profile={"min": lo, "opt": opt, "max": hi}, seconds=round(seconds, 2), timing_cache=str(timing_cache),
+        plan=bytes(memoryview(serialized)),
+        tensorrt=trt.__version__,
+        mode=mode,
+        source=source.name,
+        profile={"min": lo, "opt": opt, "max": hi},
+        seconds=round(seconds, 2),
+        timing_cache=str(timing_cache),
         timing_cache_reused=reused,
-    )  # fmt: skip
+    )
 
 
 def gpu_description() -> dict[str, Any]:
@@ -112,6 +115,8 @@ def gpu_description() -> dict[str, Any]:
 
     props = torch.cuda.get_device_properties(0)
     return {
-        "name": props.name, "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "cuda": torch.version.cuda,
         "memory_gib": round(props.total_memory / 2**30, 1),
-    }  # fmt: skip
+    }

@@ -12,15 +12,25 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-
 from .log import log
 from .onnx import ExportError, seal
 
 # Kept in FP32: accumulations over many values and the exponentials (added to the converter's default list).
 SENSITIVE_OPS = (
-    "GlobalAveragePool", "ReduceMean", "ReduceSum", "ReduceL2", "Softmax", "LogSoftmax",
-    "BatchNormalization", "LayerNormalization", "InstanceNormalization", "Exp", "Log", "Pow", "Sqrt",
-)  # fmt: skip
+    "GlobalAveragePool",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceL2",
+    "Softmax",
+    "LogSoftmax",
+    "BatchNormalization",
+    "LayerNormalization",
+    "InstanceNormalization",
+    "Exp",
+    "Log",
+    "Pow",
+    "Sqrt",
+)
 
 
 def block_list() -> list[str]:
@@ -41,14 +51,22 @@ def convert_fp16(fp32: Any, card: dict[str, Any]) -> Any:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             proto = float16.convert_float_to_float16(
-                source, keep_io_types=True, op_block_list=block_list(), disable_shape_infer=False,
+                source,
+                keep_io_types=True,
+                op_block_list=block_list(),
+                disable_shape_infer=False,
                 check_fp16_ready=True,
-            )  # fmt: skip
+            )
     except Exception as e:  # the converter raises plain exceptions for graphs it cannot handle
         raise ExportError(f"FP16 conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     clamped = sum("truncated" in str(w.message) for w in caught)
     if clamped:
         log(f"note: FP16 conversion clamped {clamped} weight value(s) outside FP16's range (|x| < 1e-7 or > 1e4)")
-    seal(proto, card, "resnet-stack export.fp16", f"onnxconverter-common float16, blocked: {','.join(SENSITIVE_OPS)}",
-         "the FP16 graph")
+    seal(
+        proto,
+        card,
+        "resnet-stack export.fp16",
+        f"onnxconverter-common float16, blocked: {','.join(SENSITIVE_OPS)}",
+        "the FP16 graph",
+    )
     return proto

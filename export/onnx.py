@@ -15,8 +15,9 @@ import contextlib
 import io
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,9 +52,15 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor) -> Any:
     batch = torch.export.Dim("batch", min=1, max=65536)
     with _quiet():
         program = torch.onnx.export(
-            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), optimize=True, verbose=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            optimize=True,
+            verbose=False,
+        )
     return program.model_proto
 
 
@@ -63,10 +70,17 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor) -> Any:
     buf = io.BytesIO()
     with _quiet():
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=TORCHSCRIPT_OPSET,
-            do_constant_folding=True, verbose=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=TORCHSCRIPT_OPSET,
+            do_constant_folding=True,
+            verbose=False,
+        )
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -149,14 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
         "PyTorch FP32 on real images. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 parity gate failed.",
     )
     p.add_argument("checkpoint", type=Path, help="our checkpoint (*.pt), or a torchvision state dict with --arch")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output .onnx path (default: beside the checkpoint, model.pt -> model.onnx)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="output .onnx path (default: beside the checkpoint, model.pt -> model.onnx)",
+    )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                   help="dynamo (torch.export + onnxscript), torchscript (legacy tracer), or auto: dynamo, "
-                   "falling back to torchscript if it fails (default)")
-    p.add_argument("--no-gate", action="store_true",
-                   help="skip the parity gate (the file is still checked by onnx.checker); not for production")
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="dynamo (torch.export + onnxscript), torchscript (legacy tracer), or auto: dynamo, "
+        "falling back to torchscript if it fails (default)",
+    )
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="skip the parity gate (the file is still checked by onnx.checker); not for production",
+    )
     parity.add_gate_arguments(p)
     parity.add_threshold_argument(p, "--thresholds", "fp32")
     return p

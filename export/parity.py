@@ -25,9 +25,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,20 +92,36 @@ def parse_thresholds(text: str | None, base: Thresholds) -> Thresholds:
 
 def add_gate_arguments(p: argparse.ArgumentParser) -> None:
     """The image and batch options every gated command shares."""
-    p.add_argument("--images", type=Path, default=None,
-                   help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
-                   "(default: the bundled sample photos)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use at most this many images, spread evenly over the folder (default: all)")
-    p.add_argument("--max-batch", type=int, default=None,
-                   help=f"largest batch to check (default {DEFAULT_MAX_BATCH}; an engine's own maximum for a .plan)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
+        "(default: the bundled sample photos)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use at most this many images, spread evenly over the folder (default: all)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help=f"largest batch to check (default {DEFAULT_MAX_BATCH}; an engine's own maximum for a .plan)",
+    )
 
 
 def add_threshold_argument(p: argparse.ArgumentParser, flag: str, preset: str) -> None:
     t = PRESETS[preset]
-    p.add_argument(flag, default=None, metavar="K=V,...",
-                   help=f"override {preset.upper()} gate thresholds (defaults: {_fmt_thresholds(t)}); "
-                   "'none' switches max_top1_change/min_top5_agreement off")
+    p.add_argument(
+        flag,
+        default=None,
+        metavar="K=V,...",
+        help=f"override {preset.upper()} gate thresholds (defaults: {_fmt_thresholds(t)}); "
+        "'none' switches max_top1_change/min_top5_agreement off",
+    )
 
 
 def _fmt_thresholds(t: Thresholds) -> str:
@@ -135,11 +152,14 @@ class ImageSet:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "source": self.source, "count": len(self.files), "crops": "ten" if self.crops_per_image == 10 else "center",
-            "crops_total": int(len(self.crops)), "labelled": self.labels is not None,
+            "source": self.source,
+            "count": len(self.files),
+            "crops": "ten" if self.crops_per_image == 10 else "center",
+            "crops_total": int(len(self.crops)),
+            "labelled": self.labels is not None,
             "files": self.files if len(self.files) <= 50 else self.files[:50] + [f"... {len(self.files) - 50} more"],
             **({"note": self.note} if self.note else {}),
-        }  # fmt: skip
+        }
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -226,7 +246,7 @@ class Reference:
     info: dict[str, Any]
 
     @classmethod
-    def from_model(cls, model: Any, card: dict[str, Any], images: ImageSet, source: str) -> "Reference":
+    def from_model(cls, model: Any, card: dict[str, Any], images: ImageSet, source: str) -> Reference:
         import torch
 
         fp32_reference_settings()
@@ -238,9 +258,11 @@ class Reference:
             outs = [model(x[i : i + REFERENCE_BATCH]).numpy() for i in progress(chunks, "reference", len(chunks))]
         seconds = time.perf_counter() - start
         info = {
-            "backend": "pytorch-fp32-cpu", "path": source, "torch": torch.__version__,
+            "backend": "pytorch-fp32-cpu",
+            "path": source,
+            "torch": torch.__version__,
             "seconds": round(seconds, 3),
-        }  # fmt: skip
+        }
         return cls(card, np.concatenate(outs).astype(np.float32), info)
 
 
@@ -270,9 +292,12 @@ class OnnxCandidate:
         self.input_name = self.session.get_inputs()[0].name
         self.min_batch, self.max_batch = 1, None
         self.info = {
-            "backend": "onnxruntime-cpu", "path": str(path), "onnxruntime": ort.__version__,
-            "providers": self.session.get_providers(), "precision": self.precision,
-        }  # fmt: skip
+            "backend": "onnxruntime-cpu",
+            "path": str(path),
+            "onnxruntime": ort.__version__,
+            "providers": self.session.get_providers(),
+            "precision": self.precision,
+        }
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
@@ -296,9 +321,12 @@ class EngineCandidate:
         self.min_batch, self.max_batch = self.runner.min_batch, self.runner.max_batch
         self.precision = "fp16"
         self.info = {
-            "backend": "tensorrt", "path": str(path), "tensorrt": tensorrt_version(), "precision": "fp16",
+            "backend": "tensorrt",
+            "path": str(path),
+            "tensorrt": tensorrt_version(),
+            "precision": "fp16",
             "profile": {"min": self.min_batch, "max": self.max_batch},
-        }  # fmt: skip
+        }
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.runner.run(x)
@@ -423,7 +451,7 @@ def evaluate(
         if batch == serve_batch:
             main, seconds = out, elapsed
         elif main is not None:
-            entry["max_abs_vs_batch_%d" % serve_batch] = float(np.abs(out - main[idx]).max())
+            entry[f"max_abs_vs_batch_{serve_batch}"] = float(np.abs(out - main[idx]).max())
         per_batch[str(batch)] = entry
     report: dict[str, Any] = {"batch_sizes": per_batch}
     if main is not None:
@@ -479,15 +507,20 @@ def gate_candidate(
     finally:
         candidate.close()
     report = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT,
+        "version": VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "passed": result["passed"], "failures": result["failures"],
+        "passed": result["passed"],
+        "failures": result["failures"],
         "model": reference.card["name"],
-        "reference": reference.info, "candidate": cand_info,
-        "images": images.describe(), "thresholds": thresholds.as_dict(), "max_batch": max_batch,
+        "reference": reference.info,
+        "candidate": cand_info,
+        "images": images.describe(),
+        "thresholds": thresholds.as_dict(),
+        "max_batch": max_batch,
         "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
         **{k: v for k, v in result.items() if k not in ("passed", "failures")},
-    }  # fmt: skip
+    }
     rpath = artifacts.report_path(final)
     if report["passed"]:
         if on_pass is not None:
@@ -551,11 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", type=Path, help="the checkpoint (*.pt, or a torchvision state dict with --arch)")
     p.add_argument("candidate", type=Path, help="an ONNX file exported by this project, or a *.plan engine")
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
-                   help="threshold preset; auto: fp16 for an engine or a graph with FP16 weights, else fp32")
-    p.add_argument("--thresholds", default=None, metavar="K=V,...",
-                   help="override preset thresholds, e.g. min_cosine=0.9995,max_top1_change=0.5 "
-                   f"(fp32: {_fmt_thresholds(PRESETS['fp32'])}; fp16: {_fmt_thresholds(PRESETS['fp16'])})")
+    p.add_argument(
+        "--preset",
+        choices=("auto", *PRESETS),
+        default="auto",
+        help="threshold preset; auto: fp16 for an engine or a graph with FP16 weights, else fp32",
+    )
+    p.add_argument(
+        "--thresholds",
+        default=None,
+        metavar="K=V,...",
+        help="override preset thresholds, e.g. min_cosine=0.9995,max_top1_change=0.5 "
+        f"(fp32: {_fmt_thresholds(PRESETS['fp32'])}; fp16: {_fmt_thresholds(PRESETS['fp16'])})",
+    )
     add_gate_arguments(p)
     return p
 

@@ -66,9 +66,15 @@ def _dims(values: list[int]) -> str:
 
 
 def render_config(
-    *, name: str, platform: str, card: dict[str, Any], max_batch: int, instances: int, kind: str,
+    *,
+    name: str,
+    platform: str,
+    card: dict[str, Any],
+    max_batch: int,
+    instances: int,
+    kind: str,
     queue_delay_us: int = 2000,
-) -> str:  # fmt: skip
+) -> str:
     """The ``config.pbtxt`` text (Triton's ModelConfig protobuf in text format)."""
     size = int(card["input_size"])
     preferred = preferred_batch_sizes(max_batch)
@@ -141,12 +147,7 @@ def _check_onnx(path: Path, card: dict[str, Any]) -> list[Path]:
                 f"{path}: the batch dimension of '{value.name}' is frozen at {dims[0]}; Triton batches over it "
                 "(re-export with a dynamic batch: python -m export.onnx)"
             )
-    extra = {
-        entry.value
-        for init in model.graph.initializer
-        for entry in init.external_data
-        if entry.key == "location"
-    }  # fmt: skip
+    extra = {entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"}
     return [path.parent / loc for loc in sorted(extra)]
 
 
@@ -174,7 +175,9 @@ def _plan_card_and_max(meta: dict[str, Any], side: str) -> tuple[dict[str, Any],
     return validate_card(card), (int(top) if top is not None else None)
 
 
-def _onnx_from_checkpoint(path: Path, arch: str | None, staging: Path, gate_args: list[str]) -> tuple[Path, Path | None]:
+def _onnx_from_checkpoint(
+    path: Path, arch: str | None, staging: Path, gate_args: list[str]
+) -> tuple[Path, Path | None]:
     """Export a checkpoint through the export stage's own command (``export.onnx``: contract checks and the FP32
     parity gate; a failed gate raises its exit-3 error). Returns the graph and its parity report."""
     from export.onnx import main as export_onnx_main
@@ -201,10 +204,19 @@ def _staging_dir(repo: Path) -> tempfile.TemporaryDirectory[str]:
 
 
 def write_repository(
-    model: str | Path, repo: str | Path, *, name: str | None = None, max_batch: int | None = None,
-    instances: int = 1, kind: str = "auto", version: int = 1, arch: str | None = None, force: bool = False,
-    gate_images: str | Path | None = None, gate_limit: int | None = None,
-) -> Path:  # fmt: skip
+    model: str | Path,
+    repo: str | Path,
+    *,
+    name: str | None = None,
+    max_batch: int | None = None,
+    instances: int = 1,
+    kind: str = "auto",
+    version: int = 1,
+    arch: str | None = None,
+    force: bool = False,
+    gate_images: str | Path | None = None,
+    gate_limit: int | None = None,
+) -> Path:
     """Write ``repo/<name>/`` for ``model`` and return that folder. Raises ``UserError`` for anything a user can fix."""
     src, repo = Path(model), Path(repo)
     if not src.is_file():
@@ -248,8 +260,10 @@ def write_repository(
             elif suffix.endswith(CHECKPOINT_SUFFIXES):
                 staging = Path(tmp_name) / "export"
                 staging.mkdir()
-                gate_args = [*(["--images", str(gate_images)] if gate_images else []),
-                             *(["--limit", str(gate_limit)] if gate_limit else [])]  # fmt: skip
+                gate_args = [
+                    *(["--images", str(gate_images)] if gate_images else []),
+                    *(["--limit", str(gate_limit)] if gate_limit else []),
+                ]
                 onnx_path, report = _onnx_from_checkpoint(src, arch, staging, gate_args)
                 card = read_onnx_card(onnx_path)
                 _check_onnx(onnx_path, card)
@@ -267,9 +281,13 @@ def write_repository(
             raise CardError("a label contains a line break; Triton's label file is one label per line")
         (tmp / "config.pbtxt").write_text(
             render_config(
-                name=model_name, platform=platform, card=card, max_batch=max_batch, instances=instances,
+                name=model_name,
+                platform=platform,
+                card=card,
+                max_batch=max_batch,
+                instances=instances,
                 kind=kind_name,
-            )  # fmt: skip
+            )
         )
         (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
@@ -294,27 +312,49 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m export.triton",
         description="Write a Triton Inference Server model repository (config.pbtxt, model, labels) for a model.",
     )
-    parser.add_argument("model", metavar="CHECKPOINT_OR_ONNX_OR_PLAN",
-                        help="our .onnx/.fp16.onnx graph, a .plan engine with its .plan.json sidecar, or a checkpoint")
+    parser.add_argument(
+        "model",
+        metavar="CHECKPOINT_OR_ONNX_OR_PLAN",
+        help="our .onnx/.fp16.onnx graph, a .plan engine with its .plan.json sidecar, or a checkpoint",
+    )
     parser.add_argument("--repo", required=True, metavar="DIR", help="model repository folder (created if missing)")
     parser.add_argument("--name", help="model name in Triton (default: the card's name)")
-    parser.add_argument("--max-batch", type=int, default=None,
-                        help=f"max_batch_size in crops (default {DEFAULT_MAX_BATCH}, or the engine's profile max)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help=f"max_batch_size in crops (default {DEFAULT_MAX_BATCH}, or the engine's profile max)",
+    )
     parser.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
-    parser.add_argument("--kind", choices=sorted(KINDS), default="auto",
-                        help="instance placement: auto (GPU if present), cpu or gpu (default auto; .plan: gpu)")
+    parser.add_argument(
+        "--kind",
+        choices=sorted(KINDS),
+        default="auto",
+        help="instance placement: auto (GPU if present), cpu or gpu (default auto; .plan: gpu)",
+    )
     parser.add_argument("--version", type=int, default=1, help="model version folder (default 1)")
     parser.add_argument("--arch", help="architecture of a plain torchvision state dict (checkpoint input only)")
     parser.add_argument("--force", action="store_true", help="replace an existing model folder of the same name")
-    parser.add_argument("--gate-images", metavar="DIR",
-                        help="checkpoint input: images (or ImageFolder) for export.onnx's parity gate (default: photos)")
+    parser.add_argument(
+        "--gate-images",
+        metavar="DIR",
+        help="checkpoint input: images (or ImageFolder) for export.onnx's parity gate (default: photos)",
+    )
     parser.add_argument("--gate-limit", type=int, metavar="N", help="checkpoint input: gate on at most N images")
     args = parser.parse_args(argv)
     out = write_repository(
-        args.model, args.repo, name=args.name, max_batch=args.max_batch, instances=args.instances, kind=args.kind,
-        version=args.version, arch=args.arch, force=args.force, gate_images=args.gate_images,
+        args.model,
+        args.repo,
+        name=args.name,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        kind=args.kind,
+        version=args.version,
+        arch=args.arch,
+        force=args.force,
+        gate_images=args.gate_images,
         gate_limit=args.gate_limit,
-    )  # fmt: skip
+    )
     files = sorted(p.relative_to(out.parent).as_posix() for p in out.rglob("*") if p.is_file())
     print(f"wrote Triton model repository {out.parent}: " + ", ".join(files))
     print(f"serve it: tritonserver --model-repository {out.parent.resolve()}")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import resnet
 from resnet import MissingComponentError, UsageError
@@ -39,28 +40,55 @@ def build_parser() -> argparse.ArgumentParser:
         "1 failed, 2 bad usage, 3 a parity gate failed, 4 --require-engine but no CUDA/TensorRT.",
     )
     p.add_argument("checkpoint", type=Path, help="our checkpoint (*.pt), or a torchvision state dict with --arch")
-    p.add_argument("-o", "--output-dir", type=Path, default=None,
-                   help="folder for the artifacts (default: beside the checkpoint)")
+    p.add_argument(
+        "-o", "--output-dir", type=Path, default=None, help="folder for the artifacts (default: beside the checkpoint)"
+    )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                   help="ONNX exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help=f"engine profile maximum and the largest batch every gate checks (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--images", type=Path, default=None,
-                   help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
-                   "(default: the bundled sample photos)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use at most this many images, spread evenly over the folder (default: all)")
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="ONNX exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"engine profile maximum and the largest batch every gate checks (default {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
+        "(default: the bundled sample photos)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use at most this many images, spread evenly over the folder (default: all)",
+    )
     parity.add_threshold_argument(p, "--fp32-thresholds", "fp32")
     parity.add_threshold_argument(p, "--fp16-thresholds", "fp16")
-    p.add_argument("--require-engine", action="store_true",
-                   help="exit 4 instead of 0 when the engine cannot be built here (no CUDA device or no tensorrt)")
-    p.add_argument("--timing-cache", type=Path, default=None,
-                   help="TensorRT timing cache file, read before and updated after the build "
-                   "(default: <output-dir>/<stem>.timing.cache)")
-    p.add_argument("--strongly-typed", action="store_true",
-                   help="TensorRT 10: build a strongly typed network from the FP16 graph instead of the FP32 graph "
-                   "with the FP16 flag (TensorRT 11 always does this)")
+    p.add_argument(
+        "--require-engine",
+        action="store_true",
+        help="exit 4 instead of 0 when the engine cannot be built here (no CUDA device or no tensorrt)",
+    )
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="TensorRT timing cache file, read before and updated after the build "
+        "(default: <output-dir>/<stem>.timing.cache)",
+    )
+    p.add_argument(
+        "--strongly-typed",
+        action="store_true",
+        help="TensorRT 10: build a strongly typed network from the FP16 graph instead of the FP32 graph "
+        "with the FP16 flag (TensorRT 11 always does this)",
+    )
     return p
 
 
@@ -78,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = artifacts.layout_for(args.checkpoint, args.output_dir)
     model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
     images = parity.load_image_set(args.images, card, limit=args.limit)
-    log(f"{card['name']} ({card['family']} {card['arch']}{card['depth']}, {card['num_classes']} classes, "
-        f"{card['input_size']}px); gates use {len(images.files)} images from {images.source}, ten-crop")  # fmt: skip
+    log(
+        f"{card['name']} ({card['family']} {card['arch']}{card['depth']}, {card['num_classes']} classes, "
+        f"{card['input_size']}px); gates use {len(images.files)} images from {images.source}, ten-crop"
+    )
     reference = parity.Reference.from_model(model, card, images, str(args.checkpoint))
 
     t0 = _stage("1/3 FP32 ONNX")
@@ -102,9 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _gate(
-    reference: parity.Reference, proto: Any, final: Path, images: parity.ImageSet, thresholds: parity.Thresholds,
-    max_batch: int, how: str, t0: float,
-) -> None:  # fmt: skip
+    reference: parity.Reference,
+    proto: Any,
+    final: Path,
+    images: parity.ImageSet,
+    thresholds: parity.Thresholds,
+    max_batch: int,
+    how: str,
+    t0: float,
+) -> None:
     staged = artifacts.staging_path(final)
     try:
         save_proto(proto, staged)
@@ -116,26 +152,48 @@ def _gate(
 
 
 def _engine(
-    args: argparse.Namespace, layout: artifacts.Layout, card: dict[str, Any], reference: parity.Reference,
-    images: parity.ImageSet, thresholds: parity.Thresholds,
-) -> None:  # fmt: skip
+    args: argparse.Namespace,
+    layout: artifacts.Layout,
+    card: dict[str, Any],
+    reference: parity.Reference,
+    images: parity.ImageSet,
+    thresholds: parity.Thresholds,
+) -> None:
     from .engine import build_engine, gpu_description
 
     t0 = time.perf_counter()
     build = build_engine(
-        layout.onnx, layout.fp16, int(card["input_size"]), args.max_batch,
-        args.timing_cache or layout.timing_cache, strongly_typed=args.strongly_typed or None,
-    )  # fmt: skip
-    log(f"built with TensorRT {build.tensorrt}: {build.mode}, profile {build.profile}, {build.seconds} s "
-        f"(timing cache {'reused' if build.timing_cache_reused else 'new'}: {build.timing_cache})")  # fmt: skip
+        layout.onnx,
+        layout.fp16,
+        int(card["input_size"]),
+        args.max_batch,
+        args.timing_cache or layout.timing_cache,
+        strongly_typed=args.strongly_typed or None,
+    )
+    log(
+        f"built with TensorRT {build.tensorrt}: {build.mode}, profile {build.profile}, {build.seconds} s "
+        f"(timing cache {'reused' if build.timing_cache_reused else 'new'}: {build.timing_cache})"
+    )
     gpu = gpu_description()
 
     def write_sidecar(report: dict[str, Any]) -> None:
-        artifacts.atomic_write_json(layout.plan_sidecar, {
-            "format": "resnet-engine", "version": 1, "model_card": card, "tensorrt": build.tensorrt, "gpu": gpu,
-            "profile": build.profile, "precision": "fp16", "build_mode": build.mode, "source_onnx": build.source,
-            "build_seconds": build.seconds, "timing_cache": build.timing_cache, "parity": report,
-        })  # fmt: skip
+        artifacts.atomic_write_json(
+            layout.plan_sidecar,
+            {
+                "format": "resnet-engine",
+                "version": 1,
+                "model_card": card,
+                "tensorrt": build.tensorrt,
+                "gpu": gpu,
+                "profile": build.profile,
+                "precision": "fp16",
+                "build_mode": build.mode,
+                "source_onnx": build.source,
+                "build_seconds": build.seconds,
+                "timing_cache": build.timing_cache,
+                "parity": report,
+            },
+        )
 
     staged = artifacts.staging_path(layout.plan)
     try:

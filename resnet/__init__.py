@@ -23,19 +23,47 @@ from .errors import (
 from .preprocess import crop_probabilities, decode_image, preprocess, topk
 
 _EXPORTS = {
-    "make_card": "card", "validate_card": "card",
-    "atomic_save": "checkpoint", "load_checkpoint": "checkpoint", "model_from_card": "checkpoint",
+    "make_card": "card",
+    "validate_card": "card",
+    "atomic_save": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "model_from_card": "checkpoint",
     "save_checkpoint": "checkpoint",
-    "BasicBlock": "models", "Bottleneck": "models", "CifarResNet": "models", "ResNet": "models",
-    "create_model": "registry", "list_models": "registry", "parse_model_name": "registry",
-}  # fmt: skip
+    "BasicBlock": "models",
+    "Bottleneck": "models",
+    "CifarResNet": "models",
+    "ResNet": "models",
+    "create_model": "registry",
+    "list_models": "registry",
+    "parse_model_name": "registry",
+}
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CardError", "CheckpointError", "CifarResNet", "MissingComponentError",
-    "ParityError", "ResNet", "UsageError", "UserError", "atomic_save", "create_model", "crop_probabilities",
-    "decode_image", "list_models", "load_checkpoint", "make_card", "model_from_card", "parse_model_name",
-    "preprocess", "run_cli", "save_checkpoint", "topk", "validate_card",
-]  # fmt: skip
+    "BasicBlock",
+    "Bottleneck",
+    "CardError",
+    "CheckpointError",
+    "CifarResNet",
+    "MissingComponentError",
+    "ParityError",
+    "ResNet",
+    "UsageError",
+    "UserError",
+    "atomic_save",
+    "create_model",
+    "crop_probabilities",
+    "decode_image",
+    "list_models",
+    "load_checkpoint",
+    "make_card",
+    "model_from_card",
+    "parse_model_name",
+    "preprocess",
+    "run_cli",
+    "save_checkpoint",
+    "topk",
+    "validate_card",
+]
 
 
 def __getattr__(name: str) -> Any:

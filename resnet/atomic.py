@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO
 
 from .errors import UserError
 
-Payload = Union[bytes, Callable[[BinaryIO], None]]
+Payload = bytes | Callable[[BinaryIO], None]
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

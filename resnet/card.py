@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import CardError
 from .registry import ModelSpec, parse_model_name
@@ -19,9 +20,19 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 REQUIRED_FIELDS = (
-    "name", "family", "arch", "depth", "variant", "shortcut",
-    "num_classes", "labels", "input_size", "resize_size", "mean", "std",
-)  # fmt: skip
+    "name",
+    "family",
+    "arch",
+    "depth",
+    "variant",
+    "shortcut",
+    "num_classes",
+    "labels",
+    "input_size",
+    "resize_size",
+    "mean",
+    "std",
+)
 
 
 def imagenet_labels() -> list[str]:

@@ -31,9 +31,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[s
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    return atomic_save(
-        {"format": FORMAT, "version": VERSION, "model_card": card, "state_dict": state_dict}, path
-    )
+    return atomic_save({"format": FORMAT, "version": VERSION, "model_card": card, "state_dict": state_dict}, path)
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
@@ -57,8 +55,10 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -115,7 +115,9 @@ def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tu
     elif _is_state_dict(obj) or (isinstance(obj, dict) and _is_state_dict(obj.get("state_dict"))):
         state_dict = obj if _is_state_dict(obj) else obj["state_dict"]
         if arch is None:
-            raise UsageError(f"{path} is a plain state dict with no model card; name its architecture (--arch resnet50)")
+            raise UsageError(
+                f"{path} is a plain state dict with no model card; name its architecture (--arch resnet50)"
+            )
         spec = parse_model_name(arch)
         num_classes = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else None
         card = make_card(

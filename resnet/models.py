@@ -16,7 +16,7 @@ keys and shapes equal torchvision's ``resnet18 ... resnet152``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ plain torchvision ``resnet50-*.pth`` become a checkpoint with a card that every 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -36,9 +36,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         model = create_model(args.arch, args.num_classes, variant=args.variant, shortcut=args.shortcut)
         card = make_card(
-            args.arch, num_classes=args.num_classes, variant=args.variant, shortcut=args.shortcut,
+            args.arch,
+            num_classes=args.num_classes,
+            variant=args.variant,
+            shortcut=args.shortcut,
             provenance={"args": vars(args), "dataset": None, "note": "untrained (He initialisation)"},
-        )  # fmt: skip
+        )
     path = save_checkpoint(args.output, model, card)
     macs = count_multiply_adds(model, card["input_size"])
     print(

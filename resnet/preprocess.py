@@ -17,8 +17,9 @@ import math
 import os
 import struct
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,7 +31,7 @@ CROPS: dict[str, int] = {"center": 1, "ten": 10}
 # Formats recognised from the bytes (never from a file name or a declared content type).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
-ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Image.Image]
+ImageInput = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
 
 
 class ImageDecodeError(UserError):
@@ -57,9 +58,7 @@ def _open(source: ImageInput) -> Image.Image:
     try:
         return Image.open(fp, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise UnsupportedImageError(
-            f"not an accepted image format (accepted: {', '.join(ACCEPTED_FORMATS)})"
-        ) from None
+        raise UnsupportedImageError(f"not an accepted image format (accepted: {', '.join(ACCEPTED_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # The warning arrives as an exception when another thread is inside decode_image's warnings filter
         # (warnings.catch_warnings is process-wide), e.g. in the server's decode pool.

@@ -10,9 +10,18 @@ from PIL import Image
 
 # Colour photos, a portrait (rocket, read rotated), a grayscale and an RGBA image, as real JPEG/PNG files.
 SAMPLE_PHOTOS = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg",
-    "ihc.png", "motorcycle_left.png", "camera.png", "coins.png", "logo.png",
-)  # fmt: skip
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "camera.png",
+    "coins.png",
+    "logo.png",
+)
 DIGIT_LABELS = tuple(str(i) for i in range(10))
 DIGITS_SIZE = 32
 
@@ -43,7 +52,9 @@ def digits_images(split: str = "all", test_fraction: float = 0.2, seed: int = 0)
     grey = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     images = np.stack(
         [
-            np.asarray(Image.fromarray(g, "L").resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BILINEAR).convert("RGB"))
+            np.asarray(
+                Image.fromarray(g, "L").resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BILINEAR).convert("RGB")
+            )
             for g in grey
         ]
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -34,19 +35,31 @@ def summary_rows(cifar_depths: Sequence[int] | None = None) -> list[dict[str, An
     for depth, paper in PAPER_IMAGENET_GMACS.items():
         params, macs_v1 = _measure(f"resnet{depth}", 224, variant="v1")
         _, macs_v15 = _measure(f"resnet{depth}", 224, variant="v1.5")
-        rows.append({
-            "model": f"resnet{depth}", "params_m": params / 1e6, "gmacs_v1": macs_v1 / 1e9,
-            "gmacs_v1.5": macs_v15 / 1e9, "paper": paper, "paper_unit": "GMACs",
-            "rel_diff": (macs_v1 / 1e9 - paper) / paper,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": f"resnet{depth}",
+                "params_m": params / 1e6,
+                "gmacs_v1": macs_v1 / 1e9,
+                "gmacs_v1.5": macs_v15 / 1e9,
+                "paper": paper,
+                "paper_unit": "GMACs",
+                "rel_diff": (macs_v1 / 1e9 - paper) / paper,
+            }
+        )
     for depth in cifar_depths or PAPER_CIFAR_MPARAMS:
         params, macs = _measure(f"cifar_resnet{depth}", 32)
         paper = PAPER_CIFAR_MPARAMS.get(depth)
-        rows.append({
-            "model": f"cifar_resnet{depth}", "params_m": params / 1e6, "gmacs_v1": macs / 1e9,
-            "gmacs_v1.5": macs / 1e9, "paper": paper, "paper_unit": "M params",
-            "rel_diff": None if paper is None else (params / 1e6 - paper) / paper,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": f"cifar_resnet{depth}",
+                "params_m": params / 1e6,
+                "gmacs_v1": macs / 1e9,
+                "gmacs_v1.5": macs / 1e9,
+                "paper": paper,
+                "paper_unit": "M params",
+                "rel_diff": None if paper is None else (params / 1e6 - paper) / paper,
+            }
+        )
     return rows
 
 

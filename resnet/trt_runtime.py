@@ -31,7 +31,7 @@ MIN_TENSORRT_MAJOR = 10
 def tensorrt_version() -> str | None:
     """The installed ``tensorrt`` package's version, or None when it is not importable."""
     try:
-        import tensorrt as trt  # noqa: PLC0415 - optional dependency
+        import tensorrt as trt
     except Exception:  # ImportError, or a broken install that fails to load its shared libraries
         return None
     return str(trt.__version__)
@@ -46,7 +46,7 @@ def tensorrt_available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device (torch.cuda.is_available() is False)"
     try:
-        import tensorrt as trt  # noqa: PLC0415
+        import tensorrt as trt
     except Exception as e:
         return False, f"the tensorrt package is not importable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     major = _major(trt.__version__)
@@ -130,7 +130,7 @@ class TensorRTRunner:
             if getattr(self, attr, None) is not None:
                 setattr(self, attr, None)
 
-    def __enter__(self) -> "TensorRTRunner":
+    def __enter__(self) -> TensorRTRunner:
         return self
 
     def __exit__(self, *exc: Any) -> None:

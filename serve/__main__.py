@@ -13,8 +13,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from types import FrameType
-from typing import Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -81,8 +81,11 @@ class DrainingServer(uvicorn.Server):
                 break
             await asyncio.sleep(0.05)
         else:
-            log.warning("drain timeout (%.0f s): exiting with %d request(s) in flight", self.settings.drain_timeout_s,
-                        self.app_ref.state.in_flight)  # fmt: skip
+            log.warning(
+                "drain timeout (%.0f s): exiting with %d request(s) in flight",
+                self.settings.drain_timeout_s,
+                self.app_ref.state.in_flight,
+            )
         log.info("drained in %.2f s; exiting", time.monotonic() - started)
         self.should_exit = True
 
@@ -90,13 +93,19 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv)
     setup_logging(settings.log_level)
-    backend = load_backend(settings.model, settings.backend, threads=settings.threads,
-                           torch_precision=settings.torch_precision)  # fmt: skip
+    backend = load_backend(
+        settings.model, settings.backend, threads=settings.threads, torch_precision=settings.torch_precision
+    )
     app = create_app(settings, backend)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, access_log=False, log_config=None,
-        log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,
-    )  # fmt: skip
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
     server = DrainingServer(config, app, settings)
     log.info("serving %s (%s) on http://%s:%d", backend.card["name"], backend.name, settings.host, settings.port)
     server.run()

@@ -12,8 +12,9 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Optional
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,11 +42,15 @@ RAW_TYPES = ("image/", "application/octet-stream")
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d}
     for s, d in {
-        400: "undecodable image", 401: "missing or wrong API key", 413: "body or image too large",
-        415: "not an accepted image format", 422: "bad parameters", 503: "queue full, warming up or draining",
+        400: "undecodable image",
+        401: "missing or wrong API key",
+        413: "body or image too large",
+        415: "not an accepted image format",
+        422: "bad parameters",
+        503: "queue full, warming up or draining",
         504: "deadline passed",
     }.items()
-}  # fmt: skip
+}
 
 
 class ApiError(Exception):
@@ -83,8 +88,12 @@ class BodyLimitMiddleware:
                     msg = f"request body of {value.decode('latin-1')} bytes is over the limit of {self.limit}"
                     if declared < 0:
                         msg = "invalid Content-Length"
-                    response = error_response(413 if declared > 0 else 400, "body_too_large" if declared > 0
-                                              else "bad_request", msg, {"Connection": "close"})  # fmt: skip
+                    response = error_response(
+                        413 if declared > 0 else 400,
+                        "body_too_large" if declared > 0 else "bad_request",
+                        msg,
+                        {"Connection": "close"},
+                    )
                     return await response(scope, receive, send)
         seen = 0
 
@@ -126,12 +135,20 @@ class AccessLogMiddleware:
             route_path = "unmatched" if route_path is None else (route_path or "/ (static)")
             self.metrics.requests.labels(route_path, str(status)).inc()
             client = scope.get("client")
-            access_log.info(json.dumps({
-                "ts": round(time.time(), 3), "method": scope.get("method"), "path": scope.get("path"),
-                "query": scope.get("query_string", b"").decode("latin-1"), "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "client": f"{client[0]}:{client[1]}" if client else None, "route": route_path,
-            }))  # fmt: skip
+            access_log.info(
+                json.dumps(
+                    {
+                        "ts": round(time.time(), 3),
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "query": scope.get("query_string", b"").decode("latin-1"),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client": f"{client[0]}:{client[1]}" if client else None,
+                        "route": route_path,
+                    }
+                )
+            )
 
 
 def _service(request: Request) -> ClassifyService:
@@ -144,8 +161,8 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="t
 
 def require_api_key(
     request: Request,
-    creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer),
-    header_key: Optional[str] = Depends(api_key_header),
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
+    header_key: str | None = Depends(api_key_header),
 ) -> None:
     """With ``--api-key`` set, accept ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (constant-time compare)."""
     expected: str = request.app.state.settings.api_key
@@ -153,11 +170,15 @@ def require_api_key(
         return
     given = header_key or (creds.credentials if creds else None)
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
-                       {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
 
-async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], list[Optional[str]]]:
+async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None]]:
     """The request's images: multipart ``file`` fields, or one raw body with an image content type."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
@@ -166,7 +187,9 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
         if not files:
             raise ApiError(422, "no_image", "multipart body has no 'file' field holding an image")
         if len(files) > settings.max_images:
-            raise ApiError(413, "too_many_images", f"{len(files)} images in one request; the limit is {settings.max_images}")
+            raise ApiError(
+                413, "too_many_images", f"{len(files)} images in one request; the limit is {settings.max_images}"
+            )
         data = [await f.read() for f in files]
         names = [f.filename for f in files]
         await form.close()
@@ -174,9 +197,10 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
     if ctype.startswith(RAW_TYPES):
         return [await request.body()], [None]
     raise ApiError(
-        415, "unsupported_media_type",
+        415,
+        "unsupported_media_type",
         f"send multipart/form-data with 'file' fields or a raw image body (image/*), not {ctype or 'no content type'}",
-    )  # fmt: skip
+    )
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -197,8 +221,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         loaded = backend
         if loaded is None:
             loaded = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: load_backend(settings.model, settings.backend, threads=settings.threads,
-                                           torch_precision=settings.torch_precision))  # fmt: skip
+                None,
+                lambda: load_backend(
+                    settings.model, settings.backend, threads=settings.threads, torch_precision=settings.torch_precision
+                ),
+            )
         service = ClassifyService(loaded, settings, on_batch=metrics.observe_batch)
         app.state.service = service
         app.state.failed = None
@@ -311,8 +338,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             work = asyncio.ensure_future(service.classify(images, crops, topk))
             gone = asyncio.ensure_future(_until_disconnect(request))
             try:
-                done, _ = await asyncio.wait({work, gone}, timeout=max(0.0, deadline - time.perf_counter()),
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                done, _ = await asyncio.wait(
+                    {work, gone}, timeout=max(0.0, deadline - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 gone.cancel()
             if work not in done:
@@ -323,7 +351,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                     metrics.rejected.labels("client_gone").inc()
                     return Response(status_code=499)  # nobody is listening; the crops left the queue
                 metrics.rejected.labels("deadline").inc()
-                raise ApiError(504, "deadline_exceeded", f"no answer within the {settings.request_timeout_s:g} s deadline")
+                raise ApiError(
+                    504, "deadline_exceeded", f"no answer within the {settings.request_timeout_s:g} s deadline"
+                )
             try:
                 out = work.result()
             except QueueFull as e:
@@ -335,8 +365,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             app.state.in_flight -= 1
             metrics.in_flight.dec()
         total = time.perf_counter() - started
-        for stage, secs in (("decode", out.decode_s), ("queue", out.queue_s), ("inference", out.inference_s),
-                            ("total", total)):  # fmt: skip
+        for stage, secs in (
+            ("decode", out.decode_s),
+            ("queue", out.queue_s),
+            ("inference", out.inference_s),
+            ("total", total),
+        ):
             metrics.latency.labels(stage).observe(secs)
         metrics.images.inc(len(images))
         return ClassifyResponse(
@@ -344,8 +378,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             backend=service.backend_name,
             crops=crops,
             results=[ImageResult(filename=n, topk=r) for n, r in zip(names, out.results)],
-            timings=Timings(decode_ms=out.decode_s * 1e3, queue_ms=out.queue_s * 1e3,
-                            inference_ms=out.inference_s * 1e3, total_ms=total * 1e3),  # fmt: skip
+            timings=Timings(
+                decode_ms=out.decode_s * 1e3,
+                queue_ms=out.queue_s * 1e3,
+                inference_ms=out.inference_s * 1e3,
+                total_ms=total * 1e3,
+            ),
             batch_sizes=out.batch_sizes,
         )
 
@@ -379,8 +417,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
     # ---- middleware (outermost last) -------------------------------------------------------------------------
     if settings.origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app

@@ -197,8 +197,9 @@ def ort_providers(require_tensorrt: bool = False) -> tuple[list[str], str]:
     return chosen + ["CPUExecutionProvider"], why
 
 
-def load_backend(model: str | os.PathLike[str], choice: str = "auto", *, threads: int = 0,
-                 torch_precision: str = "fp32") -> Backend:  # fmt: skip
+def load_backend(
+    model: str | os.PathLike[str], choice: str = "auto", *, threads: int = 0, torch_precision: str = "fp32"
+) -> Backend:
     """Load ``model`` with the backend ``choice`` (auto|tensorrt|onnxruntime|torch); log what was chosen and why."""
     path = Path(model)
     if not path.is_file():

@@ -27,7 +27,8 @@ import binascii
 import json
 import re
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -155,7 +156,9 @@ def _tensor_values(t: TensorIn, binary: bytes, offset: int) -> tuple[np.ndarray 
         if t.datatype == "BYTES":
             items = deserialize_bytes(raw)
             if len(items) != count:
-                raise V2Error(400, f"input '{t.name}' has {len(items)} BYTES elements, its shape {t.shape} needs {count}")
+                raise V2Error(
+                    400, f"input '{t.name}' has {len(items)} BYTES elements, its shape {t.shape} needs {count}"
+                )
             return items, offset
         dtype = DTYPES.get(t.datatype)
         if dtype is None:
@@ -217,12 +220,18 @@ def model_metadata(service: Any) -> ModelMetadata:
     card = service.card
     size, classes = int(card["input_size"]), len(service.labels)
     return ModelMetadata(
-        name=card["name"], versions=[MODEL_VERSION], platform=f"resnet-stack_{backend_kind(service.backend_name)}",
-        inputs=[TensorMeta(name=TENSOR_INPUT, datatype="FP32", shape=[-1, 3, size, size]),
-                TensorMeta(name=IMAGE_INPUT, datatype="BYTES", shape=[-1])],
-        outputs=[TensorMeta(name=LOGITS, datatype="FP32", shape=[-1, classes]),
-                 TensorMeta(name=PROBABILITIES, datatype="FP32", shape=[-1, classes])],
-    )  # fmt: skip
+        name=card["name"],
+        versions=[MODEL_VERSION],
+        platform=f"resnet-stack_{backend_kind(service.backend_name)}",
+        inputs=[
+            TensorMeta(name=TENSOR_INPUT, datatype="FP32", shape=[-1, 3, size, size]),
+            TensorMeta(name=IMAGE_INPUT, datatype="BYTES", shape=[-1]),
+        ],
+        outputs=[
+            TensorMeta(name=LOGITS, datatype="FP32", shape=[-1, classes]),
+            TensorMeta(name=PROBABILITIES, datatype="FP32", shape=[-1, classes]),
+        ],
+    )
 
 
 def _classification(values: np.ndarray, k: Any, labels: list[str]) -> list[bytes]:
@@ -289,8 +298,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 
 async def _infer(request: Request, service: Any, req: InferRequest, binary: bytes) -> tuple[str, np.ndarray]:
     if len(req.inputs) != 1:
-        raise V2Error(400, f"send exactly one input ('{TENSOR_INPUT}' FP32 crops or '{IMAGE_INPUT}' BYTES images), "
-                           f"not {len(req.inputs)}")  # fmt: skip
+        raise V2Error(
+            400,
+            f"send exactly one input ('{TENSOR_INPUT}' FP32 crops or '{IMAGE_INPUT}' BYTES images), "
+            f"not {len(req.inputs)}",
+        )
     (t,) = req.inputs
     size = int(service.card["input_size"])
     if t.name == TENSOR_INPUT:
@@ -329,8 +341,12 @@ def _answer(request: Request, service: Any, req: InferRequest, result: tuple[str
     for out in wanted:
         if out.name != produced:
             need = TENSOR_INPUT if out.name == LOGITS else IMAGE_INPUT if out.name == PROBABILITIES else None
-            raise V2Error(400, f"output '{out.name}' " + (f"needs input '{need}'" if need else "does not exist")
-                          + f"; this request gives '{produced}'")  # fmt: skip
+            raise V2Error(
+                400,
+                f"output '{out.name}' "
+                + (f"needs input '{need}'" if need else "does not exist")
+                + f"; this request gives '{produced}'",
+            )
         k = out.parameters.get("classification")
         if k is not None:
             items = _classification(values, k, service.labels)
@@ -351,8 +367,9 @@ def _answer(request: Request, service: Any, req: InferRequest, result: tuple[str
     head = json.dumps(body).encode()
     if not chunks:
         return Response(head, media_type="application/json")
-    return Response(head + b"".join(chunks), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(head))})  # fmt: skip
+    return Response(
+        head + b"".join(chunks), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))}
+    )
 
 
 def create_router(api_key: Callable[..., Any]) -> APIRouter:
@@ -361,8 +378,11 @@ def create_router(api_key: Callable[..., Any]) -> APIRouter:
 
     @router.get("", response_model=ServerMetadata, summary="Server metadata")
     async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=["binary_tensor_data",
-                              "classification", "model_configuration"])  # fmt: skip
+        return ServerMetadata(
+            name=SERVER_NAME,
+            version=SERVER_VERSION,
+            extensions=["binary_tensor_data", "classification", "model_configuration"],
+        )
 
     @router.get("/health/live", summary="Server live")
     async def live() -> dict[str, bool]:
@@ -391,8 +411,9 @@ def create_router(api_key: Callable[..., Any]) -> APIRouter:
                 _model(request, name, version)
                 _ready_service(request)
             except V2Error as e:
-                return JSONResponse({"name": name, "ready": False, "error": e.message}, status_code=e.status,
-                                    headers=e.headers)  # fmt: skip
+                return JSONResponse(
+                    {"name": name, "ready": False, "error": e.message}, status_code=e.status, headers=e.headers
+                )
             return JSONResponse({"name": name, "ready": True})
 
         @router.get(prefix + "/config", summary="Model configuration (Triton's model_configuration extension)")
@@ -402,16 +423,31 @@ def create_router(api_key: Callable[..., Any]) -> APIRouter:
             except V2Error as e:
                 return _error(e)
             meta = model_metadata(service)
-            return JSONResponse({
-                "name": meta.name, "platform": meta.platform, "max_batch_size": service.max_batch,
-                "input": [{"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-                           "dims": t.shape[1:] or [1]} for t in meta.inputs],
-                "output": [{"name": t.name, "data_type": "TYPE_FP32", "dims": t.shape[1:]} for t in meta.outputs],
-                "dynamic_batching": {"max_queue_delay_microseconds": int(service.settings.max_wait_ms * 1000)},
-                "parameters": {"labels": {"string_value": json.dumps(service.labels)}},
-            })  # fmt: skip
+            return JSONResponse(
+                {
+                    "name": meta.name,
+                    "platform": meta.platform,
+                    "max_batch_size": service.max_batch,
+                    "input": [
+                        {
+                            "name": t.name,
+                            "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+                            "dims": t.shape[1:] or [1],
+                        }
+                        for t in meta.inputs
+                    ],
+                    "output": [{"name": t.name, "data_type": "TYPE_FP32", "dims": t.shape[1:]} for t in meta.outputs],
+                    "dynamic_batching": {"max_queue_delay_microseconds": int(service.settings.max_wait_ms * 1000)},
+                    "parameters": {"labels": {"string_value": json.dumps(service.labels)}},
+                }
+            )
 
-        router.add_api_route(prefix + "/infer", infer, methods=["POST"], dependencies=[Depends(api_key)],
-                             summary="Inference: FP32 crops -> logits, or BYTES images -> ten-crop probabilities",
-                             response_class=Response)  # fmt: skip
+        router.add_api_route(
+            prefix + "/infer",
+            infer,
+            methods=["POST"],
+            dependencies=[Depends(api_key)],
+            summary="Inference: FP32 crops -> logits, or BYTES images -> ten-crop probabilities",
+            response_class=Response,
+        )
     return router

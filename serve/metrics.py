@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -16,18 +16,28 @@ class Metrics:
     def __init__(self, queue_depth: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("resnet_serve_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=r)  # fmt: skip
+        self.requests = Counter(
+            "resnet_serve_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
         self.latency = Histogram(
-            "resnet_serve_stage_seconds", "Latency of /classify per stage (decode, queue, inference, total)",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram("resnet_serve_batch_size", "Crops per backend batch (before padding)",
-                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.padded_batch_size = Histogram("resnet_serve_padded_batch_size", "Backend batch shape run (after padding)",
-                                           buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.batch_seconds = Histogram("resnet_serve_batch_seconds", "Backend time per batch",
-                                       buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+            "resnet_serve_stage_seconds",
+            "Latency of /classify per stage (decode, queue, inference, total)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "resnet_serve_batch_size", "Crops per backend batch (before padding)", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.padded_batch_size = Histogram(
+            "resnet_serve_padded_batch_size",
+            "Backend batch shape run (after padding)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "resnet_serve_batch_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("resnet_serve_queue_crops", "Crops waiting for a batch", registry=r)
         self.queue_depth.set_function(queue_depth)
         self.in_flight = Gauge("resnet_serve_in_flight_requests", "/classify requests being handled", registry=r)

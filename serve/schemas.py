@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import BaseModel, Field
 
 
@@ -14,7 +12,7 @@ class Prediction(BaseModel):
 
 
 class ImageResult(BaseModel):
-    filename: Optional[str] = Field(None, description="the multipart file name, if the client sent one")
+    filename: str | None = Field(None, description="the multipart file name, if the client sent one")
     topk: list[Prediction] = Field(description="the k most probable classes, most probable first")
 
 
@@ -45,6 +43,6 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
-    model: Optional[str] = None
-    backend: Optional[str] = None
-    detail: Optional[str] = None
+    model: str | None = None
+    backend: str | None = None
+    detail: str | None = None

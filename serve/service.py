@@ -15,8 +15,9 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -63,8 +64,9 @@ class Classified:
 class ClassifyService:
     """Owns the backend, the batcher and the decode pool."""
 
-    def __init__(self, backend: Backend, settings: Settings,
-                 on_batch: Callable[[int, int, float], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, backend: Backend, settings: Settings, on_batch: Callable[[int, int, float], None] | None = None
+    ) -> None:
         self.backend = backend
         self.settings = settings
         self.card = backend.card
@@ -90,9 +92,13 @@ class ClassifyService:
     async def start(self) -> None:
         """Create the batcher on the running loop, then warm up every batch shape off the loop; then ready."""
         self.batcher = Batcher(
-            self.backend.run, self.max_batch, self.settings.max_wait_ms / 1000.0, self.settings.max_queue_crops,
-            self.shapes, self._on_batch,
-        )  # fmt: skip
+            self.backend.run,
+            self.max_batch,
+            self.settings.max_wait_ms / 1000.0,
+            self.settings.max_queue_crops,
+            self.shapes,
+            self._on_batch,
+        )
         self.batcher.start()
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
@@ -133,10 +139,11 @@ class ClassifyService:
             w, h = img.size
             if max(w, h) / min(w, h) > s.max_aspect:
                 raise ImageError(
-                    413, "image_too_large",
+                    413,
+                    "image_too_large",
                     f"image is {w}x{h}: aspect ratio over {s.max_aspect:g} would resize to "
                     f"{'x'.join(map(str, resized_size(w, h, int(self.card['resize_size']))))} pixels",
-                )  # fmt: skip
+                )
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
         except ImageTooLargeError as e:
             raise ImageError(413, "image_too_large", str(e)) from None

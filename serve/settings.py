@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from resnet import UsageError
 
@@ -27,9 +28,12 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 class Settings:
     """Everything the server can be told. Field name ``x_y`` is flag ``--x-y`` and env ``RESNET_SERVE_X_Y``."""
 
-    model: str = _opt("", "model artifact: a .plan engine (+ .plan.json), an .onnx/.fp16.onnx export or a .pt checkpoint")
+    model: str = _opt(
+        "", "model artifact: a .plan engine (+ .plan.json), an .onnx/.fp16.onnx export or a .pt checkpoint"
+    )
     backend: str = _opt(
-        "auto", "auto | tensorrt | onnxruntime | torch; auto picks the fastest that works for the artifact here",
+        "auto",
+        "auto | tensorrt | onnxruntime | torch; auto picks the fastest that works for the artifact here",
         choices=("auto", "tensorrt", "onnxruntime", "torch"),
     )
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
@@ -37,23 +41,28 @@ class Settings:
     max_batch: int = _opt(0, "most crops per backend batch; 0 = the engine's max profile, else 64")
     max_wait_ms: float = _opt(2.0, "longest a crop waits for its batch to fill, in milliseconds")
     batch_sizes: str = _opt(
-        "", "comma-separated batch shapes the backend runs (batches are padded up to one, each warmed up before "
+        "",
+        "comma-separated batch shapes the backend runs (batches are padded up to one, each warmed up before "
         "ready); empty = 1,2,4,8,10,16,20,30,32,40,50,60,64 clipped to max-batch",
     )
-    max_queue_crops: int = _opt(1024, "bound on crops waiting for a batch; beyond it /classify answers 503 + Retry-After")
+    max_queue_crops: int = _opt(
+        1024, "bound on crops waiting for a batch; beyond it /classify answers 503 + Retry-After"
+    )
     request_timeout_s: float = _opt(30.0, "per-request deadline (decode + queue + inference); past it 504")
     max_body_bytes: int = _opt(16 * 1024 * 1024, "largest request body, enforced while reading (413)")
     max_pixels: int = _opt(40_000_000, "largest image in pixels (width x height) before decoding (413)")
     max_aspect: float = _opt(50.0, "most elongated image accepted (long side / short side), bounds the resized size")
     max_images: int = _opt(64, "most images in one request (413)")
     draft: bool = _opt(
-        True, "JPEG draft mode: DCT-reduce JPEGs >= 4x the resize size while decoding (faster; --no-draft = exact "
+        True,
+        "JPEG draft mode: DCT-reduce JPEGs >= 4x the resize size while decoding (faster; --no-draft = exact "
         "torchvision result for every image)",
     )
     decode_threads: int = _opt(0, "threads decoding and resizing images off the event loop; 0 = CPU count")
     threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
     torch_precision: str = _opt(
-        "fp32", "torch backend math: fp32 (default; meets the 1e-4 parity), bf16 or fp16 autocast (faster, looser)",
+        "fp32",
+        "torch backend math: fp32 (default; meets the 1e-4 parity), bf16 or fp16 autocast (faster, looser)",
         choices=("fp32", "bf16", "fp16"),
     )
     api_key: str = _opt("", "if set, /classify needs 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
@@ -126,12 +135,19 @@ def build_parser(prog: str = "python -m serve") -> argparse.ArgumentParser:
         env = ENV_PREFIX + f.name.upper()
         help_text = f"{f.metadata['help']} [env {env}; default: {f.default!r}]"
         if isinstance(f.default, bool):
-            p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=help_text)  # fmt: skip
+            p.add_argument(
+                _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            p.add_argument(_flag(f.name), dest=f.name, type=type(f.default), default=None,
-                           choices=f.metadata.get("choices"), help=help_text,
-                           metavar=f.name.upper() if f.metadata.get("choices") is None else None)  # fmt: skip
+            p.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=type(f.default),
+                default=None,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+                metavar=f.name.upper() if f.metadata.get("choices") is None else None,
+            )
     return p
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 
@@ -73,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 top5 += label in labels
         took = time.perf_counter() - started
     n = len(pairs)
-    print(f"{n} held-out images via {args.url}/classify ({ready.get('model')}, {ready.get('backend')}, "
-          f"{args.crops}-crop): top-1 accuracy {top1 / n:.1%}, top-5 {top5 / n:.1%}, {n / took:.1f} images/s")  # fmt: skip
+    print(
+        f"{n} held-out images via {args.url}/classify ({ready.get('model')}, {ready.get('backend')}, "
+        f"{args.crops}-crop): top-1 accuracy {top1 / n:.1%}, top-5 {top5 / n:.1%}, {n / took:.1f} images/s"
+    )
     if top1 / n < args.min_accuracy:
         raise UserError(f"top-1 accuracy {top1 / n:.1%} is under --min-accuracy {args.min_accuracy:.1%}")
     return 0

@@ -19,14 +19,30 @@ API_KEY = "test-key-0123"
 MAX_PIXELS = 3_000_000  # the sample photos are all below it (retina.jpg is 1411x1411)
 MAX_BODY_BYTES = 4_000_000
 
+
 class ClientsServer(Server):
     """The server with the clients' API key and size limits; settings from these flags only, never the environment."""
 
     api_key = API_KEY
 
     def __init__(self, model: Path, log: Path, extra: list[str] | None = None) -> None:
-        args = ["--model", str(model), "--host", "127.0.0.1", "--api-key", API_KEY, "--max-pixels", str(MAX_PIXELS),
-                "--max-body-bytes", str(MAX_BODY_BYTES), "--threads", "2", "--log-level", "warning", *(extra or [])]  # fmt: skip
+        args = [
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--api-key",
+            API_KEY,
+            "--max-pixels",
+            str(MAX_PIXELS),
+            "--max-body-bytes",
+            str(MAX_BODY_BYTES),
+            "--threads",
+            "2",
+            "--log-level",
+            "warning",
+            *(extra or []),
+        ]
         super().__init__(args, log_path=log)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_SERVE_")}
 

@@ -58,9 +58,13 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         schedule.step()
     model.eval()
     card = resnet.make_card(
-        "cifar_resnet8", name="digits-resnet8", labels=list(DIGIT_LABELS), mean=mean.tolist(), std=std.tolist(),
+        "cifar_resnet8",
+        name="digits-resnet8",
+        labels=list(DIGIT_LABELS),
+        mean=mean.tolist(),
+        std=std.tolist(),
         provenance={"dataset": "sklearn digits (train split)", "note": "test fixture"},
-    )  # fmt: skip
+    )
     path = tmp_path_factory.mktemp("digits") / "model.pt"
     resnet.save_checkpoint(path, model, card)
     return path

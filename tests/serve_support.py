@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,9 +39,14 @@ def export_onnx(checkpoint: Path, out: Path) -> Path:
     model, card = resnet.load_checkpoint(checkpoint)
     size = int(card["input_size"])
     torch.onnx.export(
-        model, torch.zeros(1, 3, size, size), str(out), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-    )  # fmt: skip
+        model,
+        torch.zeros(1, 3, size, size),
+        str(out),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
     proto = onnx.load(str(out))
     set_onnx_card(proto, card)
     onnx.save(proto, str(out))
@@ -58,10 +64,11 @@ class Server:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> "Server":
+    def start(self, timeout: float = 90.0) -> Server:
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "serve", *self.args], cwd=REPO, env=self.env,
-                                     stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serve", *self.args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -102,7 +109,9 @@ class Server:
         return 0.0
 
 
-def reference_probs(image: bytes | Path, model: torch.nn.Module, card: dict[str, Any], crops: str = "ten") -> np.ndarray:
+def reference_probs(
+    image: bytes | Path, model: torch.nn.Module, card: dict[str, Any], crops: str = "ten"
+) -> np.ndarray:
     """The offline pipeline users trust: Pillow + torchvision Resize/TenCrop/ToTensor/Normalize + the model."""
     img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
     img = (ImageOps.exif_transpose(img) or img).convert("RGB")

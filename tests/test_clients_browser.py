@@ -20,8 +20,14 @@ from resnet.samples import DIGIT_LABELS
 from tests.clients_server import shared_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.skipif(
@@ -76,7 +82,9 @@ def test_photo_gets_top5_bars_and_corrupt_file_gets_plain_error(page, server, ph
     page.fill("#api-key", server.api_key)
     photo, broken = photo_paths[1], corrupt_jpeg(tmp_path)
     page.set_input_files("#file-input", [str(photo), str(broken)])
-    sync_api.expect(page.locator("#status")).to_contain_text("Done: 1 classified, 1 could not be classified", timeout=30_000)
+    sync_api.expect(page.locator("#status")).to_contain_text(
+        "Done: 1 classified, 1 could not be classified", timeout=30_000
+    )
 
     cards = page.locator("#results .result")
     assert cards.count() == 2
@@ -87,7 +95,9 @@ def test_photo_gets_top5_bars_and_corrupt_file_gets_plain_error(page, server, ph
     assert set(labels) <= set(DIGIT_LABELS) and len(set(labels)) == 5
     percents = [float(t.lstrip("<").rstrip("%")) for t in rows.locator(".probability").all_inner_texts()]
     assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.5
-    widths = [float(w) for w in rows.locator(".bar").evaluate_all("els => els.map(e => e.getAttribute('aria-valuenow'))")]
+    widths = [
+        float(w) for w in rows.locator(".bar").evaluate_all("els => els.map(e => e.getAttribute('aria-valuenow'))")
+    ]
     assert widths[0] == pytest.approx(percents[0], abs=0.1)
     fill_px = rows.locator(".fill").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
     assert fill_px == sorted(fill_px, reverse=True) and fill_px[0] > 0  # the bars are drawn to scale

@@ -36,7 +36,9 @@ def digits_folder(tmp_path_factory) -> Path:
 
 def run_process(*args: str) -> subprocess.CompletedProcess:
     """The real `python -m clients.classify` process (used where the exit code or stderr of a process matters)."""
-    return subprocess.run([sys.executable, "-m", "clients.classify", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "clients.classify", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture()
@@ -163,15 +165,24 @@ class _Busy(BaseHTTPRequestHandler):
     busy_left = 0
     seen = 0
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).seen += 1
         if type(self).busy_left > 0:
             type(self).busy_left -= 1
-            body, status, extra = b'{"error": {"code": "queue_full", "message": "queue full"}}', 503, {"Retry-After": "0"}
+            body, status, extra = (
+                b'{"error": {"code": "queue_full", "message": "queue full"}}',
+                503,
+                {"Retry-After": "0"},
+            )
         else:
-            answer = {"model": "m", "backend": "b", "crops": "ten", "timings": {"total_ms": 1.0},
-                      "results": [{"filename": "x", "topk": [{"index": 3, "label": "3", "probability": 0.9}]}]}  # fmt: skip
+            answer = {
+                "model": "m",
+                "backend": "b",
+                "crops": "ten",
+                "timings": {"total_ms": 1.0},
+                "results": [{"filename": "x", "topk": [{"index": 3, "label": "3", "probability": 0.9}]}],
+            }
             body, status, extra = json.dumps(answer).encode(), 200, {}
         self.send_response(status)
         for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **extra}.items():

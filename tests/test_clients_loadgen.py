@@ -31,11 +31,32 @@ def images(tmp_path_factory) -> Path:
 
 def test_closed_loop_levels_report_sane_figures_and_write_json_csv_png(server, images, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main([
-        "--url", server.url, "--api-key", server.api_key, "--images", str(images), "--concurrency", "1,4",
-        "--duration", "1.5s", "--max-requests", "60", "--warmup", "0", "--crops", "ten",
-        "--json", str(out / "load.json"), "--csv", str(out / "load.csv"), "--plot", str(out / "load.png"),
-    ])  # fmt: skip
+    code = main(
+        [
+            "--url",
+            server.url,
+            "--api-key",
+            server.api_key,
+            "--images",
+            str(images),
+            "--concurrency",
+            "1,4",
+            "--duration",
+            "1.5s",
+            "--max-requests",
+            "60",
+            "--warmup",
+            "0",
+            "--crops",
+            "ten",
+            "--json",
+            str(out / "load.json"),
+            "--csv",
+            str(out / "load.csv"),
+            "--plot",
+            str(out / "load.png"),
+        ]
+    )
     table = capsys.readouterr().out
     assert code == 0
     doc = json.loads((out / "load.json").read_text())
@@ -63,11 +84,33 @@ def test_closed_loop_levels_report_sane_figures_and_write_json_csv_png(server, i
 def test_open_loop_poisson_rate_is_bounded_by_time_and_count(server, images, tmp_path):
     out = tmp_path / "rate.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "clients.loadgen", "--url", server.url, "--api-key", server.api_key,
-         "--images", str(images), "--rate", "15", "--duration", "1s", "--max-requests", "40", "--warmup", "0",
-         "--crops", "center", "--json", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "clients.loadgen",
+            "--url",
+            server.url,
+            "--api-key",
+            server.api_key,
+            "--images",
+            str(images),
+            "--rate",
+            "15",
+            "--duration",
+            "1s",
+            "--max-requests",
+            "40",
+            "--warmup",
+            "0",
+            "--crops",
+            "center",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     (level,) = json.loads(out.read_text())["levels"]
     assert level["mode"] == "rate" and level["level"] == 15.0
@@ -77,8 +120,28 @@ def test_open_loop_poisson_rate_is_bounded_by_time_and_count(server, images, tmp
 
 def test_max_requests_stops_a_level_exactly(server, images, tmp_path):
     out = tmp_path / "n.json"
-    code = main(["--url", server.url, "--api-key", server.api_key, "--images", str(images), "--concurrency", "3",
-                 "--duration", "60s", "--max-requests", "7", "--warmup", "0", "--crops", "center", "--json", str(out)])  # fmt: skip
+    code = main(
+        [
+            "--url",
+            server.url,
+            "--api-key",
+            server.api_key,
+            "--images",
+            str(images),
+            "--concurrency",
+            "3",
+            "--duration",
+            "60s",
+            "--max-requests",
+            "7",
+            "--warmup",
+            "0",
+            "--crops",
+            "center",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     (level,) = json.loads(out.read_text())["levels"]
     assert level["requests"] == 7 and level["elapsed_s"] < 30
@@ -86,8 +149,24 @@ def test_max_requests_stops_a_level_exactly(server, images, tmp_path):
 
 def test_errors_are_counted_by_status_and_exit_1(server, images, tmp_path):
     out = tmp_path / "e.json"
-    code = main(["--url", server.url, "--images", str(images), "--concurrency", "2", "--duration", "0.5s",
-                 "--max-requests", "6", "--warmup", "0", "--json", str(out)])  # fmt: skip  # no API key
+    code = main(
+        [
+            "--url",
+            server.url,
+            "--images",
+            str(images),
+            "--concurrency",
+            "2",
+            "--duration",
+            "0.5s",
+            "--max-requests",
+            "6",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )  # no API key
     assert code == 1
     (level,) = json.loads(out.read_text())["levels"]
     assert level["errors"] == {"401": 6} and level["ok"] == 0 and level["latency_ms"]["p50"] is None
@@ -115,7 +194,9 @@ def test_duration_and_loopback_parsing():
     assert parse_duration("2.5") == 2.5
     with pytest.raises(UsageError):
         parse_duration("-1s")
-    assert is_loopback("http://127.0.0.1:8000") and is_loopback("http://localhost:8000") and is_loopback("http://[::1]:80")
+    assert (
+        is_loopback("http://127.0.0.1:8000") and is_loopback("http://localhost:8000") and is_loopback("http://[::1]:80")
+    )
     assert not is_loopback("http://10.0.0.5:8000") and not is_loopback("http://example.org")
 
 

@@ -103,8 +103,17 @@ def torchvision_resnet50(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_torchvision_resnet50_state_dict_passes_fp32_and_fp16_gates(torchvision_resnet50: Path) -> None:
     # TorchScript here (dynamo is covered on ResNet-50 above): both exporters feed the FP16 converter and the gates.
-    argv = [str(torchvision_resnet50), "--arch", "resnet50", "--exporter", "torchscript", "--limit", "2",
-            "--max-batch", "12"]  # fmt: skip
+    argv = [
+        str(torchvision_resnet50),
+        "--arch",
+        "resnet50",
+        "--exporter",
+        "torchscript",
+        "--limit",
+        "2",
+        "--max-batch",
+        "12",
+    ]
     assert resnet.run_cli(trt.main, argv) == 0
     folder = torchvision_resnet50.parent
     for graph, cosine in (("resnet50.onnx", 0.99999), ("resnet50.fp16.onnx", 0.999)):

@@ -15,10 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from serve_support import Server, encode, export_onnx, reference_probs
 
 import resnet
 from resnet.preprocess import preprocess
-from serve_support import Server, encode, export_onnx, reference_probs
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the [dev] extra) is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -39,8 +39,9 @@ def server(onnx_path: Path) -> Any:
     drain grace period so the last test can watch readiness go 503."""
     srv = Server(
         ["--model", str(onnx_path), "--no-draft", "--drain-grace-s", "1.5"],
-        env={"RESNET_SERVE_API_KEY": API_KEY}, log_path=onnx_path.with_suffix(".log"),
-    ).start()  # fmt: skip
+        env={"RESNET_SERVE_API_KEY": API_KEY},
+        log_path=onnx_path.with_suffix(".log"),
+    ).start()
     yield srv
     srv.stop()
 
@@ -64,8 +65,13 @@ def test_tritonclient_sees_a_live_ready_server_and_the_models_metadata(client: A
     meta = client.get_model_metadata(MODEL)
     assert meta["versions"] == ["1"] and meta["platform"] == "resnet-stack_onnxruntime"
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["inputs"]} == {
-        ("input", "FP32", (-1, 3, 32, 32)), ("image", "BYTES", (-1,))}  # fmt: skip
-    assert {(t["name"], tuple(t["shape"])) for t in meta["outputs"]} == {("logits", (-1, 10)), ("probabilities", (-1, 10))}
+        ("input", "FP32", (-1, 3, 32, 32)),
+        ("image", "BYTES", (-1,)),
+    }
+    assert {(t["name"], tuple(t["shape"])) for t in meta["outputs"]} == {
+        ("logits", (-1, 10)),
+        ("probabilities", (-1, 10)),
+    }
     config = client.get_model_config(MODEL)
     assert config["max_batch_size"] == 64 and json.loads(config["parameters"]["labels"]["string_value"])[3] == "3"
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
@@ -117,14 +123,21 @@ def test_center_crop_parameter_and_json_base64_images(server: Any, photo_paths: 
     import base64
 
     png = next(p for p in photo_paths if p.suffix == ".png").read_bytes()
-    body = {"parameters": {"crops": "center"},
-            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}]}
+    body = {
+        "parameters": {"crops": "center"},
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}],
+    }
     r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body, headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
     (out,) = r.json()["outputs"]
     assert out["name"] == "probabilities" and out["shape"] == [1, 10]
-    classify = httpx.post(f"{server.url}/classify", params={"topk": 10, "crops": "center"},
-                          content=png, headers={**AUTH, "Content-Type": "image/png"}, timeout=30).json()  # fmt: skip
+    classify = httpx.post(
+        f"{server.url}/classify",
+        params={"topk": 10, "crops": "center"},
+        content=png,
+        headers={**AUTH, "Content-Type": "image/png"},
+        timeout=30,
+    ).json()
     expected = np.zeros(10)
     for e in classify["results"][0]["topk"]:
         expected[e["index"]] = e["probability"]
@@ -154,54 +167,194 @@ def test_malformed_inference_requests_get_the_protocols_error_body(server: Any, 
     fp32 = {"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32"}
     cases: list[tuple[str, Any, int, str]] = [
         ("unknown model", {"url": f"{server.url}/v2/models/other/infer", "json": {"inputs": []}}, 404, "unknown model"),
-        ("unknown version", {"url": f"{server.url}/v2/models/{MODEL}/versions/7/infer", "json": {"inputs": []}}, 404,
-         "no version"),
+        (
+            "unknown version",
+            {"url": f"{server.url}/v2/models/{MODEL}/versions/7/infer", "json": {"inputs": []}},
+            404,
+            "no version",
+        ),
         ("not json", {"content": b"{not json"}, 400, "not an inference request"),
         ("no inputs key", {"json": {"outputs": []}}, 400, "inputs"),
         ("two inputs", {"json": {"inputs": [{**fp32, "data": zeros.ravel().tolist()}] * 2}}, 400, "exactly one"),
         ("unknown input", {"json": {"inputs": [{**fp32, "name": "pixels", "data": [0]}]}}, 400, "unknown input"),
-        ("wrong datatype", {"json": {"inputs": [{**fp32, "datatype": "INT32", "data": [0] * zeros.size}]}}, 400,
-         "must be FP32"),
-        ("wrong crop size", {"json": {"inputs": [{**fp32, "shape": [2, 3, 30, 30], "data": [0.0] * 5400}]}}, 400,
-         "[N, 3, 32, 32]"),
+        (
+            "wrong datatype",
+            {"json": {"inputs": [{**fp32, "datatype": "INT32", "data": [0] * zeros.size}]}},
+            400,
+            "must be FP32",
+        ),
+        (
+            "wrong crop size",
+            {"json": {"inputs": [{**fp32, "shape": [2, 3, 30, 30], "data": [0.0] * 5400}]}},
+            400,
+            "[N, 3, 32, 32]",
+        ),
         ("too few values", {"json": {"inputs": [{**fp32, "data": [0.0] * 10}]}}, 400, "needs 6144"),
         ("non-numeric data", {"json": {"inputs": [{**fp32, "data": ["a"] * zeros.size}]}}, 400, "not a list of FP32"),
-        ("NaN crops", dict(zip(("content", "headers"), _binary_request(
-            [{**fp32, "parameters": {"binary_data_size": zeros.nbytes}}], [np.full_like(zeros, np.nan).tobytes()]))),
-         400, "NaN"),
+        (
+            "NaN crops",
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_request(
+                        [{**fp32, "parameters": {"binary_data_size": zeros.nbytes}}],
+                        [np.full_like(zeros, np.nan).tobytes()],
+                    ),
+                )
+            ),
+            400,
+            "NaN",
+        ),
         ("no data", {"json": {"inputs": [fp32]}}, 400, "neither 'data'"),
-        ("binary size past the end", dict(zip(("content", "headers"), _binary_request(
-            [{**fp32, "parameters": {"binary_data_size": zeros.nbytes}}], [zeros.tobytes()[:100]]))), 400,
-         "does not fit"),
-        ("header length past the end", {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "99"}},
-         400, "outside the body"),
-        ("header length not a number", {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "x"}},
-         400, "not an integer"),
-        ("truncated BYTES element", dict(zip(("content", "headers"), _binary_request(
-            [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}],
-            [struct.pack("<I", 1000) + b"abcd"]))), 400, "runs past the end"),
-        ("BYTES count differs from shape", dict(zip(("content", "headers"), _binary_request(
-            [{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + len(jpeg)}}],
-            [struct.pack("<I", len(jpeg)) + jpeg]))), 400, "needs 2"),
-        ("images as FP32", {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}},
-         400, "must be BYTES"),
-        ("JSON image not base64", {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                        "data": ["%%%"]}]}}, 400, "base64"),
-        ("corrupt image", dict(zip(("content", "headers"), _binary_request(
-            [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + 40}}],
-            [struct.pack("<I", 40) + jpeg[:40]]))), 400, "image"),
-        ("not an image", dict(zip(("content", "headers"), _binary_request(
-            [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + 11}}],
-            [struct.pack("<I", 11) + b"hello world"]))), 415, ""),
-        ("bad crops parameter", {"json": {"parameters": {"crops": "five"}, "inputs": [
-            {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}]}}, 400, "crops must be one of"),
-        ("output of the other input", {"json": {"inputs": [{**fp32, "data": zeros.ravel().tolist()}],
-                                                "outputs": [{"name": "probabilities"}]}}, 400, "needs input 'image'"),
-        ("bad classification count", {"json": {"inputs": [{**fp32, "data": zeros.ravel().tolist()}],
-                                               "outputs": [{"name": "logits", "parameters": {"classification": 11}}]}},
-         400, "classification must be"),
-        ("compressed body", {"content": b"x", "headers": {**AUTH, "Content-Encoding": "gzip"}}, 415, "Content-Encoding"),
-    ]  # fmt: skip
+        (
+            "binary size past the end",
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_request(
+                        [{**fp32, "parameters": {"binary_data_size": zeros.nbytes}}], [zeros.tobytes()[:100]]
+                    ),
+                )
+            ),
+            400,
+            "does not fit",
+        ),
+        (
+            "header length past the end",
+            {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "99"}},
+            400,
+            "outside the body",
+        ),
+        (
+            "header length not a number",
+            {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "x"}},
+            400,
+            "not an integer",
+        ),
+        (
+            "truncated BYTES element",
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_request(
+                        [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}],
+                        [struct.pack("<I", 1000) + b"abcd"],
+                    ),
+                )
+            ),
+            400,
+            "runs past the end",
+        ),
+        (
+            "BYTES count differs from shape",
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_request(
+                        [
+                            {
+                                "name": "image",
+                                "shape": [2],
+                                "datatype": "BYTES",
+                                "parameters": {"binary_data_size": 4 + len(jpeg)},
+                            }
+                        ],
+                        [struct.pack("<I", len(jpeg)) + jpeg],
+                    ),
+                )
+            ),
+            400,
+            "needs 2",
+        ),
+        (
+            "images as FP32",
+            {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}},
+            400,
+            "must be BYTES",
+        ),
+        (
+            "JSON image not base64",
+            {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}},
+            400,
+            "base64",
+        ),
+        (
+            "corrupt image",
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_request(
+                        [
+                            {
+                                "name": "image",
+                                "shape": [1],
+                                "datatype": "BYTES",
+                                "parameters": {"binary_data_size": 4 + 40},
+                            }
+                        ],
+                        [struct.pack("<I", 40) + jpeg[:40]],
+                    ),
+                )
+            ),
+            400,
+            "image",
+        ),
+        (
+            "not an image",
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_request(
+                        [
+                            {
+                                "name": "image",
+                                "shape": [1],
+                                "datatype": "BYTES",
+                                "parameters": {"binary_data_size": 4 + 11},
+                            }
+                        ],
+                        [struct.pack("<I", 11) + b"hello world"],
+                    ),
+                )
+            ),
+            415,
+            "",
+        ),
+        (
+            "bad crops parameter",
+            {
+                "json": {
+                    "parameters": {"crops": "five"},
+                    "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}],
+                }
+            },
+            400,
+            "crops must be one of",
+        ),
+        (
+            "output of the other input",
+            {"json": {"inputs": [{**fp32, "data": zeros.ravel().tolist()}], "outputs": [{"name": "probabilities"}]}},
+            400,
+            "needs input 'image'",
+        ),
+        (
+            "bad classification count",
+            {
+                "json": {
+                    "inputs": [{**fp32, "data": zeros.ravel().tolist()}],
+                    "outputs": [{"name": "logits", "parameters": {"classification": 11}}],
+                }
+            },
+            400,
+            "classification must be",
+        ),
+        (
+            "compressed body",
+            {"content": b"x", "headers": {**AUTH, "Content-Encoding": "gzip"}},
+            415,
+            "Content-Encoding",
+        ),
+    ]
     assert len(cases) >= 20
     for label, kwargs, status, message in cases:
         kwargs = dict(kwargs)

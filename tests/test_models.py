@@ -118,7 +118,13 @@ def test_bn_after_every_conv() -> None:
 
 @pytest.mark.parametrize(
     "name, kwargs",
-    [("resnet19", {}), ("cifar_resnet21", {}), ("vgg16", {}), ("resnet50", {"shortcut": "D"}), ("resnet50", {"variant": "v2"})],
+    [
+        ("resnet19", {}),
+        ("cifar_resnet21", {}),
+        ("vgg16", {}),
+        ("resnet50", {"shortcut": "D"}),
+        ("resnet50", {"variant": "v2"}),
+    ],
 )
 def test_bad_model_requests_raise_usage_error(name: str, kwargs: dict) -> None:
     with pytest.raises(resnet.UsageError):

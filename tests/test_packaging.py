@@ -13,11 +13,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,7 +178,14 @@ def test_dockerfile_copies_every_package_the_project_ships() -> None:
     patterns = _dockerignore_patterns()
     for name in sorted(wanted) + ["pyproject.toml", "README.md"]:
         assert not _ignored(name, patterns), f".dockerignore drops {name}, which the image needs"
-    heavy_files = ["model.pt", "resnet/w.onnx", "serve/__pycache__/app.pyc", ".venv/bin/python", ".git/HEAD", "demo_out/m.plan"]
+    heavy_files = [
+        "model.pt",
+        "resnet/w.onnx",
+        "serve/__pycache__/app.pyc",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "demo_out/m.plan",
+    ]
     for heavy in heavy_files:
         assert _ignored(heavy, patterns), f".dockerignore lets {heavy} into the build context"
 
@@ -191,8 +198,10 @@ def test_build_context_builds_a_wheel_that_runs_the_server_entrypoint(tmp_path: 
     isolation = ["--no-build-isolation"] if _has_setuptools(68) else []
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(wheels), str(src)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = wheels.glob("resnet_stack-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -205,10 +214,18 @@ def test_build_context_builds_a_wheel_that_runs_the_server_entrypoint(tmp_path: 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = subprocess.run(
-        [sys.executable, "-c", "import runpy, sys, serve; print(serve.__file__); sys.argv = ['serve', '--help'];"
-         " runpy.run_module('serve', run_name='__main__')"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env_with_path(site),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import runpy, sys, serve; print(serve.__file__); sys.argv = ['serve', '--help'];"
+            " runpy.run_module('serve', run_name='__main__')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_env_with_path(site),
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     first, _, help_text = probe.stdout.partition("\n")
     assert first.startswith(str(site)), f"serve was imported from {first}, not the wheel"
@@ -241,7 +258,7 @@ def test_runtime_image_is_non_root_health_checked_and_configured_by_environment(
                 key, _, value = token.partition("=")
                 env[key] = value
     user = [rest for word, rest in ins if word == "USER"]
-    assert user and not user[-1].split(":")[0] in {"0", "root"}
+    assert user and user[-1].split(":")[0] not in {"0", "root"}
     assert [rest for word, rest in ins if word == "EXPOSE"] == [env["RESNET_SERVE_PORT"]]
     (health,) = [rest for word, rest in ins if word == "HEALTHCHECK"]
     assert "/healthz" in health and "RESNET_SERVE_PORT" in health
@@ -303,7 +320,10 @@ def test_every_environment_variable_the_images_and_compose_set_is_a_server_setti
         ours = {k: v for k, v in env.items() if k.startswith("RESNET_SERVE_")}
         settings = settings_from([], environ=ours)
         assert (settings.host, settings.port, settings.model) == (
-            ours["RESNET_SERVE_HOST"], int(ours["RESNET_SERVE_PORT"]), ours["RESNET_SERVE_MODEL"])  # fmt: skip
+            ours["RESNET_SERVE_HOST"],
+            int(ours["RESNET_SERVE_PORT"]),
+            ours["RESNET_SERVE_MODEL"],
+        )
     compose_env = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["resnet"]["environment"]
     fields = {f"RESNET_SERVE_{name.upper()}" for name in settings.__dataclass_fields__}
     assert set(compose_env) <= fields, set(compose_env) - fields

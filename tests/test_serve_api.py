@@ -16,7 +16,6 @@ from PIL import Image
 
 import resnet
 from resnet.samples import digits_images
-
 from tests.serve_support import Server, encode, export_onnx, probs_from_answer, reference_probs
 
 NUM_CLASSES = 10
@@ -42,8 +41,9 @@ def onnx_server(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 def torch_server(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     """The checkpoint itself on the torch backend, exact decoding (--no-draft)."""
     folder = tmp_path_factory.mktemp("serve_torch")
-    server = Server(["--model", str(digits_checkpoint), "--backend", "torch", "--no-draft"],
-                    log_path=folder / "server.log").start()  # fmt: skip
+    server = Server(
+        ["--model", str(digits_checkpoint), "--backend", "torch", "--no-draft"], log_path=folder / "server.log"
+    ).start()
     yield server
     server.stop()
 
@@ -87,8 +87,9 @@ def test_draft_mode_answer_equals_shared_preprocessing_offline(onnx_server, mode
         assert np.abs(probs_from_answer(result, NUM_CLASSES) - want).max() <= 1e-4, path.name
 
 
-def test_checkpoint_server_exact_decode_matches_offline_pipeline_on_all_photos(torch_server, model_and_card,
-                                                                                photo_paths):  # fmt: skip
+def test_checkpoint_server_exact_decode_matches_offline_pipeline_on_all_photos(
+    torch_server, model_and_card, photo_paths
+):
     model, card = model_and_card
     r = classify(torch_server, [(p.name, p.read_bytes()) for p in photo_paths])
     assert r.status_code == 200, r.text
@@ -158,8 +159,10 @@ def _odd_images() -> dict[str, tuple[bytes, Image.Image | None]]:
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return {
         "cmyk_jpeg": (encode(base.convert("CMYK"), "JPEG", quality=95), None),
-        "palette_png_with_transparency": (encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG",
-                                                 transparency=0), None),  # fmt: skip
+        "palette_png_with_transparency": (
+            encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG", transparency=0),
+            None,
+        ),
         "grey16_png": (encode(grey16, "PNG"), base.convert("L")),
         "grey_png": (encode(base.convert("L"), "PNG"), None),
         "grey_alpha_png": (encode(base.convert("LA"), "PNG"), None),
@@ -218,8 +221,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _png_claiming(width: int, height: int) -> bytes:
     """A few hundred bytes whose header claims width x height pixels: a decompression bomb."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-            + _png_chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _hostile() -> dict[str, tuple[dict, int, str]]:
@@ -249,8 +256,11 @@ def _hostile() -> dict[str, tuple[dict, int, str]]:
         "empty_raw_body": (raw(b""), 400, "empty_image"),
         "second_image_truncated": (files(png, png[:100]), 400, "bad_image"),
         "text_file": (files(b"hello, I am not an image\n" * 10), 415, "unsupported_media_type"),
-        "svg": (files(b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>"), 415,
-                "unsupported_media_type"),  # fmt: skip
+        "svg": (
+            files(b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>"),
+            415,
+            "unsupported_media_type",
+        ),
         "pdf": (files(encode(img, "PDF")), 415, "unsupported_media_type"),
         "ico_not_accepted": (files(encode(img.resize((32, 32)), "ICO")), 415, "unsupported_media_type"),
         "html_declared_as_jpeg": (raw(b"<html><body>hi</body></html>"), 415, "unsupported_media_type"),
@@ -264,16 +274,23 @@ def _hostile() -> dict[str, tuple[dict, int, str]]:
         "multipart_without_boundary": (raw(b"abc", "multipart/form-data"), 400, "bad_request"),
         "multipart_garbage_body": (raw(b"garbage", "multipart/form-data; boundary=xyz"), 400, "bad_request"),
         "multipart_without_file_field": ({"files": [("image", ("a.png", png))]}, 422, "no_image"),
-        "multipart_text_field_named_file": ({"data": {"file": "not a file"}, "files": [("other", ("a.png", png))]},
-                                            422, "no_image"),  # fmt: skip
+        "multipart_text_field_named_file": (
+            {"data": {"file": "not a file"}, "files": [("other", ("a.png", png))]},
+            422,
+            "no_image",
+        ),
     }
 
 
 HOSTILE = _hostile()
 BAD_PARAMS = {
-    "topk_zero": {"topk": 0}, "topk_negative": {"topk": -3}, "topk_not_a_number": {"topk": "five"},
-    "topk_over_classes": {"topk": 11}, "crops_unknown": {"crops": "seven"}, "topk_float": {"topk": 2.5},
-}  # fmt: skip
+    "topk_zero": {"topk": 0},
+    "topk_negative": {"topk": -3},
+    "topk_not_a_number": {"topk": "five"},
+    "topk_over_classes": {"topk": 11},
+    "crops_unknown": {"crops": "seven"},
+    "topk_float": {"topk": 2.5},
+}
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
@@ -288,8 +305,9 @@ def test_hostile_input_gets_clear_json_error(onnx_server, name):
 
 @pytest.mark.parametrize("name", sorted(BAD_PARAMS))
 def test_bad_parameter_returns_422(onnx_server, photo_paths, name):
-    r = httpx.post(onnx_server.url + "/classify", params=BAD_PARAMS[name],
-                   files=[("file", photo_paths[0].read_bytes())])  # fmt: skip
+    r = httpx.post(
+        onnx_server.url + "/classify", params=BAD_PARAMS[name], files=[("file", photo_paths[0].read_bytes())]
+    )
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "invalid_parameter"
 
@@ -310,8 +328,9 @@ def test_chunked_body_over_cap_returns_413_while_reading(onnx_server):
             yield b"\xff" * (1 << 20)
 
     try:
-        r = httpx.post(onnx_server.url + "/classify", content=chunks(), headers={"Content-Type": "image/jpeg"},
-                       timeout=30)  # fmt: skip
+        r = httpx.post(
+            onnx_server.url + "/classify", content=chunks(), headers={"Content-Type": "image/jpeg"}, timeout=30
+        )
     except httpx.HTTPError:  # the server may close the connection before the client finishes writing
         assert sent < 40 << 20
         return
@@ -327,8 +346,11 @@ def test_wrong_method_and_unknown_path_use_the_error_shape(onnx_server):
 
 def test_bad_input_never_produced_a_5xx(onnx_server):
     text = httpx.get(onnx_server.url + "/metrics").text
-    fives = [ln for ln in text.splitlines() if ln.startswith("resnet_serve_requests_total")
-             and 'status="5' in ln and 'route="/readyz"' not in ln]  # readyz is 503 while warming up: by design
+    fives = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("resnet_serve_requests_total") and 'status="5' in ln and 'route="/readyz"' not in ln
+    ]  # readyz is 503 while warming up: by design
     assert fives == [], fives
 
 
@@ -348,8 +370,9 @@ def test_64_concurrent_requests_all_answered_and_batched_together(onnx_server, p
             jobs = []
             for i in range(64):
                 p = photo_paths[i % 4]
-                jobs.append(client.post("/classify", params={"topk": NUM_CLASSES},
-                                        files=[("file", (p.name, p.read_bytes()))]))  # fmt: skip
+                jobs.append(
+                    client.post("/classify", params={"topk": NUM_CLASSES}, files=[("file", (p.name, p.read_bytes()))])
+                )
             return await asyncio.gather(*jobs)
 
     responses = asyncio.run(run())

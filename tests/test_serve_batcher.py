@@ -34,8 +34,14 @@ def test_images_split_across_small_batches_get_their_own_logits(backend):
     seen: list[tuple[int, int]] = []
 
     async def go():
-        b = Batcher(backend.run, max_batch=4, max_wait_s=0.01, max_queue_crops=100, shapes=[1, 2, 4],
-                    on_batch=lambda n, padded, s: seen.append((n, padded)))  # fmt: skip
+        b = Batcher(
+            backend.run,
+            max_batch=4,
+            max_wait_s=0.01,
+            max_queue_crops=100,
+            shapes=[1, 2, 4],
+            on_batch=lambda n, padded, s: seen.append((n, padded)),
+        )
         b.start()
         try:
             return await asyncio.gather(*(b.submit(crops(i)) for i in range(3)))

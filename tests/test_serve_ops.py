@@ -18,7 +18,6 @@ from serve.settings import build_parser, settings_from, settings_table
 from tests.serve_support import REPO, Server, export_onnx
 
 
-
 @pytest.fixture(scope="module")
 def onnx_model(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_onnx(digits_checkpoint, tmp_path_factory.mktemp("serve_ops") / "digits.onnx")
@@ -32,8 +31,10 @@ def image(photo_paths) -> bytes:
 @pytest.fixture(scope="module")
 def slow_server(onnx_model: Path):
     """Batches wait up to 3 s to fill, the queue holds 10 crops (one ten-crop image), deadline 1 s."""
-    server = Server(["--model", str(onnx_model), "--max-wait-ms", "3000", "--max-queue-crops", "10",
-                     "--request-timeout-s", "1.0"], log_path=onnx_model.parent / "slow.log").start()  # fmt: skip
+    server = Server(
+        ["--model", str(onnx_model), "--max-wait-ms", "3000", "--max-queue-crops", "10", "--request-timeout-s", "1.0"],
+        log_path=onnx_model.parent / "slow.log",
+    ).start()
     yield server
     server.stop()
 
@@ -81,9 +82,11 @@ def test_disconnected_client_crops_are_dropped_from_the_queue(slow_server, image
 @pytest.fixture(scope="module")
 def keyed_server(digits_checkpoint: Path, onnx_model: Path):
     """The checkpoint on torch, the API key from the environment (12-factor), CORS for one origin."""
-    server = Server(["--model", str(digits_checkpoint), "--cors-origins", "http://app.example"],
-                    env={"RESNET_SERVE_API_KEY": "s3cret-key"},
-                    log_path=onnx_model.parent / "keyed.log").start()  # fmt: skip
+    server = Server(
+        ["--model", str(digits_checkpoint), "--cors-origins", "http://app.example"],
+        env={"RESNET_SERVE_API_KEY": "s3cret-key"},
+        log_path=onnx_model.parent / "keyed.log",
+    ).start()
     yield server
     server.stop()
 
@@ -121,8 +124,9 @@ def test_health_endpoints_stay_open_with_an_api_key(keyed_server):
 
 def test_cors_allows_only_the_given_origins(keyed_server, slow_server):
     def preflight(server, origin):
-        return httpx.options(server.url + "/classify", headers={"Origin": origin,
-                                                                "Access-Control-Request-Method": "POST"})  # fmt: skip
+        return httpx.options(
+            server.url + "/classify", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+        )
 
     assert preflight(keyed_server, "http://app.example").headers["access-control-allow-origin"] == "http://app.example"
     assert "access-control-allow-origin" not in preflight(keyed_server, "http://evil.example").headers
@@ -130,8 +134,9 @@ def test_cors_allows_only_the_given_origins(keyed_server, slow_server):
 
 
 def test_sigterm_drains_readiness_503_in_flight_finishes_then_exit_0(onnx_model: Path, image):
-    server = Server(["--model", str(onnx_model), "--max-wait-ms", "1500"],
-                    log_path=onnx_model.parent / "drain.log").start()  # fmt: skip
+    server = Server(
+        ["--model", str(onnx_model), "--max-wait-ms", "1500"], log_path=onnx_model.parent / "drain.log"
+    ).start()
     try:
         out: dict = {}
         t = post_later(server.url, image, out, "in_flight")
@@ -175,8 +180,12 @@ def test_help_lists_every_option_with_its_environment_variable(capsys):
 
 
 def test_flags_override_environment_which_overrides_defaults():
-    env = {"RESNET_SERVE_MODEL": "m.onnx", "RESNET_SERVE_PORT": "9001", "RESNET_SERVE_DRAFT": "false",
-           "RESNET_SERVE_MAX_WAIT_MS": "5"}  # fmt: skip
+    env = {
+        "RESNET_SERVE_MODEL": "m.onnx",
+        "RESNET_SERVE_PORT": "9001",
+        "RESNET_SERVE_DRAFT": "false",
+        "RESNET_SERVE_MAX_WAIT_MS": "5",
+    }
     s = settings_from(["--port", "9002"], env)
     assert (s.model, s.port, s.draft, s.max_wait_ms, s.max_batch) == ("m.onnx", 9002, False, 5.0, 0)
 
@@ -235,8 +244,9 @@ def test_corrupt_artifacts_fail_cleanly_from_the_shell(tmp_path):
     bad_pt = tmp_path / "bad.pt"
     bad_pt.write_bytes(b"PK\x03\x04 truncated")
     for path in (bad_onnx, bad_pt):
-        p = subprocess.run([sys.executable, "-m", "serve", "--model", str(path)], cwd=REPO, capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "serve", "--model", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 1, p.stderr
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and "Traceback" not in p.stderr and "error:" in lines[0], p.stderr

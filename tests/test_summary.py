@@ -39,8 +39,11 @@ def test_imagenet_parameters_equal_torchvision_exactly(rows: dict, depth: int) -
 def test_summary_cli_prints_the_table() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "resnet.summary", "--cifar-depths", "20", "56"],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     for name in ["resnet18", "resnet152", "cifar_resnet20", "cifar_resnet56"]:
         assert name in out.stdout
     assert "GMACs" in out.stdout

@@ -77,8 +77,9 @@ def test_malicious_cifar_pickle_is_refused_without_running_code(tmp_path: Path) 
 def test_malicious_cifar_folder_gives_one_line_exit_1(tmp_path: Path) -> None:
     folder = make_cifar_folder(tmp_path)
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": (eval, ("1",))}, protocol=2))
-    proc = run_module("train.cifar", "--data", str(tmp_path), "--depth", "8", "--max-iters", "1", "--out",
-                      str(tmp_path / "run"))  # fmt: skip
+    proc = run_module(
+        "train.cifar", "--data", str(tmp_path), "--depth", "8", "--max-iters", "1", "--out", str(tmp_path / "run")
+    )
     assert proc.returncode == 1
     assert "refused to load __builtin__.eval" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -108,8 +109,11 @@ def test_empty_class_folder_gives_one_line_exit_1(tmp_path: Path, capsys: pytest
     from train.imagenet import main
 
     assert main(["--data", str(tmp_path), "--depth", "18", "--max-iters", "1", "--out", str(tmp_path / "r")]) == 1
-    assert capsys.readouterr().err.strip() == f"train.imagenet: error: class folder {tmp_path / 'train' / '3'} has no images " \
+    assert (
+        capsys.readouterr().err.strip()
+        == f"train.imagenet: error: class folder {tmp_path / 'train' / '3'} has no images "
         "(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"
+    )
 
 
 def test_imagefolder_without_val_split_is_rejected(tmp_path: Path) -> None:
@@ -167,8 +171,9 @@ def test_no_augment_equals_shared_preprocessing_of_digits() -> None:
     from resnet.samples import digits_images
 
     x, _ = digits_images("test")
-    card = resnet.make_card("cifar_resnet8", labels=[str(i) for i in range(10)], mean=[0.1, 0.2, 0.3],
-                            std=[0.3, 0.3, 0.4])  # fmt: skip
+    card = resnet.make_card(
+        "cifar_resnet8", labels=[str(i) for i in range(10)], mean=[0.1, 0.2, 0.3], std=[0.3, 0.3, 0.4]
+    )
     ours = BatchAugment(card["mean"], card["std"]).normalise(torch.from_numpy(x[:4].transpose(0, 3, 1, 2)))
     shared = np.concatenate([resnet.preprocess(Image.fromarray(img), card, crops="center") for img in x[:4]])
     assert np.abs(ours.numpy() - shared).max() < 1e-6

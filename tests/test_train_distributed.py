@@ -19,9 +19,36 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 def test_torchrun_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "train.cifar", "--dataset", "digits",
-           "--depth", "8", "--batch-size", "32", "--max-iters", "4", "--val-size", "201", "--eval-every", "2", "--log-every", "2",
-           "--eval-crops", "center", "--sync-bn", "--no-tensorboard", "--progress", "lines", "--out", str(out)]  # fmt: skip
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "train.cifar",
+        "--dataset",
+        "digits",
+        "--depth",
+        "8",
+        "--batch-size",
+        "32",
+        "--max-iters",
+        "4",
+        "--val-size",
+        "201",
+        "--eval-every",
+        "2",
+        "--log-every",
+        "2",
+        "--eval-crops",
+        "center",
+        "--sync-bn",
+        "--no-tensorboard",
+        "--progress",
+        "lines",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -27,8 +27,12 @@ TINY = ["--dataset", "digits", "--depth", "8", "--batch-size", "32", "--progress
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short real training run: ResNet-8 on digits, 6 iterations, validation every 3, ten-crop test."""
     out = tmp_path_factory.mktemp("run") / "digits-r8"
-    assert cifar_main(TINY + ["--max-iters", "6", "--eval-every", "3", "--save-every", "2", "--log-every", "2",
-                              "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        cifar_main(
+            TINY + ["--max-iters", "6", "--eval-every", "3", "--save-every", "2", "--log-every", "2", "--out", str(out)]
+        )
+        == 0
+    )
     return out
 
 
@@ -65,8 +69,20 @@ def test_final_checkpoint_has_complete_card_and_loads(digits_run: Path) -> None:
 
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     # 96 training images / batch 32 = 3 iterations per epoch: the run stops mid-epoch 1 and resumes there
-    args = TINY + ["--train-limit", "96", "--max-iters", "8", "--eval-every", "3", "--save-every", "0",
-                   "--eval-crops", "center", "--deterministic", "--no-tensorboard"]  # fmt: skip
+    args = TINY + [
+        "--train-limit",
+        "96",
+        "--max-iters",
+        "8",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "0",
+        "--eval-crops",
+        "center",
+        "--deterministic",
+        "--no-tensorboard",
+    ]
     assert cifar_main(args + ["--out", str(tmp_path / "whole")]) == 0
     assert cifar_main(args + ["--out", str(tmp_path / "split"), "--stop-at-iter", "4"]) == 0
     state = load_state(tmp_path / "split" / "last.pt")
@@ -76,14 +92,33 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "split" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    va = [r for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "val"]
-    vb = [r for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "val"]
+    va = [
+        r
+        for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "val"
+    ]
+    vb = [
+        r
+        for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "val"
+    ]
     assert va[-1]["loss"] == vb[-1]["loss"]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "train.cifar", *TINY, "--max-iters", "100000", "--log-every", "1",
-           "--out", str(out), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.cifar",
+        *TINY,
+        "--max-iters",
+        "100000",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -145,9 +180,31 @@ def test_imagenet_command_trains_on_an_image_folder(tmp_path: Path) -> None:
     write_digits_imagefolder(tmp_path / "data" / "train", "train", limit=100)
     write_digits_imagefolder(tmp_path / "data" / "val", "test", limit=100)
     out = tmp_path / "run"
-    assert imagenet_main(["--data", str(tmp_path / "data"), "--depth", "18", "--input-size", "32", "--batch-size", "8",
-                          "--max-iters", "2", "--eval-crops", "center", "--workers", "1", "--out", str(out),
-                          "--progress", "lines"]) == 0  # fmt: skip
+    assert (
+        imagenet_main(
+            [
+                "--data",
+                str(tmp_path / "data"),
+                "--depth",
+                "18",
+                "--input-size",
+                "32",
+                "--batch-size",
+                "8",
+                "--max-iters",
+                "2",
+                "--eval-crops",
+                "center",
+                "--workers",
+                "1",
+                "--out",
+                str(out),
+                "--progress",
+                "lines",
+            ]
+        )
+        == 0
+    )
     model, card = resnet.load_checkpoint(out / "model.pt")
     assert card["family"] == "imagenet" and card["depth"] == 18 and card["labels"] == [str(i) for i in range(10)]
     assert card["input_size"] == 32 and card["resize_size"] == 37

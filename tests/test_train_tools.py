@@ -20,8 +20,25 @@ from train.schedule import LRSchedule
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """ResNet-8 and plain-8 on digits, 4 iterations each (real runs with metrics.jsonl and model.pt)."""
     root = tmp_path_factory.mktemp("runs")
-    base = ["--dataset", "digits", "--depth", "8", "--batch-size", "32", "--max-iters", "4", "--eval-every", "2",
-            "--log-every", "1", "--eval-crops", "center", "--no-tensorboard", "--progress", "lines"]  # fmt: skip
+    base = [
+        "--dataset",
+        "digits",
+        "--depth",
+        "8",
+        "--batch-size",
+        "32",
+        "--max-iters",
+        "4",
+        "--eval-every",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-crops",
+        "center",
+        "--no-tensorboard",
+        "--progress",
+        "lines",
+    ]
     assert cifar_main(base + ["--out", str(root / "resnet8")]) == 0
     assert cifar_main(base + ["--plain", "--out", str(root / "plain8")]) == 0
     return root / "resnet8", root / "plain8"
@@ -44,7 +61,9 @@ def test_evaluate_on_image_folder_with_ten_crops(two_runs, tmp_path: Path, capsy
     write_digits_imagefolder(tmp_path / "digits", "test", limit=30)
     assert main([str(two_runs[0] / "model.pt"), "--data", str(tmp_path / "digits"), "--workers", "0"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("digits-cifar_resnet8: top-1 err ") and line.endswith("(10-crop, " f"{tmp_path / 'digits'} (30 images))")
+    assert line.startswith("digits-cifar_resnet8: top-1 err ") and line.endswith(
+        f"(10-crop, {tmp_path / 'digits'} (30 images))"
+    )
 
 
 def test_evaluate_missing_checkpoint_is_one_line_exit_1(tmp_path: Path, capsys) -> None:
@@ -78,8 +97,24 @@ def test_analyze_responses_hooks_every_3x3_layer(two_runs, tmp_path: Path) -> No
     from train.analyze import layer_response_stds, main
 
     out, js = tmp_path / "resp.png", tmp_path / "resp.json"
-    assert main(["responses", str(two_runs[0] / "model.pt"), str(two_runs[1] / "model.pt"), "-o", str(out),
-                 "--labels", "resnet-8,plain-8", "--images", "50", "--json", str(js)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "responses",
+                str(two_runs[0] / "model.pt"),
+                str(two_runs[1] / "model.pt"),
+                "-o",
+                str(out),
+                "--labels",
+                "resnet-8,plain-8",
+                "--images",
+                "50",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     data = json.loads(js.read_text())
     names = ["bn1"] + [f"layer{s}.0.bn{i}" for s in (1, 2, 3) for i in (1, 2)]
     assert list(data["resnet-8"]) == names and list(data["plain-8"]) == names
@@ -91,7 +126,9 @@ def test_analyze_responses_hooks_every_3x3_layer(two_runs, tmp_path: Path) -> No
     std_bn2 = dict(layer_response_stds(model, x))["layer1.0.bn2"]
     with torch.no_grad():
         block_in = model.relu(model.bn1(model.conv1(x)))
-        bn2 = model.layer1[0].bn2(model.layer1[0].conv2(model.layer1[0].relu(model.layer1[0].bn1(model.layer1[0].conv1(block_in)))))
+        bn2 = model.layer1[0].bn2(
+            model.layer1[0].conv2(model.layer1[0].relu(model.layer1[0].bn1(model.layer1[0].conv1(block_in))))
+        )
     expected = bn2.transpose(0, 1).reshape(16, -1).double().std(dim=1).mean().item()
     assert abs(std_bn2 - expected) < 1e-6
 

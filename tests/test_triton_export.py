@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 import resnet
-from resnet.preprocess import preprocess
 from export import triton
 from resnet.onnx_card import set_onnx_card
+from resnet.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,9 +33,14 @@ def _export_onnx(checkpoint: Path, out: Path, *, dynamic: bool = True, card: boo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(2, 3, size, size),), str(out), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}} if dynamic else None, dynamo=False,
-        )  # fmt: skip
+            model,
+            (torch.zeros(2, 3, size, size),),
+            str(out),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}} if dynamic else None,
+            dynamo=False,
+        )
     proto = onnx.load(str(out))
     if card:
         set_onnx_card(proto, model_card)
@@ -84,9 +89,11 @@ def test_onnx_model_gives_a_repository_that_tritons_schema_accepts(digits_onnx: 
     assert (folder / "labels.txt").read_text().splitlines() == card["labels"]
     assert json.loads((folder / "model_card.json").read_text()) == card
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [
-        "digits-resnet8/1/model.onnx", "digits-resnet8/config.pbtxt", "digits-resnet8/labels.txt",
+        "digits-resnet8/1/model.onnx",
+        "digits-resnet8/config.pbtxt",
+        "digits-resnet8/labels.txt",
         "digits-resnet8/model_card.json",
-    ]  # fmt: skip
+    ]
 
 
 def test_repository_model_runs_in_onnx_runtime_like_the_source(
@@ -110,10 +117,29 @@ def test_repository_model_runs_in_onnx_runtime_like_the_source(
 def test_python_m_export_triton_sets_name_batch_and_instances(digits_onnx: Path, tmp_path: Path) -> None:
     repo = tmp_path / "models"
     proc = subprocess.run(
-        [sys.executable, "-m", "export.triton", str(digits_onnx), "--repo", str(repo), "--name", "digits",
-         "--max-batch", "40", "--instances", "2", "--kind", "cpu", "--version", "3"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "export.triton",
+            str(digits_onnx),
+            "--repo",
+            str(repo),
+            "--name",
+            "digits",
+            "--max-batch",
+            "40",
+            "--instances",
+            "2",
+            "--kind",
+            "cpu",
+            "--version",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "digits/3/model.onnx" in proc.stdout and "tritonserver --model-repository" in proc.stdout
     cfg = parse_config((repo / "digits" / "config.pbtxt").read_text())
@@ -130,7 +156,9 @@ def test_preferred_batch_sizes_are_whole_ten_crop_images(max_batch: int, expecte
     assert triton.preferred_batch_sizes(max_batch) == expected
 
 
-def test_plan_engine_gives_a_tensorrt_plan_config_bounded_by_its_profile(digits_checkpoint: Path, tmp_path: Path) -> None:
+def test_plan_engine_gives_a_tensorrt_plan_config_bounded_by_its_profile(
+    digits_checkpoint: Path, tmp_path: Path
+) -> None:
     """Config generation from a .plan and its sidecar. The engine bytes are opaque to this step (copied as they
     are); no TensorRT runs here, so the file stands in for an engine built on a GPU machine."""
     _, card = resnet.load_checkpoint(digits_checkpoint)

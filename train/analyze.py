@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,8 +110,11 @@ def plot_responses(results: list[tuple[str, list[tuple[str, float]]]], output: P
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m train.analyze", description="The paper's analyses of trained networks.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("responses", help="Fig. 7: std of each 3x3 layer's response, plain vs residual",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    r = sub.add_parser(
+        "responses",
+        help="Fig. 7: std of each 3x3 layer's response, plain vs residual",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     r.add_argument("checkpoints", nargs="+", help="model checkpoints (with cards) to compare")
     r.add_argument("-o", "--output", default="responses.png", help="PNG file to write")
     r.add_argument("--labels", default=None, help="comma-separated legend labels (default: card names)")
@@ -133,8 +137,10 @@ def _main(argv: Sequence[str] | None) -> int:
         label = labels[i] if labels else f"{card['arch']}-{card['depth']}"
         results.append((label, stds))
         values = np.array([s for _, s in stds])
-        print(f"{label}: {len(values)} 3x3 layers, response std mean {values.mean():.3f} "
-              f"(first half {values[: len(values) // 2].mean():.3f}, last half {values[len(values) // 2 :].mean():.3f})")
+        print(
+            f"{label}: {len(values)} 3x3 layers, response std mean {values.mean():.3f} "
+            f"(first half {values[: len(values) // 2].mean():.3f}, last half {values[len(values) // 2 :].mean():.3f})"
+        )
     out = plot_responses(results, Path(args.output))
     print(f"wrote {out}")
     if args.json_out:

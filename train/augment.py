@@ -9,7 +9,7 @@ AlexNet's PCA colour ("lighting") augmentation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,35 +81,44 @@ class Lighting:
         return f"Lighting(alphastd={self.alphastd})"
 
 
-def imagenet_train_transform(size: int = 224, resize_range: tuple[int, int] = (256, 480),
-                             mean: Sequence[float] | None = None, std: Sequence[float] | None = None):  # fmt: skip
+def imagenet_train_transform(
+    size: int = 224,
+    resize_range: tuple[int, int] = (256, 480),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+):
     """Section 3.4: scale augmentation, random crop, flip, lighting, normalisation -> float ``[3, size, size]``."""
     from torchvision.transforms import v2
 
     from resnet.card import IMAGENET_MEAN, IMAGENET_STD
 
-    return v2.Compose([
-        v2.RandomShortestSize(list(range(resize_range[0], resize_range[1] + 1)), antialias=True),
-        v2.RandomCrop(size),
-        v2.RandomHorizontalFlip(),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        Lighting(0.1),
-        v2.Normalize(list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.RandomShortestSize(list(range(resize_range[0], resize_range[1] + 1)), antialias=True),
+            v2.RandomCrop(size),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            Lighting(0.1),
+            v2.Normalize(list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)),
+        ]
+    )
 
 
-def imagenet_eval_transform(size: int = 224, resize: int = 256,
-                            mean: Sequence[float] | None = None, std: Sequence[float] | None = None):  # fmt: skip
+def imagenet_eval_transform(
+    size: int = 224, resize: int = 256, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+):
     """Validation during training: resize the shorter side, centre crop (= ``resnet.preprocess(crops="center")``)."""
     from torchvision.transforms import v2
 
     from resnet.card import IMAGENET_MEAN, IMAGENET_STD
 
-    return v2.Compose([
-        v2.Resize(resize, antialias=True),
-        v2.CenterCrop(size),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(size),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)),
+        ]
+    )

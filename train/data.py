@@ -81,9 +81,7 @@ def stratified_holdout(labels: np.ndarray, n_val: int, seed: int = 0) -> tuple[n
         raise UsageError(f"--val-size {n_val} leaves no training data (the split has {len(labels)} images)")
     from sklearn.model_selection import train_test_split
 
-    idx_train, idx_val = train_test_split(
-        np.arange(len(labels)), test_size=n_val, random_state=seed, stratify=labels
-    )
+    idx_train, idx_val = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed, stratify=labels)
     return np.sort(idx_train), np.sort(idx_val)
 
 
@@ -101,12 +99,19 @@ def load_digits(val_size: int) -> DataBundle:
     tr, va = stratified_holdout(y, val_size)
     nchw = x.transpose(0, 3, 1, 2)
     return DataBundle(
-        name="digits", kind="array",
-        train=ArrayDataset(nchw[tr], y[tr]), val=ArrayDataset(nchw[va], y[va]),
-        test=ArrayDataset(xt.transpose(0, 3, 1, 2), yt), labels=list(DIGIT_LABELS), mean=mean, std=std,
-        input_size=32, resize_size=32, test_source=(xt, yt),
+        name="digits",
+        kind="array",
+        train=ArrayDataset(nchw[tr], y[tr]),
+        val=ArrayDataset(nchw[va], y[va]),
+        test=ArrayDataset(xt.transpose(0, 3, 1, 2), yt),
+        labels=list(DIGIT_LABELS),
+        mean=mean,
+        std=std,
+        input_size=32,
+        resize_size=32,
+        test_source=(xt, yt),
         description=f"sklearn digits 32x32 (train {len(tr)}, val {len(va)}, test {len(yt)})",
-    )  # fmt: skip
+    )
 
 
 def find_cifar_folder(data: str | Path) -> Path:
@@ -135,13 +140,19 @@ def load_cifar(data: str | Path, val_size: int) -> DataBundle:
         raise DataError(f"{folder}: labels go beyond the {len(labels)} class names")
     tr, va = stratified_holdout(y, val_size)
     return DataBundle(
-        name="cifar", kind="array",
-        train=ArrayDataset(x[tr], y[tr]), val=ArrayDataset(x[va], y[va]),
-        test=ArrayDataset(test["data"], test["labels"]), labels=labels,
-        mean=list(CIFAR_MEAN), std=list(CIFAR_STD), input_size=32, resize_size=32,
+        name="cifar",
+        kind="array",
+        train=ArrayDataset(x[tr], y[tr]),
+        val=ArrayDataset(x[va], y[va]),
+        test=ArrayDataset(test["data"], test["labels"]),
+        labels=labels,
+        mean=list(CIFAR_MEAN),
+        std=list(CIFAR_STD),
+        input_size=32,
+        resize_size=32,
         test_source=(test["data"].transpose(0, 2, 3, 1), test["labels"]),
         description=f"CIFAR-10 {folder} (train {len(tr)}, val {len(va)}, test {len(test['labels'])})",
-    )  # fmt: skip
+    )
 
 
 def check_image_folder(root: Path) -> list[str]:
@@ -157,8 +168,9 @@ def check_image_folder(root: Path) -> list[str]:
     return classes
 
 
-def load_imagefolder(data: str | Path, train_size: int = 224, resize_range: tuple[int, int] = (256, 480),
-                     eval_resize: int = 256) -> DataBundle:  # fmt: skip
+def load_imagefolder(
+    data: str | Path, train_size: int = 224, resize_range: tuple[int, int] = (256, 480), eval_resize: int = 256
+) -> DataBundle:
     """``DIR/train`` and ``DIR/val`` in torchvision ImageFolder layout, with the paper's ImageNet augmentation."""
     from torchvision.datasets import ImageFolder
 
@@ -181,15 +193,24 @@ def load_imagefolder(data: str | Path, train_size: int = 224, resize_range: tupl
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"cannot read {root}: {e}") from None
     return DataBundle(
-        name="imagefolder", kind="folder", train=train, val=val, test=val, labels=classes,
-        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), input_size=train_size, resize_size=eval_resize,
+        name="imagefolder",
+        kind="folder",
+        train=train,
+        val=val,
+        test=val,
+        labels=classes,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        input_size=train_size,
+        resize_size=eval_resize,
         test_source=ImageFolder(str(root / "val")),
         description=f"ImageFolder {root} ({len(classes)} classes, train {len(train)}, val {len(val)})",
-    )  # fmt: skip
+    )
 
 
-def load_data(dataset: str, data: str | None, val_size: int, input_size: int | None = None,
-              train_limit: int | None = None) -> DataBundle:  # fmt: skip
+def load_data(
+    dataset: str, data: str | None, val_size: int, input_size: int | None = None, train_limit: int | None = None
+) -> DataBundle:
     bundle = _load_data(dataset, data, val_size, input_size)
     if train_limit is not None and train_limit < len(bundle.train):
         bundle.train = torch.utils.data.Subset(bundle.train, range(train_limit))

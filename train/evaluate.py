@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -23,14 +23,25 @@ from .evaluation import CropDataset, evaluate_crops, map_folder_classes, protoco
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m train.evaluate", description=__doc__.splitlines()[0].strip("`"),
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = _Parser(
+        prog="python -m train.evaluate",
+        description=__doc__.splitlines()[0].strip("`"),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("checkpoint", help="model checkpoint with a card (model.pt / best.pt), or a torchvision state dict")
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    p.add_argument("--data", metavar="DIR", default=None,
-                   help="ImageFolder root (DIR/<class>/*, or DIR/val/<class>/*) or a cifar-10-batches-py folder")
-    p.add_argument("--dataset", choices=("auto", "folder", "cifar", "digits"), default="auto",
-                   help="auto: digits without --data, else CIFAR batches when present, else an ImageFolder")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="ImageFolder root (DIR/<class>/*, or DIR/val/<class>/*) or a cifar-10-batches-py folder",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("auto", "folder", "cifar", "digits"),
+        default="auto",
+        help="auto: digits without --data, else CIFAR batches when present, else an ImageFolder",
+    )
     p.add_argument("--crops", choices=("ten", "center"), default="ten", help="crops per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (x crops)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
@@ -68,8 +79,10 @@ def evaluation_source(args: argparse.Namespace, card: dict) -> tuple[object, str
     index = map_folder_classes(classes, card["labels"])
     if index is None:
         if len(classes) != card["num_classes"]:
-            raise DataError(f"{root} has {len(classes)} class folders whose names are not the card's labels, "
-                            f"and the card has {card['num_classes']} classes")  # fmt: skip
+            raise DataError(
+                f"{root} has {len(classes)} class folders whose names are not the card's labels, "
+                f"and the card has {card['num_classes']} classes"
+            )
         index = list(range(len(classes)))  # e.g. ImageNet wnid folders in sorted order = class index
     from torchvision.datasets import ImageFolder
 
@@ -82,12 +95,15 @@ def _main(argv: Sequence[str] | None) -> int:
     model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
     source, what = evaluation_source(args, card)
     if args.limit:
-        source = (source[0][: args.limit], source[1][: args.limit]) if isinstance(source, tuple) else source[: args.limit]
+        source = (
+            (source[0][: args.limit], source[1][: args.limit]) if isinstance(source, tuple) else source[: args.limit]
+        )
     info = D.init_distributed(args.device)
     try:
         model.to(info.device)
-        res = evaluate_crops(model, CropDataset(source, card, args.crops), info, batch_images=args.batch_size,
-                             workers=args.workers)  # fmt: skip
+        res = evaluate_crops(
+            model, CropDataset(source, card, args.crops), info, batch_images=args.batch_size, workers=args.workers
+        )
     finally:
         D.cleanup()
     protocol = protocol_name(args.crops, res["images"], what)

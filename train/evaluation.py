@@ -4,7 +4,8 @@ scores = mean of the per-crop softmax. Sharded over ranks without padding, so no
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

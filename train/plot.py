@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import resnet
 from resnet import UserError
@@ -19,8 +19,11 @@ from .runlog import read_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m train.plot", description=__doc__.splitlines()[0].strip("`"),
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = _Parser(
+        prog="python -m train.plot",
+        description=__doc__.splitlines()[0].strip("`"),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
     p.add_argument("-o", "--output", default="error_curves.png", help="PNG file to write")
     p.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: folder names)")
@@ -55,8 +58,14 @@ def _smooth(values: list[float], k: int) -> list[float]:
     return out
 
 
-def plot_runs(runs: Sequence[Path], output: Path, labels: Sequence[str] | None = None, title: str | None = None,
-              ymax: float | None = None, smooth: int = 1) -> Path:  # fmt: skip
+def plot_runs(
+    runs: Sequence[Path],
+    output: Path,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    ymax: float | None = None,
+    smooth: int = 1,
+) -> Path:
     """Draw the curves of ``runs`` on one PNG (written atomically) and return its path."""
     import matplotlib
 

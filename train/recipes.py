@@ -39,7 +39,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def override(self, **changes: Any) -> "Recipe":
+    def override(self, **changes: Any) -> Recipe:
         """A copy with the non-None ``changes`` applied."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -48,28 +48,53 @@ class Recipe:
 # iterations, weight decay 0.0001, momentum 0.9, no dropout; scale augmentation [256, 480], 224 crop, flip,
 # per-pixel mean subtraction, standard colour augmentation (Krizhevsky et al. 2012); 10-crop testing.
 IMAGENET = Recipe(
-    dataset="imagenet", family="imagenet", default_depth=50, batch_size=256, lr=0.1, lr_ref_batch=256,
-    max_iters=600_000, plateau=True, plateau_patience=3, augment="imagenet", val_size=0,
+    dataset="imagenet",
+    family="imagenet",
+    default_depth=50,
+    batch_size=256,
+    lr=0.1,
+    lr_ref_batch=256,
+    max_iters=600_000,
+    plateau=True,
+    plateau_patience=3,
+    augment="imagenet",
+    val_size=0,
     notes="He et al. 2016, Section 3.4",
-)  # fmt: skip
+)
 
 # Section 4.2 "CIFAR-10 and Analysis": weight decay 0.0001, momentum 0.9, mini-batch 128, lr 0.1 divided by 10 at
 # 32k and 48k iterations, terminated at 64k; 45k/5k train/val split; 4-pixel padding, random 32x32 crop, flip.
 # For ResNet-110, 0.01 warms the training up until the training error is below 80% (about 400 iterations).
 CIFAR = Recipe(
-    dataset="cifar", family="cifar", default_depth=20, batch_size=128, lr=0.1, lr_ref_batch=128,
-    max_iters=64_000, milestones=(32_000, 48_000), val_size=5_000, augment="cifar",
+    dataset="cifar",
+    family="cifar",
+    default_depth=20,
+    batch_size=128,
+    lr=0.1,
+    lr_ref_batch=128,
+    max_iters=64_000,
+    milestones=(32_000, 48_000),
+    val_size=5_000,
+    augment="cifar",
     notes="He et al. 2016, Section 4.2",
-)  # fmt: skip
+)
 
 # Not in the paper: scikit-learn's 1,797 handwritten digits (1,437 train / 360 test, fixed split), a real dataset
 # that ships with our dependencies so every command runs on a fresh laptop. The CIFAR recipe, shortened: ResNet-20
 # reaches >= 97% held-out accuracy on 2 CPU cores in a few minutes (measured: bench/RESULTS.md).
 DIGITS = Recipe(
-    dataset="digits", family="cifar", default_depth=20, batch_size=64, lr=0.1, lr_ref_batch=64,
-    max_iters=400, milestones=(240, 340), val_size=144, augment="cifar",
+    dataset="digits",
+    family="cifar",
+    default_depth=20,
+    batch_size=64,
+    lr=0.1,
+    lr_ref_batch=64,
+    max_iters=400,
+    milestones=(240, 340),
+    val_size=144,
+    augment="cifar",
     notes="CIFAR recipe of Section 4.2, shortened for sklearn digits",
-)  # fmt: skip
+)
 
 RECIPES: dict[str, Recipe] = {r.dataset: r for r in (IMAGENET, CIFAR, DIGITS)}
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class LRSchedule:
@@ -61,9 +62,11 @@ class LRSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "warming": self.warming, "plateau_drops": self.plateau_drops,
-            "best_val": self.best_val, "bad_evals": self.bad_evals,
-        }  # fmt: skip
+            "warming": self.warming,
+            "plateau_drops": self.plateau_drops,
+            "best_val": self.best_val,
+            "bad_evals": self.bad_evals,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.warming = bool(state["warming"])
