@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos = {q.name: q for q in sample_photo_paths()}
         images = [photos[n].read_bytes() for n in COLOUR_PHOTOS if n in photos]
         crops = [np.ascontiguousarray(resnet.preprocess(img, card, crops="ten")) for img in images]
-        name = card["name"]
+        name = card.name
         image_bodies = [
             v2_body(
                 [

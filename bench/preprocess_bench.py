@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             T.Resize(256),
             T.TenCrop(224),
-            T.Lambda(lambda cs: torch.stack([T.Normalize(card["mean"], card["std"])(T.ToTensor()(c)) for c in cs])),
+            T.Lambda(lambda cs: torch.stack([T.Normalize(card.mean, card.std)(T.ToTensor()(c)) for c in cs])),
         ]
     )
     exact = resnet.preprocess(data, card, "ten", draft=False)

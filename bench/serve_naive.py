@@ -21,8 +21,8 @@ import resnet
 
 def create_naive_app(model_path: str) -> FastAPI:
     model, card = resnet.load_checkpoint(model_path)
-    norm = T.Compose([T.ToTensor(), T.Normalize(card["mean"], card["std"])])
-    resize, ten = T.Resize(card["resize_size"]), T.TenCrop(card["input_size"])
+    norm = T.Compose([T.ToTensor(), T.Normalize(card.mean, card.std)])
+    resize, ten = T.Resize(card.resize_size), T.TenCrop(card.input_size)
     app = FastAPI()
 
     @app.post("/classify")
@@ -35,7 +35,7 @@ def create_naive_app(model_path: str) -> FastAPI:
         top = torch.topk(probs, 5)
         return {
             "topk": [
-                {"index": int(i), "label": card["labels"][int(i)], "probability": float(p)}
+                {"index": int(i), "label": card.labels[int(i)], "probability": float(p)}
                 for p, i in zip(top.values, top.indices)
             ]
         }

@@ -21,10 +21,9 @@ from typing import Any
 
 import httpx
 
-from resnet import UsageError, UserError
+from resnet import IMAGE_SUFFIXES, UsageError, UserError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CROPS = ("ten", "center")
 
 # What each status means to the person at the keyboard (the server's own message is appended).

@@ -12,6 +12,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from resnet.card import ModelCard
+
 from .log import log
 from .onnx import ExportError, seal
 
@@ -40,7 +42,7 @@ def block_list() -> list[str]:
     return sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(SENSITIVE_OPS))
 
 
-def convert_fp16(fp32: Any, card: dict[str, Any]) -> Any:
+def convert_fp16(fp32: Any, card: ModelCard) -> Any:
     """FP32 ``onnx.ModelProto`` -> FP16 ModelProto with float32 I/O, the card kept, ``onnx.checker`` clean."""
     import onnx
     from onnxconverter_common import float16

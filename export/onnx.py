@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 import resnet
-from resnet import UsageError, UserError
+from resnet import UsageError, UserError, artifacts
+from resnet.card import ModelCard
 from resnet.onnx_card import set_onnx_card
 
-from . import artifacts, parity
+from . import parity
 from .log import log
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -84,13 +85,13 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor) -> Any:
     return onnx.load_from_string(buf.getvalue())
 
 
-def export_model(model: nn.Module, card: dict[str, Any], exporter: str = "auto") -> tuple[Any, str]:
+def export_model(model: nn.Module, card: ModelCard, exporter: str = "auto") -> tuple[Any, str]:
     """Export an eval-mode network to an ``onnx.ModelProto`` with the card; returns ``(proto, exporter used)``."""
 
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     model = model.eval()
-    size = int(card["input_size"])
+    size = card.input_size
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     used = "dynamo" if exporter in ("auto", "dynamo") else "torchscript"
     try:
@@ -110,7 +111,7 @@ def export_model(model: nn.Module, card: dict[str, Any], exporter: str = "auto")
     return proto, used
 
 
-def seal(proto: Any, card: dict[str, Any], producer: str, version: str, what: str) -> None:
+def seal(proto: Any, card: ModelCard, producer: str, version: str, what: str) -> None:
     """The last step of every graph we write: the card in metadata, producer fields, our I/O contract, onnx.checker."""
     import onnx
 
@@ -128,7 +129,7 @@ def _dims(value_info: Any) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def check_contract(proto: Any, card: dict[str, Any]) -> None:
+def check_contract(proto: Any, card: ModelCard) -> None:
     """Names, types and shapes of DESIGN.md §2: ``input`` float32 [N,3,S,S] -> ``logits`` float32 [N,C], N dynamic."""
     import onnx
 
@@ -143,7 +144,7 @@ def check_contract(proto: Any, card: dict[str, Any]) -> None:
     for vi in (inputs[0], graph.output[0]):
         if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise ExportError(f"graph {vi.name!r} is not float32")
-    size, classes = int(card["input_size"]), int(card["num_classes"])
+    size, classes = card.input_size, card.num_classes
     din, dout = _dims(inputs[0]), _dims(graph.output[0])
     if len(din) != 4 or din[1:] != [3, size, size] or len(dout) != 2 or dout[1] != classes:
         raise ExportError(f"graph shapes {din} -> {dout}, expected [N, 3, {size}, {size}] -> [N, {classes}]")

@@ -33,15 +33,15 @@ from typing import Any
 import numpy as np
 
 import resnet
-from resnet import CardError, ParityError, UsageError, UserError
-from resnet.preprocess import CROPS, crop_probabilities
+from resnet import ParityError, UsageError, UserError, artifacts
+from resnet.artifacts import DEFAULT_MAX_BATCH
+from resnet.card import ModelCard
+from resnet.preprocess import CROPS, IMAGE_SUFFIXES, crop_probabilities, folder_label_indices, topk_indices
 from resnet.samples import sample_photo_paths
 
-from . import artifacts
 from .log import log, progress
 
 FORMAT, VERSION = "resnet-parity", 1
-DEFAULT_MAX_BATCH = 64
 SERVE_BATCH = 10  # one ten-crop image: the batch the server sends most
 BATCH1_CROPS = 10  # how many crops the batch-1 pass runs
 REFERENCE_BATCH = 50  # the reference's batch size does not matter for its result, only for its speed
@@ -163,17 +163,7 @@ class ImageSet:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-
-
-def _label_indices(classes: list[str], labels: list[str]) -> list[int] | None:
-    if all(c in labels for c in classes):
-        return [labels.index(c) for c in classes]
-    if all(c.isdigit() and int(c) < len(labels) for c in classes):
-        return [int(c) for c in classes]
-    return None
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _spread(n: int, limit: int | None) -> np.ndarray:
@@ -182,7 +172,7 @@ def _spread(n: int, limit: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
 
 
-def load_image_set(images: Path | None, card: dict[str, Any], crops: str = "ten", limit: int | None = None) -> ImageSet:
+def load_image_set(images: Path | None, card: ModelCard, crops: str = "ten", limit: int | None = None) -> ImageSet:
     """The gate's images: bundled sample photos, a flat folder, or an ImageFolder (labels from folder names)."""
     labels: list[int] | None = None
     note = None
@@ -201,7 +191,7 @@ def load_image_set(images: Path | None, card: dict[str, Any], crops: str = "ten"
 
             folder = ImageFolder(str(images), allow_empty=True)
             paths = [Path(p) for p, _ in folder.samples]
-            mapping = _label_indices(list(folder.classes), list(card["labels"]))
+            mapping = folder_label_indices(list(folder.classes), list(card.labels))
             if mapping is None:
                 note = "folder names are not the model's labels: accuracy not measured"
                 log(f"note: {images}: {note}")
@@ -241,12 +231,12 @@ def fp32_reference_settings() -> None:
 class Reference:
     """PyTorch FP32 CPU logits for an image set, computed once and shared by every gate of a run."""
 
-    card: dict[str, Any]
+    card: ModelCard
     logits: np.ndarray
     info: dict[str, Any]
 
     @classmethod
-    def from_model(cls, model: Any, card: dict[str, Any], images: ImageSet, source: str) -> Reference:
+    def from_model(cls, model: Any, card: ModelCard, images: ImageSet, source: str) -> Reference:
         import torch
 
         fp32_reference_settings()
@@ -274,7 +264,7 @@ class OnnxCandidate:
 
     kind = "onnx"
 
-    def __init__(self, path: Path, card: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: Path, card: ModelCard | None = None) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -311,13 +301,15 @@ class EngineCandidate:
 
     kind = "plan"
 
-    def __init__(self, path: Path, card: dict[str, Any] | None = None) -> None:
-        from resnet.trt_runtime import TensorRTRunner, tensorrt_version
+    def __init__(self, path: Path, card: ModelCard | None = None) -> None:
+        from resnet.trt_runtime import TensorRTRunner, open_engine, tensorrt_version
 
-        if card is None:
-            card = read_sidecar_card(path)
-        self.card = card
-        self.runner = TensorRTRunner(path)
+        if card is None:  # a published engine: its sidecar must match this machine
+            self.card = artifacts.read_sidecar(path).card
+            self.runner = open_engine(path)
+        else:  # a staged candidate being gated (its sidecar is written only when it passes)
+            self.card = card
+            self.runner = TensorRTRunner(path)
         self.min_batch, self.max_batch = self.runner.min_batch, self.runner.max_batch
         self.precision = "fp16"
         self.info = {
@@ -335,34 +327,16 @@ class EngineCandidate:
         self.runner.close()
 
 
-def read_sidecar_card(plan: Path) -> dict[str, Any]:
-    """The card in an engine's ``*.plan.json`` sidecar; ``CardError`` when there is none (an engine not ours)."""
-    import json
-
-    sidecar = artifacts.sidecar_path(plan)
-    if not plan.is_file():
-        raise UserError(f"no such file: {plan}")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except FileNotFoundError:
-        raise CardError(
-            f"{plan} has no sidecar {sidecar.name} with a model card: it was not built by this project"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise CardError(f"{sidecar} is unreadable: {e}") from None
-    return resnet.validate_card(meta.get("model_card") if isinstance(meta, dict) else None)
-
-
-def open_candidate(path: Path, kind: str, card: dict[str, Any] | None = None) -> OnnxCandidate | EngineCandidate:
-    if kind == "plan":
+def open_candidate(path: Path, kind: str, card: ModelCard | None = None) -> OnnxCandidate | EngineCandidate:
+    if kind == "engine":
         return EngineCandidate(path, card)
     return OnnxCandidate(path, card)
 
 
-def check_same_model(reference: dict[str, Any], candidate: dict[str, Any], where: Path) -> None:
+def check_same_model(reference: ModelCard, candidate: ModelCard, where: Path) -> None:
     """The candidate must have been made from the reference's network (same classes, sizes and normalisation)."""
     keys = ("num_classes", "labels", "input_size", "resize_size", "mean", "std")
-    diff = [k for k in keys if reference.get(k) != candidate.get(k)]
+    diff = [k for k in keys if getattr(reference, k) != getattr(candidate, k)]
     if diff:
         fields = ", ".join(diff)
         raise UserError(f"{where}: its model card differs from the reference's in {fields}; not the same model")
@@ -388,7 +362,7 @@ def crop_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
 
 
 def _topk_idx(probs: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return topk_indices(probs, k)
 
 
 def image_metrics(ref: np.ndarray, cand: np.ndarray, per_image: int, labels: np.ndarray | None) -> dict[str, Any]:
@@ -487,7 +461,7 @@ def gate_candidate(
     max_batch: int | None,
     *,
     final: Path | None = None,
-    card: dict[str, Any] | None = None,
+    card: ModelCard | None = None,
     on_pass: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Gate the candidate at ``staged``; publish it as ``final`` or reject it. Writes ``<final>.parity.json``.
@@ -496,7 +470,7 @@ def gate_candidate(
     ``on_pass(report)`` runs before the candidate is published (the engine writes its sidecar there).
     """
     final = Path(final or staged)
-    kind = "plan" if final.suffix == ".plan" else "onnx"
+    kind = artifacts.artifact_kind(final)
     candidate = open_candidate(staged, kind, card)
     try:
         check_same_model(reference.card, candidate.card, final)
@@ -512,7 +486,7 @@ def gate_candidate(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "passed": result["passed"],
         "failures": result["failures"],
-        "model": reference.card["name"],
+        "model": reference.card.name,
         "reference": reference.info,
         "candidate": cand_info,
         "images": images.describe(),
@@ -531,7 +505,7 @@ def gate_candidate(
         return report
     artifacts.atomic_write_json(rpath, report)
     rejected = artifacts.reject(staged, final)
-    if kind == "plan":
+    if kind == "engine":
         sidecar = artifacts.sidecar_path(final)
         if sidecar.exists():
             os.replace(sidecar, artifacts.rejected_path(sidecar))
@@ -563,7 +537,7 @@ def summary_line(report: dict[str, Any]) -> str:
 
 def detect_preset(candidate: Path) -> str:
     """fp16 for an engine or an ONNX graph with FP16 weights, else fp32."""
-    if candidate.suffix == ".plan":
+    if artifacts.artifact_kind(candidate) == "engine":
         return "fp16"
     try:
         import onnx
@@ -609,22 +583,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds = thresholds_from_args(args, preset)
     artifacts.ensure_writable(args.candidate.parent)
     model, card = resnet.load_checkpoint(args.reference, arch=args.arch)
-    kind = "plan" if args.candidate.suffix == ".plan" else "onnx"
-    cand_card = read_sidecar_card(args.candidate) if kind == "plan" else _onnx_card(args.candidate)
+    engine = artifacts.artifact_kind(args.candidate) == "engine"
+    cand_card = artifacts.read_card(args.candidate)
     check_same_model(card, cand_card, args.candidate)
     images = load_image_set(args.images, card, limit=args.limit)
     log(f"reference {args.reference} (PyTorch FP32, CPU) on {len(images.files)} images from {images.source}")
     reference = Reference.from_model(model, card, images, str(args.reference))
-    report = gate_candidate(reference, args.candidate, images, thresholds, args.max_batch, card=cand_card)
+    # A published engine is opened through its sidecar, which is checked against this machine's TensorRT and GPU.
+    card_arg = None if engine else cand_card
+    report = gate_candidate(reference, args.candidate, images, thresholds, args.max_batch, card=card_arg)
     log(f"{args.candidate} ({preset.upper()} gate): {summary_line(report)}")
     log(f"report: {artifacts.report_path(args.candidate)}")
     return 0
-
-
-def _onnx_card(path: Path) -> dict[str, Any]:
-    from resnet.onnx_card import read_onnx_card
-
-    return read_onnx_card(path)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from resnet import CardError, UsageError, UserError, run_cli, validate_card
+from resnet import CardError, UsageError, UserError, artifacts, run_cli
+from resnet.artifacts import DEFAULT_MAX_BATCH
+from resnet.card import ModelCard
 from resnet.onnx_card import read_onnx_card
 
 LABELS_FILE = "labels.txt"
 CARD_FILE = "model_card.json"
 PARITY_FILE = "model.onnx.parity.json"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-DEFAULT_MAX_BATCH = 64
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
@@ -69,17 +69,17 @@ def render_config(
     *,
     name: str,
     platform: str,
-    card: dict[str, Any],
+    card: ModelCard,
     max_batch: int,
     instances: int,
     kind: str,
     queue_delay_us: int = 2000,
 ) -> str:
     """The ``config.pbtxt`` text (Triton's ModelConfig protobuf in text format)."""
-    size = int(card["input_size"])
+    size = card.input_size
     preferred = preferred_batch_sizes(max_batch)
-    return f"""# Written by `python -m export.triton` for {card.get("name", name)} ({card.get("family")} {card.get("arch")}-\
-{card.get("depth")}). Rows are crops: one ten-crop image = 10 rows.
+    return f"""# Written by `python -m export.triton` for {card.name} ({card.family} {card.arch}-\
+{card.depth}). Rows are crops: one ten-crop image = 10 rows.
 name: "{name}"
 platform: "{platform}"
 max_batch_size: {max_batch}
@@ -95,7 +95,7 @@ output [
   {{
     name: "{OUTPUT_NAME}"
     data_type: TYPE_FP32
-    dims: {_dims([int(card["num_classes"])])}
+    dims: {_dims([card.num_classes])}
     label_filename: "{LABELS_FILE}"
   }}
 ]
@@ -124,7 +124,7 @@ def _onnx_io(path: Path) -> tuple[Any, Any]:
     return model, (inputs, list(model.graph.output))
 
 
-def _check_onnx(path: Path, card: dict[str, Any]) -> list[Path]:
+def _check_onnx(path: Path, card: ModelCard) -> list[Path]:
     """Check the graph's I/O against DESIGN.md §2 and the card; return external data files to copy with it."""
     from onnx import TensorProto
 
@@ -134,7 +134,7 @@ def _check_onnx(path: Path, card: dict[str, Any]) -> list[Path]:
             f"{path}: inputs {[i.name for i in inputs]} / outputs {[o.name for o in outputs]}, expected "
             f"['{INPUT_NAME}'] / ['{OUTPUT_NAME}'] (DESIGN.md §2)"
         )
-    size, classes = int(card["input_size"]), int(card["num_classes"])
+    size, classes = card.input_size, card.num_classes
     for value, want in ((inputs[0], [None, 3, size, size]), (outputs[0], [None, classes])):
         t = value.type.tensor_type
         if t.elem_type != TensorProto.FLOAT:
@@ -149,30 +149,6 @@ def _check_onnx(path: Path, card: dict[str, Any]) -> list[Path]:
             )
     extra = {entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"}
     return [path.parent / loc for loc in sorted(extra)]
-
-
-def _plan_sidecar(path: Path) -> dict[str, Any]:
-    side = path.with_name(path.name + ".json")
-    if not side.is_file():
-        raise CardError(f"{path} has no sidecar {side.name}: the engine's card and profile are unknown")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise CardError(f"{side} is not readable JSON ({type(e).__name__})") from None
-    if not isinstance(meta, dict):
-        raise CardError(f"{side} is not a sidecar of ours (expected a JSON object)")
-    return meta
-
-
-def _plan_card_and_max(meta: dict[str, Any], side: str) -> tuple[dict[str, Any], int | None]:
-    card = meta.get("model_card") or meta.get("card")
-    if not isinstance(card, dict):
-        raise CardError(f"{side} holds no model card")
-    profile = meta.get("profile") or meta.get("optimization_profile") or {}
-    top = profile.get("max") if isinstance(profile, dict) else None
-    if isinstance(top, list):  # a full shape [N, 3, H, W]
-        top = top[0]
-    return validate_card(card), (int(top) if top is not None else None)
 
 
 def _onnx_from_checkpoint(
@@ -236,10 +212,10 @@ def write_repository(
         tmp = Path(tmp_name) / "model"
         vdir = tmp / str(version)
         vdir.mkdir(parents=True)
-        suffix = src.name.lower()
-        if suffix.endswith(".plan") or suffix.endswith(".engine"):
-            meta = _plan_sidecar(src)
-            card, profile_max = _plan_card_and_max(meta, src.name + ".json")
+        source_kind = artifacts.artifact_kind(src)
+        if source_kind == "engine":
+            sidecar = artifacts.read_sidecar(src)
+            card, profile_max = sidecar.card, sidecar.profile["max"]
             if max_batch is None:
                 max_batch = profile_max or DEFAULT_MAX_BATCH
             if profile_max is not None and max_batch > profile_max:
@@ -249,7 +225,7 @@ def write_repository(
             platform, kind_name = "tensorrt_plan", "KIND_GPU"
             shutil.copyfile(src, vdir / "model.plan")
         else:
-            if suffix.endswith(".onnx"):
+            if source_kind == "onnx":
                 card = read_onnx_card(src)
                 extra = _check_onnx(src, card)
                 shutil.copyfile(src, vdir / "model.onnx")
@@ -257,7 +233,7 @@ def write_repository(
                     if not f.is_file():
                         raise UserError(f"{src} refers to external data {f.name}, which is missing")
                     shutil.copyfile(f, vdir / f.name)
-            elif suffix.endswith(CHECKPOINT_SUFFIXES):
+            else:
                 staging = Path(tmp_name) / "export"
                 staging.mkdir()
                 gate_args = [
@@ -270,13 +246,11 @@ def write_repository(
                 onnx_path.rename(vdir / "model.onnx")
                 if report is not None:
                     report.rename(tmp / PARITY_FILE)
-            else:
-                raise UsageError(f"{src}: expected a .onnx, .plan or checkpoint (.pt/.pth) file")
             platform, kind_name = "onnxruntime_onnx", KINDS[kind]
             max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
 
-        model_name = _safe_name(name or card.get("name") or src.stem)
-        labels = [str(label) for label in card["labels"]]
+        model_name = _safe_name(name or card.name or src.stem)
+        labels = [str(label) for label in card.labels]
         if any("\n" in label for label in labels):
             raise CardError("a label contains a line break; Triton's label file is one label per line")
         (tmp / "config.pbtxt").write_text(
@@ -290,7 +264,7 @@ def write_repository(
             )
         )
         (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
 
         final = repo / model_name
         if final.exists() and not force:

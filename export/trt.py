@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import resnet
-from resnet import MissingComponentError, UsageError
+from resnet import MissingComponentError, UsageError, artifacts
+from resnet.artifacts import DEFAULT_MAX_BATCH
+from resnet.card import ModelCard
 from resnet.trt_runtime import tensorrt_available
 
-from . import artifacts, parity
+from . import parity
 from .fp16 import convert_fp16
 from .log import log
 from .onnx import EXPORTERS, export_model, save_proto
-
-DEFAULT_MAX_BATCH = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
     images = parity.load_image_set(args.images, card, limit=args.limit)
     log(
-        f"{card['name']} ({card['family']} {card['arch']}{card['depth']}, {card['num_classes']} classes, "
-        f"{card['input_size']}px); gates use {len(images.files)} images from {images.source}, ten-crop"
+        f"{card.name} ({card.family} {card.arch}{card.depth}, {card.num_classes} classes, "
+        f"{card.input_size}px); gates use {len(images.files)} images from {images.source}, ten-crop"
     )
     reference = parity.Reference.from_model(model, card, images, str(args.checkpoint))
 
@@ -154,7 +154,7 @@ def _gate(
 def _engine(
     args: argparse.Namespace,
     layout: artifacts.Layout,
-    card: dict[str, Any],
+    card: ModelCard,
     reference: parity.Reference,
     images: parity.ImageSet,
     thresholds: parity.Thresholds,
@@ -165,7 +165,7 @@ def _engine(
     build = build_engine(
         layout.onnx,
         layout.fp16,
-        int(card["input_size"]),
+        card.input_size,
         args.max_batch,
         args.timing_cache or layout.timing_cache,
         strongly_typed=args.strongly_typed or None,
@@ -177,23 +177,23 @@ def _engine(
     gpu = gpu_description()
 
     def write_sidecar(report: dict[str, Any]) -> None:
-        artifacts.atomic_write_json(
-            layout.plan_sidecar,
-            {
-                "format": "resnet-engine",
-                "version": 1,
-                "model_card": card,
-                "tensorrt": build.tensorrt,
-                "gpu": gpu,
-                "profile": build.profile,
-                "precision": "fp16",
-                "build_mode": build.mode,
+        sidecar = artifacts.EngineSidecar(
+            card=card.replace(precision="fp16"),
+            tensorrt=build.tensorrt,
+            gpu_name=gpu["name"],
+            compute_capability=gpu["compute_capability"],
+            profile=build.profile,
+            precision="fp16",
+            build={
+                "mode": build.mode,
                 "source_onnx": build.source,
-                "build_seconds": build.seconds,
+                "seconds": build.seconds,
                 "timing_cache": build.timing_cache,
-                "parity": report,
+                "cuda": gpu.get("cuda"),
             },
+            parity=report,
         )
+        artifacts.write_sidecar(layout.plan, sidecar)
 
     staged = artifacts.staging_path(layout.plan)
     try:

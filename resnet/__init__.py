@@ -1,4 +1,4 @@
-"""The ResNet paper's networks and the contracts every stage shares (DESIGN.md): model card, checkpoints,
+"""The ResNet paper's networks and the contracts every stage shares (docs/DESIGN.md): model card, checkpoints,
 ten-crop preprocessing.
 
 Names that need torch are imported lazily (PEP 562), so a light client (``from resnet.errors import UserError``)
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .card import ModelCard, make_card
 from .errors import (
     CardError,
     CheckpointError,
@@ -20,31 +21,41 @@ from .errors import (
     UserError,
     run_cli,
 )
-from .preprocess import crop_probabilities, decode_image, preprocess, topk
+from .names import list_models, parse_model_name
+from .preprocess import (
+    IMAGE_SUFFIXES,
+    crop_probabilities,
+    decode_image,
+    folder_label_indices,
+    preprocess,
+    topk,
+    topk_indices,
+)
 
 _EXPORTS = {
-    "make_card": "card",
-    "validate_card": "card",
     "atomic_save": "checkpoint",
     "load_checkpoint": "checkpoint",
     "model_from_card": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "unwrap": "checkpoint",
     "BasicBlock": "models",
     "Bottleneck": "models",
     "CifarResNet": "models",
     "ResNet": "models",
     "create_model": "registry",
-    "list_models": "registry",
-    "parse_model_name": "registry",
 }
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "folder_label_indices",
+    "topk_indices",
     "BasicBlock",
     "Bottleneck",
     "CardError",
     "CheckpointError",
     "CifarResNet",
     "MissingComponentError",
+    "ModelCard",
     "ParityError",
     "ResNet",
     "UsageError",
@@ -62,7 +73,7 @@ __all__ = [
     "run_cli",
     "save_checkpoint",
     "topk",
-    "validate_card",
+    "unwrap",
 ]
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .card import card_spec, make_card, validate_card
+from .card import ModelCard, make_card
 from .errors import CheckpointError, UsageError
 from .registry import create_model, parse_model_name
 
@@ -25,13 +25,14 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f), error=CheckpointError)
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: ModelCard) -> Path:
     """Write ``{"format", "version", "model_card", "state_dict"}`` atomically; tensors are moved to the CPU."""
-    card = validate_card(dict(card))
-    model = getattr(model, "module", model)  # unwrap DDP
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"save_checkpoint needs a ModelCard, not {type(card).__name__}")
+    model = unwrap(model)
     state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    return atomic_save({"format": FORMAT, "version": VERSION, "model_card": card, "state_dict": state_dict}, path)
+    obj = {"format": FORMAT, "version": VERSION, "model_card": card.to_dict(), "state_dict": state_dict}
+    return atomic_save(obj, path)
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
@@ -88,14 +89,30 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict, strict=True)
 
 
-def model_from_card(card: dict[str, Any]) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers, in any order."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        inner = inner if isinstance(inner, nn.Module) else getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def model_from_card(card: ModelCard) -> nn.Module:
     """An untrained network of the architecture a card describes."""
-    return create_model(
-        card_spec(card).name, num_classes=card["num_classes"], variant=card["variant"], shortcut=card["shortcut"]
-    )
+    return create_model(card.spec.name, num_classes=card.num_classes, variant=card.variant, shortcut=card.shortcut)
 
 
-def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def read_checkpoint_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The card of one of our checkpoints (no network is built)."""
+    obj = read_checkpoint_file(path)
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+        raise CheckpointError(f"{path} is not a resnet checkpoint with a model card")
+    return ModelCard.from_dict(obj.get("model_card"))
+
+
+def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tuple[nn.Module, ModelCard]:
     """Load ``(model, card)`` from our checkpoint, or from a plain torchvision state dict when ``arch`` is given.
 
     The model is on the CPU in eval mode. Errors are ``CheckpointError``/``UsageError`` with one clear line.
@@ -104,14 +121,14 @@ def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tu
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
             raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} is not supported (need {VERSION})")
-        card = validate_card(obj.get("model_card"))
-        if arch is not None and parse_model_name(arch).name != card_spec(card).name:
-            raise UsageError(f"{path} holds a {card_spec(card).name}, not the {arch} you named")
+        card = ModelCard.from_dict(obj.get("model_card"))
+        if arch is not None and parse_model_name(arch).name != card.spec.name:
+            raise UsageError(f"{path} holds a {card.spec.name}, not the {arch} you named")
         model = model_from_card(card)
         state_dict = obj.get("state_dict")
         if not _is_state_dict(state_dict):
             raise CheckpointError(f"{path} has no usable state_dict")
-        load_state_dict_strict(model, state_dict, card_spec(card).name)
+        load_state_dict_strict(model, state_dict, card.spec.name)
     elif _is_state_dict(obj) or (isinstance(obj, dict) and _is_state_dict(obj.get("state_dict"))):
         state_dict = obj if _is_state_dict(obj) else obj["state_dict"]
         if arch is None:

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SHORTCUTS = ("A", "B", "C")
-VARIANTS = ("v1", "v1.5")
+from .names import SHORTCUTS, VARIANTS
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

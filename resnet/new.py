@@ -43,11 +43,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             provenance={"args": vars(args), "dataset": None, "note": "untrained (He initialisation)"},
         )
     path = save_checkpoint(args.output, model, card)
-    macs = count_multiply_adds(model, card["input_size"])
+    macs = count_multiply_adds(model, card.input_size)
     print(
-        f"{card['name']}: {card['family']} {card['arch']}-{card['depth']} variant {card['variant']} "
-        f"shortcut {card['shortcut']}, {card['num_classes']} classes, input {card['input_size']} "
-        f"(resize {card['resize_size']}), {count_parameters(model) / 1e6:.3f} M params, {macs / 1e9:.3f} GMACs"
+        f"{card.name}: {card.family} {card.arch}-{card.depth} variant {card.variant} "
+        f"shortcut {card.shortcut}, {card.num_classes} classes, input {card.input_size} "
+        f"(resize {card.resize_size}), {count_parameters(model) / 1e6:.3f} M params, {macs / 1e9:.3f} GMACs"
     )
     print(f"wrote {path}")
     return 0

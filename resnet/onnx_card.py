@@ -1,4 +1,4 @@
-"""The model card inside ONNX files (DESIGN.md §2: ``metadata_props["model_card"]``), shared by export and serve."""
+"""The model card inside ONNX files (docs/DESIGN.md §2: ``metadata_props["model_card"]``), shared by export and serve."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .card import card_from_json, card_to_json
+from .card import ModelCard
 from .errors import CardError, UserError
 
 CARD_KEY = "model_card"
 
 
-def set_onnx_card(model: Any, card: dict[str, Any]) -> None:
+def set_onnx_card(model: Any, card: ModelCard) -> None:
     """Store the card in an ``onnx.ModelProto``'s ``metadata_props`` (replacing any earlier one)."""
     keep = [p for p in model.metadata_props if p.key != CARD_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     entry = model.metadata_props.add()
-    entry.key, entry.value = CARD_KEY, card_to_json(card)
+    entry.key, entry.value = CARD_KEY, card.to_json()
 
 
-def read_onnx_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
     """The validated card of an ONNX file; ``CardError`` for a file that is not ours (no card)."""
     import onnx
 
@@ -34,5 +34,5 @@ def read_onnx_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
     for prop in model.metadata_props:
         if prop.key == CARD_KEY:
-            return card_from_json(prop.value)
+            return ModelCard.from_json(prop.value)
     raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")

@@ -30,6 +30,8 @@ Crops = Literal["center", "ten"]
 CROPS: dict[str, int] = {"center": 1, "ten": 10}
 # Formats recognised from the bytes (never from a file name or a declared content type).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# File names every stage treats as images (folders of images for evaluation, calibration, gates and clients).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 40_000_000
 ImageInput = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
 
@@ -131,9 +133,9 @@ def crop_boxes(width: int, height: int, size: int, crops: str) -> list[tuple[int
 
 
 def _sizes(card: Mapping[str, Any]) -> tuple[int, int, np.ndarray, np.ndarray]:
-    mean = np.asarray(card["mean"], dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(card["std"], dtype=np.float32).reshape(3, 1, 1)
-    return int(card["resize_size"]), int(card["input_size"]), mean, std
+    mean = np.asarray(card.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(card.std, dtype=np.float32).reshape(3, 1, 1)
+    return card.resize_size, card.input_size, mean, std
 
 
 def preprocess(
@@ -178,8 +180,23 @@ def crop_probabilities(logits: np.ndarray, crops_per_image: int) -> np.ndarray:
     return probs.reshape(-1, crops_per_image, probs.shape[-1]).mean(axis=1)
 
 
+def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores along the last axis, largest first; ties keep the lower index."""
+    k = max(1, min(int(k), scores.shape[-1]))
+    return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+
+
 def topk(probs: np.ndarray, k: int, labels: Sequence[str]) -> list[dict[str, Any]]:
     """The ``k`` most probable classes of one ``[C]`` probability vector as ``{index, label, probability}``."""
-    k = max(1, min(int(k), probs.shape[-1]))
-    idx = np.argsort(-probs, kind="stable")[:k]
-    return [{"index": int(i), "label": labels[i], "probability": float(probs[i])} for i in idx]
+    return [{"index": int(i), "label": labels[i], "probability": float(probs[i])} for i in topk_indices(probs, k)]
+
+
+def folder_label_indices(folder_classes: Sequence[str], labels: Sequence[str]) -> list[int] | None:
+    """The card index of each class folder: by label name, else by number (``0``..``C-1``); None when neither
+    rule maps every folder (the folder's labels are then unknown to the model)."""
+    index = {label: i for i, label in enumerate(labels)}
+    if all(c in index for c in folder_classes):
+        return [index[c] for c in folder_classes]
+    if all(c.isdigit() and int(c) < len(labels) for c in folder_classes):
+        return [int(c) for c in folder_classes]
+    return None

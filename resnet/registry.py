@@ -2,66 +2,18 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from torch import nn
 
 from .errors import UsageError
 from .models import SHORTCUTS, VARIANTS, BasicBlock, Bottleneck, CifarResNet, ResNet
+from .names import CIFAR_DEPTHS, IMAGENET_STAGES, ModelSpec, list_models, parse_model_name
+
+__all__ = ["CIFAR_DEPTHS", "IMAGENET_LAYERS", "ModelSpec", "create_model", "list_models", "parse_model_name"]
 
 # Table 1 of the paper: block type and blocks per stage for each ImageNet depth.
 IMAGENET_LAYERS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    34: (BasicBlock, (3, 4, 6, 3)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-    152: (Bottleneck, (3, 8, 36, 3)),
+    depth: (BasicBlock if depth < 50 else Bottleneck, stages) for depth, stages in IMAGENET_STAGES.items()
 }
-# Section 4.2: the CIFAR depths the paper reports (any 6n+2 works).
-CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
-
-_NAME = re.compile(r"^(?P<cifar>cifar_)?(?P<arch>resnet|plain)(?P<depth>\d+)$")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a model name means: family (``imagenet``/``cifar``), arch (``resnet``/``plain``) and depth."""
-
-    family: str
-    arch: str
-    depth: int
-
-    @property
-    def name(self) -> str:
-        prefix = "cifar_" if self.family == "cifar" else ""
-        return f"{prefix}{self.arch}{self.depth}"
-
-    @property
-    def default_shortcut(self) -> str:
-        # The paper uses option A on CIFAR (Section 4.2) and option B as the ImageNet default (Table 3).
-        return "A" if self.family == "cifar" else "B"
-
-
-def parse_model_name(name: str) -> ModelSpec:
-    """Parse and validate a model name; raise ``UsageError`` with the valid choices otherwise."""
-    m = _NAME.match(name.strip().lower())
-    if not m:
-        raise UsageError(f"unknown architecture {name!r}; known: {', '.join(list_models())} (CIFAR: any 6n+2 depth)")
-    family = "cifar" if m["cifar"] else "imagenet"
-    depth = int(m["depth"])
-    if family == "imagenet" and depth not in IMAGENET_LAYERS:
-        raise UsageError(f"unknown architecture {name!r}: ImageNet depths are {', '.join(map(str, IMAGENET_LAYERS))}")
-    if family == "cifar" and (depth < 8 or (depth - 2) % 6):
-        raise UsageError(f"unknown architecture {name!r}: CIFAR depths are 6n+2 with n >= 1 (20, 32, 44, 56, 110 ...)")
-    return ModelSpec(family, m["arch"], depth)
-
-
-def list_models() -> list[str]:
-    """The named networks of the paper (CIFAR nets accept any other 6n+2 depth too)."""
-    names = [f"{arch}{d}" for arch in ("resnet", "plain") for d in IMAGENET_LAYERS]
-    names += [f"cifar_{arch}{d}" for arch in ("resnet", "plain") for d in CIFAR_DEPTHS]
-    return names
 
 
 def create_model(

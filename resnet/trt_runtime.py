@@ -55,6 +55,28 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
 
+def engine_host() -> tuple[str, str]:
+    """``(TensorRT version, compute capability "M.m" of GPU 0)``: what an engine must have been built for."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return str(trt.__version__), f"{major}.{minor}"
+
+
+def open_engine(plan_path: str | os.PathLike[str]) -> TensorRTRunner:
+    """A runner for one of our engines after its sidecar is validated and checked against this machine (exit 4 with
+    the rebuild command when it was built by another TensorRT version or for another GPU architecture)."""
+    from .artifacts import check_engine_host, read_sidecar
+
+    sidecar = read_sidecar(plan_path)
+    ok, reason = tensorrt_available()
+    if not ok:
+        raise MissingComponentError(f"cannot run a TensorRT engine here: {reason}")
+    check_engine_host(plan_path, sidecar, *engine_host())
+    return TensorRTRunner(plan_path)
+
+
 def _major(version: str) -> int:
     try:
         return int(str(version).split(".")[0])

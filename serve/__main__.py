@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     server = DrainingServer(config, app, settings)
-    log.info("serving %s (%s) on http://%s:%d", backend.card["name"], backend.name, settings.host, settings.port)
+    log.info("serving %s (%s) on http://%s:%d", backend.card.name, backend.name, settings.host, settings.port)
     server.run()
     return 0 if server.started else 1
 

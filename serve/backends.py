@@ -11,7 +11,6 @@ The HTTP layer never imports onnxruntime, torch or TensorRT: only this module do
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,18 +18,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from resnet import CardError, MissingComponentError, UsageError, UserError, validate_card
+from resnet import MissingComponentError, UsageError, UserError
+from resnet.artifacts import artifact_kind, read_sidecar
+from resnet.card import ModelCard
 
 log = logging.getLogger("serve.backends")
-
-DEFAULT_MAX_BATCH = 64
 
 
 class Backend(Protocol):
     """What the batcher needs from an inference engine."""
 
     name: str  # e.g. "onnxruntime:CPUExecutionProvider"
-    card: dict[str, Any]
+    card: ModelCard
     max_batch: int | None  # the engine's hard limit (TensorRT profile), None when any batch works
     min_batch: int
 
@@ -50,7 +49,7 @@ def cpu_threads() -> int:
 class OnnxRuntimeBackend:
     """An ONNX export in an ONNX Runtime session; input ``input``, output ``logits`` (DESIGN.md §2)."""
 
-    def __init__(self, path: Path, card: dict[str, Any], providers: list[str], threads: int = 0) -> None:
+    def __init__(self, path: Path, card: ModelCard, providers: list[str], threads: int = 0) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -127,8 +126,8 @@ class TensorRTBackend:
         ok, reason = runtime.tensorrt_available()
         if not ok:
             raise MissingComponentError(f"cannot run {path}: TensorRT is not usable here ({reason})")
-        self.card = plan_card(path)
-        self.runner = runtime.TensorRTRunner(str(path))
+        self.card = read_sidecar(path).card
+        self.runner = runtime.open_engine(path)  # refuses an engine built for another TensorRT or GPU (exit 4)
         self.name = "tensorrt"
         self.max_batch = int(self.runner.max_batch)
         self.min_batch = int(getattr(self.runner, "min_batch", 1))
@@ -151,31 +150,6 @@ def tensorrt_status() -> tuple[bool, str]:
         return _trt_runtime().tensorrt_available()
     except MissingComponentError as e:
         return False, str(e)
-
-
-def plan_card(path: Path) -> dict[str, Any]:
-    """The card in a ``.plan``'s sidecar ``.plan.json``."""
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
-        raise CardError(f"{path} has no sidecar {sidecar.name}: cannot know its labels and preprocessing")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CardError(f"{sidecar} is not readable JSON ({e})") from None
-    card = meta.get("model_card", meta.get("card")) if isinstance(meta, dict) else None
-    return validate_card(card)
-
-
-def artifact_kind(path: Path) -> str:
-    """``plan``, ``onnx`` or ``checkpoint`` from the file name (the contents are checked when loading)."""
-    name = path.name.lower()
-    if name.endswith(".plan") or name.endswith(".engine"):
-        return "plan"
-    if name.endswith(".onnx"):
-        return "onnx"
-    if name.endswith((".pt", ".pth")):
-        return "checkpoint"
-    raise UsageError(f"{path}: unknown artifact type (expected .plan, .onnx/.fp16.onnx or .pt/.pth)")
 
 
 def ort_providers(require_tensorrt: bool = False) -> tuple[list[str], str]:
@@ -206,7 +180,7 @@ def load_backend(
         raise UserError(f"no such model file: {path}")
     kind = artifact_kind(path)
     backend: Backend
-    if kind == "plan":
+    if kind == "engine":
         if choice not in ("auto", "tensorrt"):
             raise UsageError(f"{path} is a TensorRT engine: only --backend tensorrt (or auto) can run it")
         backend, why = TensorRTBackend(path), "a .plan engine runs on TensorRT"

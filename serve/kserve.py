@@ -35,7 +35,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from resnet.preprocess import CROPS
+from resnet.preprocess import CROPS, topk_indices
 
 from .batcher import BackendFailed, QueueFull
 from .service import ImageError
@@ -203,8 +203,8 @@ def _model(request: Request, name: str, version: str | None) -> Any:
     service = request.app.state.service
     if service is None:
         raise V2Error(503, "model is loading; retry shortly", {"Retry-After": "1"})
-    if name != service.card["name"]:
-        raise V2Error(404, f"unknown model '{name}'; this server serves '{service.card['name']}'")
+    if name != service.card.name:
+        raise V2Error(404, f"unknown model '{name}'; this server serves '{service.card.name}'")
     if version not in (None, "", MODEL_VERSION):
         raise V2Error(404, f"model '{name}' has no version '{version}' (only '{MODEL_VERSION}')")
     return service
@@ -218,9 +218,9 @@ def backend_kind(backend_name: str) -> str:
 
 def model_metadata(service: Any) -> ModelMetadata:
     card = service.card
-    size, classes = int(card["input_size"]), len(service.labels)
+    size, classes = card.input_size, len(service.labels)
     return ModelMetadata(
-        name=card["name"],
+        name=card.name,
         versions=[MODEL_VERSION],
         platform=f"resnet-stack_{backend_kind(service.backend_name)}",
         inputs=[
@@ -238,7 +238,7 @@ def _classification(values: np.ndarray, k: Any, labels: list[str]) -> list[bytes
     """Triton's classification extension: per row the top-k as ``b"value:index:label"``, shape [rows, k]."""
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= values.shape[1]:
         raise V2Error(400, f"classification must be an integer in 1..{values.shape[1]}, not {k!r}")
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    order = topk_indices(values, k)
     return [f"{values[r, i]:f}:{i}:{labels[i]}".encode() for r in range(len(values)) for i in order[r]]
 
 
@@ -304,7 +304,7 @@ async def _infer(request: Request, service: Any, req: InferRequest, binary: byte
             f"not {len(req.inputs)}",
         )
     (t,) = req.inputs
-    size = int(service.card["input_size"])
+    size = service.card.input_size
     if t.name == TENSOR_INPUT:
         if t.datatype != "FP32":
             raise V2Error(400, f"input '{TENSOR_INPUT}' must be FP32, not {t.datatype}")
@@ -361,7 +361,7 @@ def _answer(request: Request, service: Any, req: InferRequest, result: tuple[str
         else:
             entry["data"] = as_json
         outputs.append(entry)
-    body = {"model_name": service.card["name"], "model_version": MODEL_VERSION, "outputs": outputs}
+    body = {"model_name": service.card.name, "model_version": MODEL_VERSION, "outputs": outputs}
     if req.id is not None:
         body["id"] = req.id
     head = json.dumps(body).encode()

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 import resnet
+from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.preprocess import (
     CROPS,
     ImageDecodeError,
@@ -35,7 +36,7 @@ from resnet.preprocess import (
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import topk as top_k
 
-from .backends import DEFAULT_MAX_BATCH, Backend, cpu_threads
+from .backends import Backend, cpu_threads
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .settings import Settings
 
@@ -70,7 +71,7 @@ class ClassifyService:
         self.backend = backend
         self.settings = settings
         self.card = backend.card
-        self.labels: list[str] = list(self.card["labels"])
+        self.labels: list[str] = list(self.card.labels)
         self.backend_name = backend.name
         limit = backend.max_batch
         max_batch = settings.max_batch or limit or DEFAULT_MAX_BATCH
@@ -108,7 +109,7 @@ class ClassifyService:
 
     def _warm_up(self) -> None:
         assert self.batcher is not None
-        size = int(self.card["input_size"])
+        size = self.card.input_size
         rng = np.random.default_rng(0)
         for n in self.shapes:
             if self.draining:  # shutting down during warm-up: stop between shapes
@@ -135,14 +136,14 @@ class ClassifyService:
         if not data:
             raise ImageError(400, "empty_image", "the image is empty (0 bytes)")
         try:
-            img = decode_image(data, int(self.card["resize_size"]), draft=s.draft, max_pixels=s.max_pixels)
+            img = decode_image(data, self.card.resize_size, draft=s.draft, max_pixels=s.max_pixels)
             w, h = img.size
             if max(w, h) / min(w, h) > s.max_aspect:
                 raise ImageError(
                     413,
                     "image_too_large",
                     f"image is {w}x{h}: aspect ratio over {s.max_aspect:g} would resize to "
-                    f"{'x'.join(map(str, resized_size(w, h, int(self.card['resize_size']))))} pixels",
+                    f"{'x'.join(map(str, resized_size(w, h, int(self.card.resize_size))))} pixels",
                 )
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
         except ImageTooLargeError as e:

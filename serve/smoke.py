@@ -14,9 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from resnet import UsageError, UserError, run_cli
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from resnet import IMAGE_SUFFIXES, UsageError, UserError, run_cli
 
 
 def labelled_images(root: Path) -> list[tuple[Path, str]]:

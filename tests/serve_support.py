@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 import resnet
+from resnet.card import ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ def export_onnx(checkpoint: Path, out: Path) -> Path:
     from resnet.onnx_card import set_onnx_card
 
     model, card = resnet.load_checkpoint(checkpoint)
-    size = int(card["input_size"])
+    size = card.input_size
     torch.onnx.export(
         model,
         torch.zeros(1, 3, size, size),
@@ -109,18 +110,16 @@ class Server:
         return 0.0
 
 
-def reference_probs(
-    image: bytes | Path, model: torch.nn.Module, card: dict[str, Any], crops: str = "ten"
-) -> np.ndarray:
+def reference_probs(image: bytes | Path, model: torch.nn.Module, card: ModelCard, crops: str = "ten") -> np.ndarray:
     """The offline pipeline users trust: Pillow + torchvision Resize/TenCrop/ToTensor/Normalize + the model."""
     img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
     img = (ImageOps.exif_transpose(img) or img).convert("RGB")
-    norm = T.Compose([T.ToTensor(), T.Normalize(card["mean"], card["std"])])
-    resized = T.Resize(card["resize_size"])(img)
+    norm = T.Compose([T.ToTensor(), T.Normalize(card.mean, card.std)])
+    resized = T.Resize(card.resize_size)(img)
     if crops == "ten":
-        x = torch.stack([norm(c) for c in T.TenCrop(card["input_size"])(resized)])
+        x = torch.stack([norm(c) for c in T.TenCrop(card.input_size)(resized)])
     else:
-        x = norm(T.CenterCrop(card["input_size"])(resized))[None]
+        x = norm(T.CenterCrop(card.input_size)(resized))[None]
     with torch.no_grad():
         return torch.softmax(model(x).double(), dim=1).mean(0).numpy()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -31,12 +30,12 @@ def test_round_trip_keeps_weights_and_card(small_checkpoint: Path) -> None:
     assert raw["format"] == "resnet-checkpoint" and raw["version"] == 1
     model, card = resnet.load_checkpoint(small_checkpoint)
     assert not model.training
-    assert card["name"] == "tiny" and card["labels"] == ["a", "b", "c"] and card["metrics"]["top1_err"] == 12.5
-    assert card["shortcut"] == "A" and card["family"] == "cifar" and card["depth"] == 8
-    assert card["provenance"]["created"]
+    assert card.name == "tiny" and card.labels == ("a", "b", "c") and card.metrics["top1_err"] == 12.5
+    assert card.shortcut == "A" and card.family == "cifar" and card.depth == 8
+    assert card.provenance["created"]
     for k, v in raw["state_dict"].items():
         assert torch.equal(model.state_dict()[k], v)
-    json.dumps(card)  # the card is JSON-serialisable
+    assert resnet.ModelCard.from_json(card.to_json()) == card  # the card round-trips through JSON
 
 
 def test_torchvision_state_dict_loads_with_arch_and_gets_imagenet_card(tmp_path: Path) -> None:
@@ -45,8 +44,8 @@ def test_torchvision_state_dict_loads_with_arch_and_gets_imagenet_card(tmp_path:
     path = tmp_path / "resnet18-plain.pth"
     torch.save(tv.state_dict(), path)
     model, card = resnet.load_checkpoint(path, arch="resnet18")
-    assert card["num_classes"] == 1000 and card["labels"][0] == "tench" and len(card["labels"]) == 1000
-    assert (card["input_size"], card["resize_size"], card["variant"], card["shortcut"]) == (224, 256, "v1.5", "B")
+    assert card.num_classes == 1000 and card.labels[0] == "tench" and len(card.labels) == 1000
+    assert (card.input_size, card.resize_size, card.variant, card.shortcut) == (224, 256, "v1.5", "B")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), tv(x))
@@ -115,10 +114,21 @@ def test_unknown_architecture_is_usage_error(small_checkpoint: Path) -> None:
 
 def test_card_without_required_fields_is_refused(tmp_path: Path) -> None:
     model = resnet.create_model("cifar_resnet8")
-    card = resnet.make_card("cifar_resnet8")
-    del card["labels"]
+    data = resnet.make_card("cifar_resnet8").to_dict()
+    del data["labels"]
     with pytest.raises(resnet.CardError, match="labels"):
-        resnet.save_checkpoint(tmp_path / "x.pt", model, card)
+        resnet.ModelCard.from_dict(data)
+    path = tmp_path / "x.pt"
+    obj = {"format": "resnet-checkpoint", "version": 1, "model_card": data, "state_dict": model.state_dict()}
+    torch.save(obj, path)
+    with pytest.raises(resnet.CardError, match="labels"):
+        resnet.load_checkpoint(path)
+
+
+def test_save_checkpoint_needs_a_model_card(tmp_path: Path) -> None:
+    model = resnet.create_model("cifar_resnet8")
+    with pytest.raises(TypeError, match="ModelCard"):
+        resnet.save_checkpoint(tmp_path / "x.pt", model, resnet.make_card("cifar_resnet8").to_dict())  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
 
 
@@ -153,7 +163,7 @@ def test_new_cli_writes_a_checkpoint_and_prints_its_summary(tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     assert "0.270 M params" in out.stdout
     _, card = resnet.load_checkpoint(tmp_path / "m.pt")
-    assert card["depth"] == 20
+    assert card.depth == 20
 
 
 def test_new_cli_converts_a_torchvision_state_dict(tmp_path: Path) -> None:

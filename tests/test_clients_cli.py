@@ -76,7 +76,7 @@ def test_client_matches_the_model_run_locally(server, photo_paths, digits_checkp
     x = resnet.preprocess(photo_paths[0], card, crops="ten")
     with torch.no_grad():
         probs = resnet.crop_probabilities(model(torch.as_tensor(x)).numpy(), 10)[0]
-    expected = resnet.topk(probs, 3, card["labels"])
+    expected = resnet.topk(probs, 3, card.labels)
     with Client(server.url, api_key=server.api_key) as client:
         result = client.classify(photo_paths[0].read_bytes(), topk=3, crops="ten")
     assert [p.label for p in result.top] == [e["label"] for e in expected]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import resnet
 from export import onnx as export_onnx
 from export import parity, trt
 from resnet.trt_runtime import TensorRTRunner, tensorrt_available
+from tests.engine_support import write_test_sidecar
 
 
 def _run(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -102,7 +102,7 @@ def test_engine_on_a_machine_without_tensorrt_exits_4(exported: Path, tmp_path: 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"engine bytes")
     _, card = resnet.load_checkpoint(exported / "model.pt")
-    (tmp_path / "model.plan.json").write_text(json.dumps({"model_card": card}))
+    write_test_sidecar(plan, card)
     rc, err = _run(parity.main, [str(exported / "model.pt"), str(plan)], capsys)
     assert rc == 4 and tensorrt_available()[1] in err
     assert plan.exists()  # a missing component is not a failed gate: nothing is renamed

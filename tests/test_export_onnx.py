@@ -123,5 +123,5 @@ def test_torchvision_resnet50_state_dict_passes_fp32_and_fp16_gates(torchvision_
         assert set(report["batch_sizes"]) == {"1", "10", "12"}
         assert report["metrics"]["cosine_min"] >= cosine
     card = read_onnx_card(folder / "resnet50.fp16.onnx")
-    assert card["num_classes"] == 1000 and card["labels"][0] == "tench"
-    assert card["provenance"]["format"] == "torchvision state dict"
+    assert card.num_classes == 1000 and card.labels[0] == "tench"
+    assert card.provenance["format"] == "torchvision state dict"

@@ -47,7 +47,8 @@ def test_engine_and_sidecar_are_written_after_the_gate_passes(engine_folder: Pat
     assert (engine_folder / "model.plan").exists()
     meta = json.loads((engine_folder / "model.plan.json").read_text())
     _, card = resnet.load_checkpoint(engine_folder / "model.pt")
-    assert meta["model_card"] == card
+    assert meta["format"] == "resnet-engine" and meta["version"] == 2
+    assert resnet.ModelCard.from_dict(meta["card"]) == card.replace(precision="fp16")
     assert meta["profile"] == {"min": 1, "opt": 10, "max": 32}
     assert meta["tensorrt"] and meta["gpu"]["name"]
     assert meta["parity"]["passed"] and meta["parity"]["candidate"]["backend"] == "tensorrt"

@@ -18,6 +18,7 @@ from PIL import Image
 from serve_support import Server, encode, export_onnx, reference_probs
 
 import resnet
+from resnet.card import ModelCard
 from resnet.preprocess import preprocess
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the [dev] extra) is not installed")
@@ -53,7 +54,7 @@ def client(server: Any) -> Any:
     c.close()
 
 
-def _crops(images: np.ndarray, card: dict[str, Any]) -> np.ndarray:
+def _crops(images: np.ndarray, card: ModelCard) -> np.ndarray:
     return np.concatenate([preprocess(Image.fromarray(im), card, crops="ten") for im in images])
 
 
@@ -115,7 +116,7 @@ def test_bytes_images_give_the_offline_ten_crop_probabilities(
     for row, entries in zip(probs, top):
         parsed = [e.decode().split(":") for e in entries]
         assert [int(i) for _, i, _ in parsed] == list(np.argsort(-row, kind="stable")[:3])
-        assert [lab for _, _, lab in parsed] == [card["labels"][int(i)] for _, i, _ in parsed]
+        assert [lab for _, _, lab in parsed] == [card.labels[int(i)] for _, i, _ in parsed]
         np.testing.assert_allclose([float(v) for v, _, _ in parsed], np.sort(row)[::-1][:3], atol=1e-6)
 
 

@@ -28,11 +28,11 @@ CIFAR = resnet.make_card("cifar_resnet20", resize_size=36)
 
 def torchvision_reference(img: Image.Image, card: dict, crops: str) -> np.ndarray:
     """The offline pipeline users trust: torchvision transforms on the PIL image."""
-    norm = T.Compose([T.ToTensor(), T.Normalize(card["mean"], card["std"])])
-    resized = T.Resize(card["resize_size"])(img)
+    norm = T.Compose([T.ToTensor(), T.Normalize(card.mean, card.std)])
+    resized = T.Resize(card.resize_size)(img)
     if crops == "center":
-        return norm(T.CenterCrop(card["input_size"])(resized)).unsqueeze(0).numpy()
-    return torch.stack([norm(c) for c in T.TenCrop(card["input_size"])(resized)]).numpy()
+        return norm(T.CenterCrop(card.input_size)(resized)).unsqueeze(0).numpy()
+    return torch.stack([norm(c) for c in T.TenCrop(card.input_size)(resized)]).numpy()
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -61,14 +61,14 @@ def test_onnx_server_matches_offline_torchvision_pipeline_on_photos(onnx_server,
     r = classify(onnx_server, [(p.name, p.read_bytes()) for p in photo_paths])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["backend"] == "onnxruntime:CPUExecutionProvider" and body["model"] == card["name"]
+    assert body["backend"] == "onnxruntime:CPUExecutionProvider" and body["model"] == card.name
     assert len(body["results"]) == len(photo_paths)
     for path, result in zip(photo_paths, body["results"]):
         assert result["filename"] == path.name
         got = probs_from_answer(result, NUM_CLASSES)
         want = reference_probs(path, model, card)
         # Large JPEGs are DCT-reduced while decoding (draft mode, on by default); the exact check is --no-draft below.
-        drafted = path.suffix == ".jpg" and min(Image.open(path).size) >= 4 * card["resize_size"]
+        drafted = path.suffix == ".jpg" and min(Image.open(path).size) >= 4 * card.resize_size
         tol = DRAFT_JPEG_TOL if drafted else 1e-4
         assert np.abs(got - want).max() <= tol, (path.name, np.abs(got - want).max())
         assert abs(got.sum() - 1) < 1e-6
@@ -107,7 +107,7 @@ def test_center_crop_and_topk_follow_the_query(onnx_server, model_and_card, phot
     top = r.json()["results"][0]["topk"]
     want = reference_probs(path, model, card, crops="center")
     assert [t["index"] for t in top] == list(np.argsort(-want, kind="stable")[:3])
-    assert [t["label"] for t in top] == [card["labels"][t["index"]] for t in top]
+    assert [t["label"] for t in top] == [card.labels[t["index"]] for t in top]
     assert all(abs(t["probability"] - want[t["index"]]) <= 1e-4 for t in top)
     assert r.json()["crops"] == "center"
 

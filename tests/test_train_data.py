@@ -55,7 +55,7 @@ def test_cifar_batch_reads_rows_as_rgb_planes(tmp_path: Path) -> None:
 def test_cifar_folder_loads_with_label_names_and_holdout(tmp_path: Path) -> None:
     make_cifar_folder(tmp_path)
     bundle = load_cifar(tmp_path, val_size=10)
-    assert bundle.labels == list(CIFAR10_LABELS)
+    assert list(bundle.labels) == list(CIFAR10_LABELS)
     assert len(bundle.train) == 50 and len(bundle.val) == 10 and len(bundle.test) == 12
     assert bundle.test_source[0].shape == (12, 32, 32, 3)
 
@@ -174,7 +174,7 @@ def test_no_augment_equals_shared_preprocessing_of_digits() -> None:
     card = resnet.make_card(
         "cifar_resnet8", labels=[str(i) for i in range(10)], mean=[0.1, 0.2, 0.3], std=[0.3, 0.3, 0.4]
     )
-    ours = BatchAugment(card["mean"], card["std"]).normalise(torch.from_numpy(x[:4].transpose(0, 3, 1, 2)))
+    ours = BatchAugment(card.mean, card.std).normalise(torch.from_numpy(x[:4].transpose(0, 3, 1, 2)))
     shared = np.concatenate([resnet.preprocess(Image.fromarray(img), card, crops="center") for img in x[:4]])
     assert np.abs(ours.numpy() - shared).max() < 1e-6
 

@@ -57,7 +57,7 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     assert summary["replicas_identical"] and len(set(summary["replica_weight_digests"])) == 1
     model, card = resnet.load_checkpoint(out / "model.pt")  # written by rank 0 only
     assert weights_digest(model) == summary["replica_weight_digests"][0]
-    assert card["provenance"]["world_size"] == 2
+    assert card.provenance["world_size"] == 2
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # 201 validation (shards of 101 and 100: one more batch on rank 0, which must not hang) and 360 test images
     # split over 2 ranks without padding: each counted exactly once

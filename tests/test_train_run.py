@@ -53,18 +53,18 @@ def test_run_folder_explains_itself(digits_run: Path) -> None:
 
 def test_final_checkpoint_has_complete_card_and_loads(digits_run: Path) -> None:
     model, card = resnet.load_checkpoint(digits_run / "model.pt")
-    assert card["family"] == "cifar" and card["depth"] == 8 and card["labels"] == [str(i) for i in range(10)]
-    assert card["input_size"] == 32 and card["resize_size"] == 32
+    assert card.family == "cifar" and card.depth == 8 and card.labels == tuple(str(i) for i in range(10))
+    assert card.input_size == 32 and card.resize_size == 32
     mean, std = channel_stats(digits_images("train")[0])
-    assert np.allclose(card["mean"], mean) and np.allclose(card["std"], std)
-    assert set(card["metrics"]) == {"top1_err", "top5_err", "protocol"}
-    assert card["metrics"]["protocol"] == "10-crop, digits test split (360 images)"
-    assert {"commit", "created", "args", "dataset"} <= set(card["provenance"])
-    assert card["provenance"]["iterations"] == 6
+    assert np.allclose(card.mean, mean) and np.allclose(card.std, std)
+    assert set(card.metrics) == {"top1_err", "top5_err", "protocol"}
+    assert card.metrics["protocol"] == "10-crop, digits test split (360 images)"
+    assert {"commit", "created", "args", "dataset"} <= set(card.provenance)
+    assert card.provenance["iterations"] == 6
     _, best = resnet.load_checkpoint(digits_run / "best.pt")
     assert best["metrics"]["protocol"].startswith("center crop, validation split (144 images)")
     summary = json.loads((digits_run / "summary.json").read_text())
-    assert summary["metrics"] == card["metrics"] and summary["replicas_identical"]
+    assert summary["metrics"] == card.metrics and summary["replicas_identical"]
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_sigterm_saves_last_pt_and_exits_cleanly_then_resumes(tmp_path: Path) ->
     assert step >= 2
     assert cifar_main(TINY + ["--max-iters", str(step + 1), "--eval-crops", "center", "--out", str(out)]) == 0
     _, card = resnet.load_checkpoint(out / "model.pt")
-    assert card["provenance"]["iterations"] == step + 1
+    assert card.provenance["iterations"] == step + 1
 
 
 def test_sigkill_while_writing_leaves_loadable_last_pt(tmp_path: Path) -> None:
@@ -206,6 +206,6 @@ def test_imagenet_command_trains_on_an_image_folder(tmp_path: Path) -> None:
         == 0
     )
     model, card = resnet.load_checkpoint(out / "model.pt")
-    assert card["family"] == "imagenet" and card["depth"] == 18 and card["labels"] == [str(i) for i in range(10)]
-    assert card["input_size"] == 32 and card["resize_size"] == 37
-    assert card["metrics"]["protocol"] == "center crop, validation folder (100 images)"
+    assert card.family == "imagenet" and card.depth == 18 and card.labels == tuple(str(i) for i in range(10))
+    assert card.input_size == 32 and card.resize_size == 37
+    assert card.metrics["protocol"] == "center crop, validation folder (100 images)"

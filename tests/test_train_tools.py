@@ -51,8 +51,8 @@ def test_evaluate_reproduces_the_cards_metrics(two_runs, capsys: pytest.CaptureF
     _, card = resnet.load_checkpoint(run / "model.pt")
     assert main([str(run / "model.pt"), "--dataset", "digits", "--crops", "center", "--json", "--workers", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["images"] == 360 and out["top1_err"] == card["metrics"]["top1_err"]
-    assert out["top5_err"] == card["metrics"]["top5_err"] and out["protocol"] == card["metrics"]["protocol"]
+    assert out["images"] == 360 and out["top1_err"] == card.metrics["top1_err"]
+    assert out["top5_err"] == card.metrics["top5_err"] and out["protocol"] == card.metrics["protocol"]
 
 
 def test_evaluate_on_image_folder_with_ten_crops(two_runs, tmp_path: Path, capsys) -> None:

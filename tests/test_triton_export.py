@@ -19,8 +19,10 @@ from PIL import Image
 
 import resnet
 from export import triton
+from resnet.card import ModelCard
 from resnet.onnx_card import set_onnx_card
 from resnet.preprocess import preprocess
+from tests.engine_support import write_test_sidecar
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,7 @@ def _export_onnx(checkpoint: Path, out: Path, *, dynamic: bool = True, card: boo
     """Plain torch.onnx.export (this test must not wait on the export stage) with the card in the metadata."""
     model, model_card = resnet.load_checkpoint(checkpoint)
     model.eval()
-    size = model_card["input_size"]
+    size = model_card.input_size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -64,7 +66,7 @@ def parse_config(text: str) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def _digit_crops(images: np.ndarray, card: dict[str, Any], n: int) -> np.ndarray:
+def _digit_crops(images: np.ndarray, card: ModelCard, n: int) -> np.ndarray:
     return np.concatenate([preprocess(Image.fromarray(img), card, crops="center") for img in images[:n]])
 
 
@@ -86,8 +88,8 @@ def test_onnx_model_gives_a_repository_that_tritons_schema_accepts(digits_onnx: 
     assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) > 0
     (group,) = cfg["instance_group"]
     assert (group["count"], group.get("kind", "KIND_AUTO")) == (1, "KIND_AUTO")  # AUTO is the proto default
-    assert (folder / "labels.txt").read_text().splitlines() == card["labels"]
-    assert json.loads((folder / "model_card.json").read_text()) == card
+    assert (folder / "labels.txt").read_text().splitlines() == list(card.labels)
+    assert resnet.ModelCard.from_dict(json.loads((folder / "model_card.json").read_text())) == card
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [
         "digits-resnet8/1/model.onnx",
         "digits-resnet8/config.pbtxt",
@@ -164,8 +166,7 @@ def test_plan_engine_gives_a_tensorrt_plan_config_bounded_by_its_profile(
     _, card = resnet.load_checkpoint(digits_checkpoint)
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"engine bytes are copied unchanged")
-    sidecar = {"model_card": card, "tensorrt_version": "10.x", "profile": {"min": 1, "opt": 10, "max": 32}}
-    (tmp_path / "model.plan.json").write_text(json.dumps(sidecar))
+    write_test_sidecar(plan, card, profile={"min": 1, "opt": 10, "max": 32})
     folder = triton.write_repository(plan, tmp_path / "models")
     cfg = parse_config((folder / "config.pbtxt").read_text())
     assert cfg["platform"] == "tensorrt_plan" and int(cfg["max_batch_size"]) == 32

@@ -22,6 +22,7 @@ from torch import nn
 import resnet
 from resnet import UserError
 from resnet.atomic import atomic_write
+from resnet.card import ModelCard
 from resnet.models import BasicBlock, Bottleneck
 
 from .cli import _Parser
@@ -63,7 +64,7 @@ def layer_response_stds(model: nn.Module, images: torch.Tensor, batch: int = 100
     return [(n, float(torch.cat(sums[n], dim=1).std(dim=1).mean())) for n, _ in layers]
 
 
-def load_images(card: dict[str, Any], data: str | None, limit: int) -> torch.Tensor:
+def load_images(card: ModelCard, data: str | None, limit: int) -> torch.Tensor:
     """Centre-cropped, normalised held-out images (shared preprocessing): digits test split or an ImageFolder."""
     from PIL import Image
 
@@ -134,7 +135,7 @@ def _main(argv: Sequence[str] | None) -> int:
         model, card = resnet.load_checkpoint(path)
         images = load_images(card, args.data, args.images)
         stds = layer_response_stds(model, images)
-        label = labels[i] if labels else f"{card['arch']}-{card['depth']}"
+        label = labels[i] if labels else f"{card.arch}-{card.depth}"
         results.append((label, stds))
         values = np.array([s for _, s in stds])
         print(

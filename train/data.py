@@ -15,13 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resnet import UsageError, UserError
+from resnet import IMAGE_SUFFIXES, UsageError, UserError
 from resnet.card import CIFAR10_LABELS, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from resnet.samples import DIGIT_LABELS, digits_images
 
 from .cifar_pickle import load_batch, load_label_names
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DataError(UserError):
@@ -163,8 +161,8 @@ def check_image_folder(root: Path) -> list[str]:
     if not classes:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
     for c in classes:
-        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in (root / c).rglob("*") if p.is_file()):
-            raise DataError(f"class folder {root / c} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / c).rglob("*") if p.is_file()):
+            raise DataError(f"class folder {root / c} has no images ({', '.join(IMAGE_SUFFIXES)})")
     return classes
 
 

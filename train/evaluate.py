@@ -19,7 +19,7 @@ from resnet import UsageError
 from . import distributed as D
 from .cli import _Parser
 from .data import DataError, check_image_folder, find_cifar_folder
-from .evaluation import CropDataset, evaluate_crops, map_folder_classes, protocol_name
+from .evaluation import CropDataset, evaluate_crops, protocol_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,12 +76,12 @@ def evaluation_source(args: argparse.Namespace, card: dict) -> tuple[object, str
     if (root / "val").is_dir():
         root = root / "val"
     classes = check_image_folder(root)
-    index = map_folder_classes(classes, card["labels"])
+    index = resnet.folder_label_indices(classes, card.labels)
     if index is None:
-        if len(classes) != card["num_classes"]:
+        if len(classes) != card.num_classes:
             raise DataError(
                 f"{root} has {len(classes)} class folders whose names are not the card's labels, "
-                f"and the card has {card['num_classes']} classes"
+                f"and the card has {card.num_classes} classes"
             )
         index = list(range(len(classes)))  # e.g. ImageNet wnid folders in sorted order = class index
     from torchvision.datasets import ImageFolder
@@ -109,9 +109,9 @@ def _main(argv: Sequence[str] | None) -> int:
     protocol = protocol_name(args.crops, res["images"], what)
     if info.is_main:
         if args.json:
-            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card["name"], **res, "protocol": protocol}))
+            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card.name, **res, "protocol": protocol}))
         else:
-            print(f"{card['name']}: top-1 err {res['top1_err']:.2f}%  top-5 err {res['top5_err']:.2f}%  ({protocol})")
+            print(f"{card.name}: top-1 err {res['top1_err']:.2f}%  top-5 err {res['top5_err']:.2f}%  ({protocol})")
     return 0
 
 

@@ -4,7 +4,7 @@ scores = mean of the per-crop softmax. Sharded over ranks without padding, so no
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import resnet
+from resnet.card import ModelCard
+from resnet.preprocess import topk_indices
 
 from .distributed import DistInfo, all_reduce_sum, shard_indices
 
@@ -23,7 +25,7 @@ class CropDataset(Dataset):
     ``source`` is either ``(uint8 [N, H, W, 3] images, labels)`` held in memory or a list of ``(path, label)``.
     """
 
-    def __init__(self, source: Any, card: dict[str, Any], crops: str) -> None:
+    def __init__(self, source: Any, card: ModelCard, crops: str) -> None:
         self.card, self.crops = card, crops
         if isinstance(source, tuple):
             self.images, self.labels = source[0], np.asarray(source[1], dtype=np.int64)
@@ -44,7 +46,7 @@ class CropDataset(Dataset):
 def topk_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     """Number of top-1 and top-5 mistakes in ``[N, C]`` probabilities."""
     k = min(5, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top = topk_indices(probs, k)
     wrong1 = int((top[:, 0] != labels).sum())
     wrong5 = int((~(top == labels[:, None]).any(axis=1)).sum())
     return wrong1, wrong5
@@ -90,11 +92,3 @@ def evaluate_crops(
 def protocol_name(crops: str, n_images: int, what: str) -> str:
     """The card's ``metrics.protocol`` text, e.g. ``"10-crop, sklearn digits test split (360 images)"``."""
     return f"{'10-crop' if crops == 'ten' else 'center crop'}, {what} ({n_images} images)"
-
-
-def map_folder_classes(folder_classes: Sequence[str], card_labels: Sequence[str]) -> list[int] | None:
-    """Card index of each ImageFolder class (by name); None when the names do not all appear in the card."""
-    index = {lab: i for i, lab in enumerate(card_labels)}
-    if all(c in index for c in folder_classes):
-        return [index[c] for c in folder_classes]
-    return None

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 import resnet
 from resnet import UsageError, UserError
 from resnet.atomic import atomic_write
-from resnet.checkpoint import load_state_dict_strict
+from resnet.checkpoint import load_state_dict_strict, unwrap
 
 from . import distributed as D
 from .augment import BatchAugment, step_generator
@@ -134,12 +134,6 @@ def configure_runtime(args: argparse.Namespace, info: D.DistInfo, say: Callable[
     return Runtime(dtype, channels_last, scaler)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain network inside torch.compile and DDP wrappers."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 class StopSignals:
     """SIGTERM/SIGINT set a flag; the loop saves last.pt after the current iteration and exits."""
 
@@ -234,14 +228,14 @@ class Trainer:
             return
         st = load_state(path)
         card = st["model_card"]
-        if (card["arch"], card["family"], card["depth"], card["num_classes"]) != (
-            self.card["arch"],
-            self.card["family"],
-            self.card["depth"],
-            self.card["num_classes"],
+        if (card.arch, card.family, card.depth, card.num_classes) != (
+            self.card.arch,
+            self.card.family,
+            self.card.depth,
+            self.card.num_classes,
         ):
             raise UsageError(
-                f"{path} is a run of {card['name']}, not {self.card['name']}; choose another --out or pass --no-resume"
+                f"{path} is a run of {card.name}, not {self.card.name}; choose another --out or pass --no-resume"
             )
         load_state_dict_strict(self.model, st["model"], self.arch)
         self.optimizer.load_state_dict(st["optimizer"])
@@ -457,13 +451,10 @@ class Trainer:
         if top1 < self.best_val_err:
             self.best_val_err = top1
             if self.info.is_main:
-                card = dict(
-                    self.card,
-                    metrics={
-                        "top1_err": round(top1, 3),
-                        "top5_err": round(top5, 3),
-                        "protocol": f"center crop, validation split ({int(n)} images), iteration {self.step}",
-                    },
+                card = self.card.with_metrics(
+                    top1_err=round(top1, 3),
+                    top5_err=round(top5, 3),
+                    protocol=f"center crop, validation split ({int(n)} images), iteration {self.step}",
                 )
                 resnet.save_checkpoint(self.out / "best.pt", model, card)
         model.train()
@@ -498,12 +489,11 @@ class Trainer:
             )
             self.log.record("test", self.step, **{k: v for k, v in res.items()})
         if self.info.is_main:
-            self.card["metrics"] = metrics
-            self.card["provenance"]["iterations"] = self.step
+            self.card = self.card.with_metrics(**metrics).with_provenance(iterations=self.step)
             path = resnet.save_checkpoint(self.out / "model.pt", base, self.card)
             summary = {
                 "model": str(path),
-                "card_name": self.card["name"],
+                "card_name": self.card.name,
                 "iterations": self.step,
                 "metrics": metrics,
                 "best_val_top1_err": self.best_val_err,
@@ -513,7 +503,7 @@ class Trainer:
                 "train_seconds": round(time.time() - self.log.t0, 1),
             }
             atomic_write(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-            self.log.info(f"wrote {path} (card {self.card['name']}, metrics {metrics.get('protocol', 'none')})")
+            self.log.info(f"wrote {path} (card {self.card.name}, metrics {metrics.get('protocol', 'none')})")
         D.barrier(self.info)
         if len(set(digests)) != 1:
             raise UserError(f"ranks ended with different weights: {digests}")

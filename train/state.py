@@ -13,6 +13,7 @@ import torch
 
 import resnet
 from resnet import CheckpointError
+from resnet.card import ModelCard
 from resnet.checkpoint import read_checkpoint_file
 
 STATE_FORMAT = "resnet-train-state"
@@ -43,12 +44,11 @@ def save_state(
     epoch: int,
     sampler_start: int,
     best_val_err: float,
-    card: dict[str, Any],
+    card: ModelCard,
     args: dict[str, Any],
 ) -> Path:
     """Write the full training state atomically (temp file, fsync, rename) via ``resnet.atomic_save``."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
+    model = resnet.unwrap(model)
     return resnet.atomic_save(
         {
             "format": STATE_FORMAT,
@@ -62,7 +62,7 @@ def save_state(
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": rng_state(),
-            "model_card": card,
+            "model_card": card.to_dict(),
             "args_json": json.dumps(args, default=str),
         },
         path,
@@ -76,4 +76,5 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a training state file (format {STATE_FORMAT!r})")
     if obj.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path}: training state version {obj.get('version')} is not supported")
+    obj["model_card"] = ModelCard.from_dict(obj.get("model_card"))
     return obj
