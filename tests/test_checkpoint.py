@@ -171,7 +171,7 @@ def test_new_cli_converts_a_torchvision_state_dict(tmp_path: Path) -> None:
     assert (
         resnet.new.main(["resnet18", "-o", str(tmp_path / "m.pt"), "--from-state-dict", str(tmp_path / "sd.pth")]) == 0
     )
-    assert resnet.load_checkpoint(tmp_path / "m.pt")[1]["labels"][0] == "tench"
+    assert resnet.load_checkpoint(tmp_path / "m.pt")[1].labels[0] == "tench"
 
 
 @pytest.mark.parametrize(

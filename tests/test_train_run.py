@@ -62,7 +62,7 @@ def test_final_checkpoint_has_complete_card_and_loads(digits_run: Path) -> None:
     assert {"commit", "created", "args", "dataset"} <= set(card.provenance)
     assert card.provenance["iterations"] == 6
     _, best = resnet.load_checkpoint(digits_run / "best.pt")
-    assert best["metrics"]["protocol"].startswith("center crop, validation split (144 images)")
+    assert best.metrics["protocol"].startswith("center crop, validation split (144 images)")
     summary = json.loads((digits_run / "summary.json").read_text())
     assert summary["metrics"] == card.metrics and summary["replicas_identical"]
 
