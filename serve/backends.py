@@ -248,19 +248,25 @@ def onnx_backend(
     raise AssertionError("unreachable: the CPU provider is always tried last")  # pragma: no cover
 
 
-def load_backend_for(settings: Any) -> Backend:
-    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache)."""
+def trt_profile(settings: Any) -> tuple[int, int, int]:
+    """The TensorRT batch profile (min, opt, max) covering every batch shape the server will run, so none rebuilds."""
     from .batcher import batch_shapes
 
     sizes = settings.parsed_batch_sizes()
-    shapes = batch_shapes(settings.max_batch or (max(sizes) if sizes else DEFAULT_MAX_BATCH), sizes, 1)
+    # as ClassifyService does for an engine without a batch limit: max-batch (default 64) is always one of them
+    shapes = batch_shapes(settings.max_batch or DEFAULT_MAX_BATCH, sizes, 1)
     opt = min(shapes, key=lambda s: (s < OPT_BATCH, abs(s - OPT_BATCH)))
+    return shapes[0], opt, shapes[-1]
+
+
+def load_backend_for(settings: Any) -> Backend:
+    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache)."""
     return load_backend(
         settings.model,
         settings.backend,
         threads=settings.threads,
         torch_precision=settings.torch_precision,
-        profile=(shapes[0], opt, shapes[-1]),
+        profile=trt_profile(settings),
         trt_cache=getattr(settings, "trt_cache", ""),
     )
 

@@ -34,12 +34,15 @@ def tiny_checkpoint(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(checkpoint, its ONNX export)."""
-    folder = tmp_path_factory.mktemp("tiny")
+def make_tiny_model(folder: Path) -> tuple[Path, Path]:
+    """(checkpoint, its ONNX export) in ``folder``."""
     ckpt = tiny_checkpoint(folder)
     return ckpt, export_onnx(ckpt, folder / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
