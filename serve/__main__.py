@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from resnet import run_cli
 
 from .app import create_app
-from .backends import load_backend
+from .backends import load_backend_for
 from .settings import Settings, settings_from
 
 log = logging.getLogger("serve")
@@ -93,9 +93,7 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv)
     setup_logging(settings.log_level)
-    backend = load_backend(
-        settings.model, settings.backend, threads=settings.threads, torch_precision=settings.torch_precision
-    )
+    backend = load_backend_for(settings)
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app,

@@ -27,7 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .backends import Backend, load_backend
+from .backends import Backend, load_backend_for
 from .batcher import BackendFailed, QueueFull
 from .kserve import create_router as kserve_router
 from .metrics import Metrics
@@ -220,12 +220,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = backend
         if loaded is None:
-            loaded = await asyncio.get_running_loop().run_in_executor(
-                None,
-                lambda: load_backend(
-                    settings.model, settings.backend, threads=settings.threads, torch_precision=settings.torch_precision
-                ),
-            )
+            loaded = await asyncio.get_running_loop().run_in_executor(None, load_backend_for, settings)
+        metrics.set_backend(loaded)
         service = ClassifyService(loaded, settings, on_batch=metrics.observe_batch)
         app.state.service = service
         app.state.failed = None

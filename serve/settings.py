@@ -33,8 +33,14 @@ class Settings:
     )
     backend: str = _opt(
         "auto",
-        "auto | tensorrt | onnxruntime | torch; auto picks the fastest that works for the artifact here",
-        choices=("auto", "tensorrt", "onnxruntime", "torch"),
+        "auto | tensorrt | cuda | onnxruntime | torch; auto picks the fastest that works for the artifact here "
+        "(.onnx: TensorRT, then CUDA, then CPU execution provider, each verified); tensorrt/cuda on an .onnx exit 4 "
+        "with ONNX Runtime's reason when that provider does not load",
+        choices=("auto", "tensorrt", "cuda", "onnxruntime", "torch"),
+    )
+    trt_cache: str = _opt(
+        "",
+        "folder for ONNX Runtime's TensorRT engine and timing caches; empty = <model>.trt_cache beside the model",
     )
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
     port: int = _opt(8000, "TCP port to listen on")
