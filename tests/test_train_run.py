@@ -62,7 +62,7 @@ def test_final_checkpoint_has_complete_card_and_loads(digits_run: Path) -> None:
     assert {"commit", "created", "args", "dataset"} <= set(card.provenance)
     assert card.provenance["iterations"] == 6
     _, best = resnet.load_checkpoint(digits_run / "best.pt")
-    assert best["metrics"]["protocol"].startswith("center crop, validation split (144 images)")
+    assert best.metrics["protocol"].startswith("center crop, validation split (144 images)")
     summary = json.loads((digits_run / "summary.json").read_text())
     assert summary["metrics"] == card.metrics and summary["replicas_identical"]
 
@@ -209,3 +209,42 @@ def test_imagenet_command_trains_on_an_image_folder(tmp_path: Path) -> None:
     assert card.family == "imagenet" and card.depth == 18 and card.labels == tuple(str(i) for i in range(10))
     assert card.input_size == 32 and card.resize_size == 37
     assert card.metrics["protocol"] == "center crop, validation folder (100 images)"
+
+
+def _stopped_run(out: Path) -> bytes:
+    """A real run stopped after 2 iterations: its last.pt bytes."""
+    assert cifar_main(TINY + ["--max-iters", "4", "--stop-at-iter", "2", "--out", str(out)]) == 0
+    return (out / "last.pt").read_bytes()
+
+
+def test_damaged_last_pt_fails_resume_in_one_line_and_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    good = _stopped_run(out)
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["optimizer"]["param_groups"] = []  # loads as a dict, but does not fit the run's optimiser
+    resnet.atomic_save(state, out / "last.pt")
+    damaged = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert cifar_main(TINY + ["--max-iters", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.cifar: error: ") and "damaged training state" in err and len(err.splitlines()) == 1
+    assert (out / "last.pt").read_bytes() == damaged and not (out / "model.pt").exists()
+    (out / "last.pt").write_bytes(good[: len(good) // 3])  # cut short, as by a full disk
+    assert cifar_main(TINY + ["--max-iters", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is truncated" in err and len(err.splitlines()) == 1
+    assert (out / "last.pt").read_bytes() == good[: len(good) // 3]
+
+
+def test_resume_from_a_damaged_file_never_touches_the_good_last_pt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    good = _stopped_run(out)
+    bad = tmp_path / "other.pt"
+    bad.write_bytes(b"\x80\x02" + bytes(range(256)))
+    assert cifar_main(TINY + ["--max-iters", "4", "--resume", str(bad), "--out", str(out)]) == 1
+    assert "not a checkpoint" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == good

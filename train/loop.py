@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 import resnet
 from resnet import UsageError, UserError
 from resnet.atomic import atomic_write
-from resnet.checkpoint import load_state_dict_strict, unwrap
+from resnet.checkpoint import unwrap
 
 from . import distributed as D
 from .augment import BatchAugment, step_generator
@@ -35,7 +35,7 @@ from .evaluation import CropDataset, evaluate_crops, protocol_name
 from .recipes import RECIPES, Recipe, cifar_recipe_for_depth
 from .runlog import RunLog
 from .schedule import LRSchedule
-from .state import load_state, save_state, set_rng_state
+from .state import load_state, restore, save_state
 
 
 class NonFiniteLoss(UserError):
@@ -237,11 +237,7 @@ class Trainer:
             raise UsageError(
                 f"{path} is a run of {card.name}, not {self.card.name}; choose another --out or pass --no-resume"
             )
-        load_state_dict_strict(self.model, st["model"], self.arch)
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.schedule.load_state_dict(st["schedule"])
-        self.rt.scaler.load_state_dict(st["scaler"])
-        set_rng_state(st["rng"])
+        restore(path, st, model=self.model, optimizer=self.optimizer, schedule=self.schedule, scaler=self.rt.scaler)
         self.step, self.best_val_err = int(st["step"]), float(st["best_val_err"])
         self.log.info(f"resumed from {path} at iteration {self.step} (epoch {st['epoch']})")
 
