@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from train.data import channel_stats
 from train.state import load_state
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--dataset", "digits", "--depth", "8", "--batch-size", "32", "--progress", "lines"]
+# --amp off: these tests are about runs, not precision; --amp auto's timing has its own test
+TINY = ["--dataset", "digits", "--depth", "8", "--batch-size", "32", "--progress", "lines", "--amp", "off"]
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +250,29 @@ def test_resume_from_a_damaged_file_never_touches_the_good_last_pt(
     assert cifar_main(TINY + ["--max-iters", "4", "--resume", str(bad), "--out", str(out)]) == 1
     assert "not a checkpoint" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == good
+
+
+def test_amp_auto_on_cpu_is_decided_by_timing_and_kept_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = TINY[:-2] + ["--amp", "auto", "--batch-size", "16", "--max-iters", "2", "--eval-crops", "center"]
+    assert cifar_main(args + ["--stop-at-iter", "1", "--no-tensorboard", "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    timed = re.search(
+        r"^amp auto: timed (\d+) training steps each at batch 16x3x32x32 on this CPU: "
+        r"fp32 ([\d.]+) ms, bf16 ([\d.]+) ms per step -> (bf16|off \(fp32\))$",
+        log,
+        re.MULTILINE,
+    )
+    assert timed, log
+    fp32, bf16 = float(timed[2]), float(timed[3])
+    choice = "bf16" if timed[4] == "bf16" else "off"
+    assert int(timed[1]) >= 2 and choice == ("bf16" if bf16 < fp32 else "off")
+    assert f"amp: {choice}; channels_last: {choice == 'bf16'}" in log
+    assert json.loads((out / "args.json").read_text())["amp_resolved"] == choice
+    assert json.loads(load_state(out / "last.pt")["args_json"])["amp_resolved"] == choice
+    assert cifar_main(args + ["--no-tensorboard", "--out", str(out)]) == 0  # resumes: no second timing
+    log = capsys.readouterr().out
+    assert f"amp auto: {choice}, as timed when this run started" in log and "amp auto: timed" not in log
+    assert "resumed from" in log

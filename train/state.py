@@ -114,3 +114,13 @@ def restore(
             set_rng_state(st["rng"])
     except Exception as e:  # a damaged file: torch raises ValueError, KeyError, RuntimeError, TypeError ...
         raise CheckpointError(f"{path} is a damaged training state ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def recorded_args(state: dict[str, Any] | None) -> dict[str, Any]:
+    """The run arguments a training state recorded (``args_json``); empty when absent or unreadable."""
+    text = state.get("args_json") if state else None
+    try:
+        args = json.loads(text) if isinstance(text, str) else {}
+    except (ValueError, RecursionError):
+        return {}
+    return args if isinstance(args, dict) else {}
