@@ -4,6 +4,7 @@ scores = mean of the per-crop softmax. Sharded over ranks without padding, so no
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import resnet
+from resnet import UserError
 from resnet.card import ModelCard
 from resnet.preprocess import topk_indices
 
@@ -38,9 +40,28 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        """``(crops, label, "")``, or ``(empty, label, what was wrong)`` for an image that cannot be read."""
         image = Image.fromarray(self.images[i]) if self.images is not None else self.paths[i]
-        return torch.from_numpy(resnet.preprocess(image, self.card, crops=self.crops)), int(self.labels[i])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's warnings about damaged files: the error says it
+                crops = resnet.preprocess(image, self.card, crops=self.crops)
+        except UserError as e:  # reported by evaluate_crops in the main process, as one line
+            return torch.zeros(0), int(self.labels[i]), f"{self.paths[i] if self.paths else f'image {i}'}: {e}"
+        return torch.from_numpy(crops), int(self.labels[i]), ""
+
+
+class EvaluationImageError(UserError):
+    """An evaluation image that cannot be decoded (exit code 1)."""
+
+
+def collate_crops(batch: list[tuple[torch.Tensor, int, str]]) -> tuple[Any, Any, list[str]]:
+    """Stack a batch of ``CropDataset`` items; a batch holding unreadable images yields only their errors."""
+    bad = [err for _, _, err in batch if err]
+    if bad:
+        return None, None, bad
+    return torch.stack([c for c, _, _ in batch]), torch.as_tensor([y for _, y, _ in batch]), []
 
 
 def topk_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
@@ -66,9 +87,17 @@ def evaluate_crops(
     """Top-1/top-5 error (percent) of ``model`` on ``dataset``; every rank gets the same all-reduced numbers."""
     model.eval()
     shard = Subset(dataset, shard_indices(len(dataset), info))
-    loader = DataLoader(shard, batch_size=batch_images, num_workers=workers, pin_memory=info.device.type == "cuda")
+    loader = DataLoader(
+        shard,
+        batch_size=batch_images,
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",
+        collate_fn=collate_crops,
+    )
     wrong1 = wrong5 = n = 0
-    for crops, labels in loader:
+    for crops, labels, bad in loader:
+        if bad:
+            raise EvaluationImageError(f"{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
         b, k = crops.shape[:2]
         x = crops.reshape(b * k, *crops.shape[2:]).to(info.device, non_blocking=True)
         if channels_last:
