@@ -71,7 +71,14 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "minItems": 1,
+                                "maxItems": 64,
+                            }
+                        },
                         "required": ["file"],
                     }
                 },

@@ -73,7 +73,9 @@ class Settings:
     cors_origins: str = _opt("", "comma-separated origins allowed by CORS; empty = CORS off")
     web_dir: str = _opt(str(DEFAULT_WEB_DIR), "folder served at / (the upload page); empty or missing = none")
     drain_grace_s: float = _opt(0.0, "after SIGTERM, keep answering /readyz 503 at least this long before exiting")
-    drain_timeout_s: float = _opt(30.0, "after SIGTERM, longest wait for in-flight requests before exiting")
+    drain_timeout_s: float = _opt(
+        30.0, "after SIGTERM, bound on the whole exit; requests still running then get 503 + Retry-After"
+    )
     log_level: str = _opt("info", "log level: debug | info | warning | error")
     # Robustness against hostile clients (bounds applied before the app sees a request, and per request).
     public_metrics: bool = _opt(
