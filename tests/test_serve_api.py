@@ -415,9 +415,9 @@ def test_health_ready_and_openapi_docs(onnx_server):
 
 
 def test_smoke_command_prints_accuracy_of_held_out_digits_over_http(onnx_server, tmp_path, capsys):
+    from clients.smoke import main as smoke
     from resnet import run_cli
     from resnet.samples import write_digits_imagefolder
-    from serve.smoke import main as smoke
 
     folder = write_digits_imagefolder(tmp_path / "digits", limit=40)
     assert run_cli(smoke, [str(folder), "--url", onnx_server.url, "--min-accuracy", "0.9", "--wait", "5"]) == 0
