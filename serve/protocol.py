@@ -21,6 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+try:
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - uvicorn without its [standard] extra: h11 and its own head limit
+    httptools = HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
 log = logging.getLogger("serve.protocol")
 
 
@@ -47,10 +53,33 @@ def refusal_bytes(status: int, code: str, message: str) -> bytes:
 
 def limited_protocol(limits: Limits, on_refused: Callable[[int], None] | None = None) -> type:
     """A subclass of uvicorn's ``HttpToolsProtocol`` enforcing ``limits``; pass it as ``uvicorn.Config(http=...)``."""
-    import httptools
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    if HttpToolsProtocol is None:
+        raise ImportError("httptools is not installed")
+    return type(
+        "LimitedHttpToolsProtocol",
+        (LimitedHttpToolsProtocol,),
+        {"limits": limits, "on_refused": staticmethod(on_refused) if on_refused else None},
+    )
+
+
+def uvicorn_options(limits: Limits, keep_alive_s: float, on_refused: Callable[[int], None] | None = None) -> dict:
+    """Keyword arguments for ``uvicorn.Config`` that apply ``limits`` (httptools when installed, else h11)."""
+    options: dict[str, Any] = {"timeout_keep_alive": keep_alive_s, "ws": "none"}
+    try:
+        options["http"] = limited_protocol(limits, on_refused)
+    except ImportError:  # pragma: no cover - uvicorn without httptools
+        options.update(http="h11", h11_max_incomplete_event_size=limits.max_header_bytes)
+    return options
+
+
+if HttpToolsProtocol is not None:
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol with ``limits`` on the request head; see the module docstring."""
+
+        limits: Limits
+        on_refused: Callable[[int], None] | None = None
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._in_head, self._head_bytes, self._fields = True, 0, 0
@@ -60,7 +89,7 @@ def limited_protocol(limits: Limits, on_refused: Callable[[int], None] | None = 
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is None:
-                self._head_timer = self.loop.call_later(limits.header_timeout_s, self._head_timeout)
+                self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
 
         def _disarm_head_timer(self) -> None:
             if self._head_timer is not None:
@@ -75,14 +104,14 @@ def limited_protocol(limits: Limits, on_refused: Callable[[int], None] | None = 
                 self._arm_head_timer()  # a pipelined head while a response is still going out: look again later
                 return
             if self._head_bytes:
-                msg = f"request headers not complete within {limits.header_timeout_s:g} s"
+                msg = f"request headers not complete within {self.limits.header_timeout_s:g} s"
                 self._refuse(_Refused(408, "header_timeout", msg))
             else:
                 self.transport.close()  # connected and said nothing
 
         def _refuse(self, e: _Refused) -> None:
-            if on_refused is not None:
-                on_refused(e.status)
+            if self.on_refused is not None:
+                self.on_refused(e.status)
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
             log.warning("refused %s before the app: %d %s", client, e.status, e.message)
             if self.cycle is None or self.cycle.response_complete:
@@ -104,8 +133,8 @@ def limited_protocol(limits: Limits, on_refused: Callable[[int], None] | None = 
             except httptools.HttpParserError as e:
                 self._refuse(self._refusal or _Refused(400, "bad_request", f"invalid HTTP request ({e})"[:200]))
                 return
-            if self._in_head and self._head_bytes > limits.max_header_bytes and not self.transport.is_closing():
-                msg = f"request head is over the limit of {limits.max_header_bytes} bytes"
+            if self._in_head and self._head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
+                msg = f"request head is over the limit of {self.limits.max_header_bytes} bytes"
                 self._refuse(_Refused(431, "header_too_large", msg))
 
         def on_message_begin(self) -> None:
@@ -115,8 +144,8 @@ def limited_protocol(limits: Limits, on_refused: Callable[[int], None] | None = 
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._fields += 1
-            if self._fields > limits.max_headers:
-                self._refusal = _Refused(431, "too_many_headers", f"more than {limits.max_headers} header fields")
+            if self._fields > self.limits.max_headers:
+                self._refusal = _Refused(431, "too_many_headers", f"more than {self.limits.max_headers} header fields")
                 raise self._refusal
             super().on_header(name, value)
 
@@ -128,15 +157,3 @@ def limited_protocol(limits: Limits, on_refused: Callable[[int], None] | None = 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()
             super().connection_lost(exc)
-
-    return LimitedHttpToolsProtocol
-
-
-def uvicorn_options(limits: Limits, keep_alive_s: float, on_refused: Callable[[int], None] | None = None) -> dict:
-    """Keyword arguments for ``uvicorn.Config`` that apply ``limits`` (httptools when installed, else h11)."""
-    options: dict[str, Any] = {"timeout_keep_alive": keep_alive_s, "ws": "none"}
-    try:
-        options["http"] = limited_protocol(limits, on_refused)
-    except ImportError:  # pragma: no cover - uvicorn without httptools
-        options.update(http="h11", h11_max_incomplete_event_size=limits.max_header_bytes)
-    return options
