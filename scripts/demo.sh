@@ -29,7 +29,7 @@ SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 
 step "6/6 classify all held-out digits over HTTP and score them; then two with the command-line client"
-$PY -m serve.smoke "$OUT/heldout" --url "http://127.0.0.1:$PORT" --wait 180 --min-accuracy 0.9
+$PY -m clients.smoke "$OUT/heldout" --url "http://127.0.0.1:$PORT" --wait 180 --min-accuracy 0.9
 $PY -m clients.classify "$OUT/heldout/3/$(ls "$OUT/heldout/3" | head -1)" "$OUT/heldout/8/$(ls "$OUT/heldout/8" | head -1)" \
   --url "http://127.0.0.1:$PORT" --topk 3
 kill -TERM $SERVER && wait $SERVER || true
