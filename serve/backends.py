@@ -1,12 +1,15 @@
 """Inference backends behind one narrow interface: ``run(float32 [N, 3, H, W]) -> float32 logits [N, C]``.
 
-- ``TensorRTBackend``: a ``.plan`` engine through ``resnet.trt_runtime.TensorRTRunner`` (card from ``.plan.json``).
-- ``OnnxRuntimeBackend``: an ``.onnx``/``.fp16.onnx`` export; TensorRT EP, then CUDA EP, then CPU EP, whichever
-  this machine's onnxruntime build offers (card from the ONNX metadata).
+- ``TensorRTBackend``: a ``.plan`` engine through ``resnet.trt_runtime`` (card from ``.plan.json``; an engine whose
+  sidecar, TensorRT release or GPU does not fit is refused with the rebuild command, exit 4).
+- ``OnnxRuntimeBackend``: an ``.onnx``/``.fp16.onnx`` export on one ONNX Runtime execution provider that is verified
+  after the session is made (serve.ort_session); ``auto`` tries TensorRT, then CUDA, then the CPU.
 - ``TorchBackend``: a ``.pt`` checkpoint (card inside); CUDA when present, else CPU; fp32 unless asked otherwise.
+  Without torch installed: exit 4 naming the extra to install or the export to run.
 
-``load_backend(path, choice)`` maps an artifact and a ``--backend`` choice to one of these and says why it chose.
-The HTTP layer never imports onnxruntime, torch or TensorRT: only this module does.
+Each backend says what runs it: ``kind`` (onnxruntime|tensorrt|torch), ``provider`` (as its runtime names it) and
+``precision``. ``load_backend(path, choice)`` maps an artifact and a ``--backend`` choice to one of these and logs
+why. Nothing here imports torch, onnx or TensorRT at module level: an ONNX model serves without them.
 """
 
 from __future__ import annotations

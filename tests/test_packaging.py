@@ -252,6 +252,7 @@ def test_dockerfile_copies_every_package_the_project_ships() -> None:
         ".venv/bin/python",
         ".git/HEAD",
         "demo_out/m.plan",
+        "models/m.onnx.trt_cache/TensorrtExecutionProvider_x.engine",  # the TensorRT EP's engine cache
     ]
     for heavy in heavy_files:
         assert _ignored(heavy, patterns), f".dockerignore lets {heavy} into the build context"

@@ -238,3 +238,14 @@ def test_engine_of_the_same_tensorrt_release_is_not_refused_for_its_version(tiny
     assert proc.returncode == 4, proc.stderr
     line = one_line(proc)
     assert "cannot run a TensorRT engine here" in line and "built by TensorRT" not in line
+
+
+def test_older_onnx_runtimes_log_is_captured_from_file_descriptor_2() -> None:
+    """onnxruntime without ``set_default_logger_callback`` (before 1.32) logs to fd 2: that is what is captured."""
+    from serve.ort_session import _stderr_lines
+
+    messages: list[str] = []
+    with _stderr_lines(messages):
+        os.write(2, b"2026-11-28 [W:onnxruntime:Default] Failed to create TensorrtExecutionProvider\n\n")
+    assert messages == ["2026-11-28 [W:onnxruntime:Default] Failed to create TensorrtExecutionProvider"]
+    os.write(2, b"")  # fd 2 is back where it was
