@@ -26,8 +26,10 @@ from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
 from resnet.trt_runtime import tensorrt_available
 
-from . import parity
+from . import gate
+from .candidates import Reference
 from .fp16 import convert_fp16
+from .images import ImageSet, load_image_set
 from .log import log
 from .onnx import EXPORTERS, export_model, save_proto
 
@@ -50,27 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="ONNX exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)",
     )
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=DEFAULT_MAX_BATCH,
-        help=f"engine profile maximum and the largest batch every gate checks (default {DEFAULT_MAX_BATCH})",
+    gate.add_gate_arguments(
+        p,
+        max_batch_default=DEFAULT_MAX_BATCH,
+        max_batch_help=f"engine profile maximum and the largest batch every gate checks (default {DEFAULT_MAX_BATCH})",
     )
-    p.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
-        "(default: the bundled sample photos)",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use at most this many images, spread evenly over the folder (default: all)",
-    )
-    parity.add_threshold_argument(p, "--fp32-thresholds", "fp32")
-    parity.add_threshold_argument(p, "--fp16-thresholds", "fp16")
+    gate.add_threshold_argument(p, "--fp32-thresholds", "fp32")
+    gate.add_threshold_argument(p, "--fp16-thresholds", "fp16")
     p.add_argument(
         "--require-engine",
         action="store_true",
@@ -101,16 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_batch < 1:
         raise UsageError("--max-batch must be >= 1")
-    fp32_t = parity.thresholds_from_args(args, "fp32", "fp32_thresholds")
-    fp16_t = parity.thresholds_from_args(args, "fp16", "fp16_thresholds")
+    fp32_t = gate.thresholds_from_args(args, "fp32", "fp32_thresholds")
+    fp16_t = gate.thresholds_from_args(args, "fp16", "fp16_thresholds")
     layout = artifacts.layout_for(args.checkpoint, args.output_dir)
     model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
-    images = parity.load_image_set(args.images, card, limit=args.limit)
+    images = load_image_set(args.images, card, limit=args.limit)
     log(
         f"{card.name} ({card.family} {card.arch}{card.depth}, {card.num_classes} classes, "
         f"{card.input_size}px); gates use {len(images.files)} images from {images.source}, ten-crop"
     )
-    reference = parity.Reference.from_model(model, card, images, str(args.checkpoint))
+    reference = Reference.from_model(model, card, images, str(args.checkpoint))
 
     t0 = _stage("1/3 FP32 ONNX")
     proto, used = export_model(model, card, args.exporter)
@@ -132,32 +120,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _gate(
-    reference: parity.Reference,
+    reference: Reference,
     proto: Any,
     final: Path,
-    images: parity.ImageSet,
-    thresholds: parity.Thresholds,
+    images: ImageSet,
+    thresholds: gate.Thresholds,
     max_batch: int,
     how: str,
     t0: float,
 ) -> None:
-    staged = artifacts.staging_path(final)
-    try:
-        save_proto(proto, staged)
-        report = parity.gate_candidate(reference, staged, images, thresholds, max_batch, final=final)
-    finally:
-        staged.unlink(missing_ok=True)
+    report = gate.stage_gate_publish(
+        reference, final, lambda staged: save_proto(proto, staged), images, thresholds, max_batch
+    )
     log(f"wrote {final} ({how}, {time.perf_counter() - t0:.1f} s)")
-    log(f"  {parity.summary_line(report)}")
+    log(f"  {gate.summary_line(report)}")
 
 
 def _engine(
     args: argparse.Namespace,
     layout: artifacts.Layout,
     card: ModelCard,
-    reference: parity.Reference,
-    images: parity.ImageSet,
-    thresholds: parity.Thresholds,
+    reference: Reference,
+    images: ImageSet,
+    thresholds: gate.Thresholds,
 ) -> None:
     from .engine import build_engine, gpu_description
 
@@ -195,16 +180,18 @@ def _engine(
         )
         artifacts.write_sidecar(layout.plan, sidecar)
 
-    staged = artifacts.staging_path(layout.plan)
-    try:
-        artifacts.write_bytes_to(staged, build.plan)
-        report = parity.gate_candidate(
-            reference, staged, images, thresholds, args.max_batch, final=layout.plan, card=card, on_pass=write_sidecar
-        )
-    finally:
-        staged.unlink(missing_ok=True)
+    report = gate.stage_gate_publish(
+        reference,
+        layout.plan,
+        lambda staged: artifacts.write_bytes_to(staged, build.plan),
+        images,
+        thresholds,
+        args.max_batch,
+        card=card,
+        on_pass=write_sidecar,
+    )
     log(f"wrote {layout.plan} + {layout.plan_sidecar.name} ({gpu['name']}, {time.perf_counter() - t0:.1f} s)")
-    log(f"  {parity.summary_line(report)}")
+    log(f"  {gate.summary_line(report)}")
 
 
 if __name__ == "__main__":

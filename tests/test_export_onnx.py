@@ -55,7 +55,7 @@ def test_torchscript_exporter_passes_the_fp32_gate(digits_checkpoint: Path, tmp_
 
     proto = onnx.load(str(out))
     assert "torchscript" in proto.producer_version
-    assert read_onnx_card(out)["name"] == "digits-resnet8"
+    assert read_onnx_card(out).name == "digits-resnet8"
     report = json.loads((tmp_path / "ts.onnx.parity.json").read_text())
     assert report["passed"] and report["metrics"]["top1_agreement"] == 100.0
     x = np.random.default_rng(1).standard_normal((7, 3, 32, 32)).astype(np.float32)

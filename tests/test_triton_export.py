@@ -195,7 +195,7 @@ def test_bad_inputs_exit_with_one_line_and_leave_no_model_folder(
         ([str(no_card)], 1, "no model card"),
         ([str(frozen)], 1, "frozen at 2"),
         ([str(tmp_path / "broken.onnx")], 1, "not a readable ONNX file"),
-        ([str(tmp_path / "notes.txt")], 2, "expected a .onnx"),
+        ([str(tmp_path / "notes.txt")], 2, "unknown artifact type"),
         ([str(tmp_path / "lonely.plan")], 1, "no sidecar"),
         ([str(digits_onnx), "--max-batch", "5"], 2, "below 10"),
         ([str(digits_onnx), "--instances", "0"], 2, "at least 1"),
@@ -228,7 +228,7 @@ def test_checkpoint_is_exported_by_the_export_stage_behind_its_parity_gate(
     report = json.loads((folder / triton.PARITY_FILE).read_text())
     assert report["passed"] is True
     graph = folder / "1" / "model.onnx"
-    assert resnet.onnx_card.read_onnx_card(graph)["name"] == "digits-resnet8"
+    assert resnet.onnx_card.read_onnx_card(graph).name == "digits-resnet8"
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     assert session.run(["logits"], {"input": np.zeros((20, 3, 32, 32), np.float32)})[0].shape == (20, 10)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["digits-resnet8"]
