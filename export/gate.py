@@ -30,7 +30,7 @@ from resnet.card import ModelCard
 from .candidates import Reference, check_same_model, open_candidate
 from .images import ImageSet
 from .log import progress
-from .metrics import crop_metrics, image_metrics
+from .metrics import crop_metrics, finite_or_none, image_metrics, nonfinite_count, nonfinite_failure
 
 FORMAT, VERSION = "resnet-parity", 1
 SERVE_BATCH = 10  # one ten-crop image: the batch the server sends most
@@ -174,6 +174,7 @@ def evaluate(
     per_batch: dict[str, Any] = {}
     main: np.ndarray | None = None
     seconds = 0.0
+    bad = total = 0
     for batch, idx in plan.items():
         start = time.perf_counter()
         try:
@@ -186,23 +187,30 @@ def evaluate(
         elapsed = time.perf_counter() - start
         entry = crop_metrics(ref[idx], out)
         entry["seconds"] = round(elapsed, 3)
+        bad, total = bad + entry["nonfinite"], total + out.size
         if batch == serve_batch:
             main, seconds = out, elapsed
         elif main is not None:
-            entry[f"max_abs_vs_batch_{serve_batch}"] = float(np.abs(out - main[idx]).max())
+            with np.errstate(all="ignore"):
+                entry[f"max_abs_vs_batch_{serve_batch}"] = float(np.abs(out - main[idx]).max())
         per_batch[str(batch)] = entry
     report: dict[str, Any] = {"batch_sizes": per_batch}
+    if bad:  # NaN/Inf: the agreement figures mean nothing; say what happened instead
+        failures.insert(0, nonfinite_failure(getattr(candidate, "precision", "fp32"), bad, total))
+    if nonfinite_count(ref):
+        failures.insert(0, f"the FP32 reference itself gave {nonfinite_count(ref)} NaN/Inf logits")
     if main is not None:
         report["metrics"] = {
             **crop_metrics(ref, main),
             **image_metrics(ref, main, images.crops_per_image, images.labels),
         }
         report["candidate_seconds"] = round(seconds, 3)
-        worst = min(e["cosine_min"] for e in per_batch.values())
-        failures += threshold_failures(report["metrics"], worst, thresholds)
+        if not bad and not nonfinite_count(ref):
+            worst = min(e["cosine_min"] for e in per_batch.values())
+            failures += threshold_failures(report["metrics"], worst, thresholds)
     report["failures"] = failures
     report["passed"] = not failures
-    return report
+    return finite_or_none(report)
 
 
 # ---------------------------------------------------------------------------------------------------- gate
