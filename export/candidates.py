@@ -61,6 +61,23 @@ class Reference:
         }
         return cls(card, np.concatenate(outs).astype(np.float32), info)
 
+    @classmethod
+    def from_onnx(cls, path: Path, card: ModelCard, images: ImageSet) -> Reference:
+        """An FP32 graph of ours run by ONNX Runtime, when no checkpoint is at hand (it passed its own FP32 gate)."""
+        graph = OnnxCandidate(path, card)
+        if graph.precision != "fp32":
+            raise UserError(f"{path}: a {graph.precision} graph cannot be the FP32 reference; pass the FP32 graph")
+        start = time.perf_counter()
+        try:
+            starts = range(0, len(images.crops), REFERENCE_BATCH)
+            outs = [
+                graph.run(images.crops[i : i + REFERENCE_BATCH]) for i in progress(starts, "reference", len(starts))
+            ]
+        finally:
+            graph.close()
+        info = {**graph.info, "backend": "onnxruntime-fp32-cpu", "seconds": round(time.perf_counter() - start, 3)}
+        return cls(card, np.concatenate(outs), info)
+
 
 def graph_precision(proto: Any) -> str:
     """``int8`` for a graph with Q/DQ nodes, ``fp16`` for one with FP16 weights, else ``fp32``."""

@@ -53,6 +53,7 @@ class Thresholds:
 PRESETS: dict[str, Thresholds] = {
     "fp32": Thresholds(min_top1_agreement=100.0, min_cosine=0.99999, max_top1_change=0.0),
     "fp16": Thresholds(min_top1_agreement=99.5, min_cosine=0.999, max_top1_change=0.2),
+    "int8": Thresholds(min_top1_agreement=99.0, min_cosine=0.9, max_top1_change=0.5),
 }
 
 

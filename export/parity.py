@@ -29,9 +29,13 @@ __all__ = ["PRESETS", "build_parser", "detect_preset", "main"]
 
 
 def detect_preset(candidate: Path) -> str:
-    """The preset matching the candidate's precision: fp16 for an engine, else the graph's own precision."""
+    """The preset matching the candidate's precision: an engine's from its sidecar card (int8, else fp16), a graph's
+    from its nodes and weights (Q/DQ nodes: int8, FP16 weights: fp16, else fp32)."""
     if artifacts.artifact_kind(candidate) == "engine":
-        return "fp16"
+        try:
+            return "int8" if artifacts.read_sidecar(candidate).card.precision == "int8" else "fp16"
+        except UserError:
+            return "fp16"  # opening the engine reports a bad or missing sidecar with a clear line
     try:
         import onnx
 
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=("auto", *PRESETS),
         default="auto",
-        help="threshold preset; auto: fp16 for an engine or a graph with FP16 weights, else fp32",
+        help="threshold preset; auto: int8 for a graph with Q/DQ nodes or an INT8 engine, fp16 for another engine "
+        "or a graph with FP16 weights, else fp32",
     )
     p.add_argument(
         "--thresholds",
