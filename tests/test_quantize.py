@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,14 +13,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 from PIL import Image
 
 import resnet
-from export import calib, parity, quantize
+from export import calib, parity, quantize, trt
 from export.gate import PRESETS
 from export.onnx import export_onnx
 from resnet.onnx_card import read_onnx_card
 from resnet.samples import digits_images, sample_photo_paths, write_digits_imagefolder
+from resnet.trt_runtime import tensorrt_available
 
 FAST = ["--calib-count", "20", "--limit", "40", "--max-batch", "12"]
 
@@ -164,3 +168,28 @@ def test_help_lists_the_options(capsys) -> None:
     assert exc.value.code == 0
     for flag in ("--calib", "--calib-count", "--method", "--thresholds", "-o", "--images", "--activations"):
         assert flag in out
+
+
+def test_trt_int8_rung_adds_a_gated_symmetric_int8_graph(digits_checkpoint: Path, tmp_path: Path) -> None:
+    shutil.copy(digits_checkpoint, tmp_path / "model.pt")
+    argv = [str(tmp_path / "model.pt"), "--int8", "--calib", "digits", "--calib-count", "20", "--limit", "30"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert resnet.run_cli(trt.main, [*argv, "--max-batch", "12"]) == 0
+    log = buf.getvalue()
+    assert "== 3/4 INT8 graph" in log and "== 4/4 TensorRT engine" in log
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.onnx.parity.json"} <= set(names)
+    card = read_onnx_card(tmp_path / "model.int8.onnx")
+    assert card.precision == "int8" and card.provenance["calibration"]["activations"] == "int8"  # TensorRT: symmetric
+    proto = onnx.load(str(tmp_path / "model.int8.onnx"))
+    zero_points = [t for t in proto.graph.initializer if "zero_point" in t.name]
+    types = {t.data_type for t in zero_points}
+    assert onnx.TensorProto.INT8 in types and onnx.TensorProto.UINT8 not in types  # int8 activations (int32 biases)
+    assert all(not numpy_helper.to_array(t).any() for t in zero_points)  # symmetric: every zero point is 0
+    report = json.loads((tmp_path / "model.int8.onnx.parity.json").read_text())
+    assert report["passed"] and report["images"]["source"] == "bundled digits (test split)"
+    if not tensorrt_available()[0]:
+        skipped = [line for line in log.splitlines() if "engine step skipped" in line]
+        assert len(skipped) == 1 and "FP32, FP16 and INT8 graphs" in skipped[0]
+        assert "model.int8.plan" not in names
