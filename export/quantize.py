@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ACTIVATIONS,
         help="activation type: uint8 (asymmetric) or int8 (symmetric, what TensorRT needs); default %(default)s",
     )
-    gate.add_gate_arguments(p)
+    gate.add_gate_arguments(
+        p, images_default="the held-out digits for --calib digits, else the photos; never a calibration image"
+    )
     gate.add_threshold_argument(p, "--thresholds", "int8")
     return p
 
