@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet import MissingComponentError, UserError
+from resnet.artifacts import ensure_writable
 
 log = logging.getLogger("serve.backends")
 
@@ -82,12 +83,9 @@ def trt_cache_dir(model: Path, requested: str) -> Path | None:
     writable; None with a warning when it cannot be written (a read-only model volume): engines then rebuild."""
     folder = Path(requested) if requested else model.with_name(model.name + ".trt_cache")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        log.warning("TensorRT cache folder %s is not writable (%s): engines will be rebuilt at every start", folder, e)
+        ensure_writable(folder)
+    except UserError as e:
+        log.warning("TensorRT cache folder is not usable (%s): engines will be rebuilt at every start", e)
         return None
     return folder
 
