@@ -29,7 +29,7 @@ from train.state import load_state, restore
 
 REPO = Path(__file__).resolve().parent.parent
 FUZZ = settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

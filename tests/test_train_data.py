@@ -15,7 +15,7 @@ import torch
 import resnet
 from resnet.card import CIFAR10_LABELS
 from resnet.samples import sample_photo_paths, write_digits_imagefolder
-from train.augment import BatchAugment, imagenet_eval_transform, imagenet_train_transform, step_generator
+from train.augment import BatchAugment, imagenet_train_transform, step_generator
 from train.cifar_pickle import UnsafePickleError, load_batch, write_batch
 from train.data import DataError, load_cifar, load_imagefolder
 
@@ -179,14 +179,10 @@ def test_no_augment_equals_shared_preprocessing_of_digits() -> None:
     assert np.abs(ours.numpy() - shared).max() < 1e-6
 
 
-def test_imagenet_eval_transform_equals_shared_center_crop() -> None:
+def test_imagenet_train_transform_gives_a_finite_crop() -> None:
     from PIL import Image
 
     photo = sample_photo_paths()[0]
-    card = resnet.make_card("resnet18")
-    ours = imagenet_eval_transform(224, 256)(resnet.decode_image(photo, draft=False))
-    shared = resnet.preprocess(photo, card, crops="center", draft=False)[0]
-    assert np.abs(ours.numpy() - shared).max() < 1e-5
     train = imagenet_train_transform(224)(Image.open(photo).convert("RGB"))
     assert train.shape == (3, 224, 224) and torch.isfinite(train).all()
 

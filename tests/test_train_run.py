@@ -276,3 +276,27 @@ def test_amp_auto_on_cpu_is_decided_by_timing_and_kept_on_resume(
     log = capsys.readouterr().out
     assert f"amp auto: {choice}, as timed when this run started" in log and "amp auto: timed" not in log
     assert "resumed from" in log
+
+
+def test_validation_through_the_shared_preprocessing_keeps_the_figures(digits_checkpoint: Path) -> None:
+    """Validation now crops through resnet.preprocess; the old batch path (normalise on the device) gave the same."""
+    import torch.nn.functional as F
+
+    from train.augment import BatchAugment
+    from train.data import load_digits
+    from train.distributed import DistInfo
+    from train.validation import validation_errors
+
+    model, card = resnet.load_checkpoint(digits_checkpoint)
+    data = load_digits(144)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    res = validation_errors(model, data.val_source, card, info, batch_images=50)
+    with torch.no_grad():
+        logits = model(BatchAugment(card.mean, card.std).normalise(data.val.images)).float()
+    labels = data.val.labels
+    top5 = logits.topk(5, dim=1).indices
+    assert res["images"] == 144
+    assert res["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
+    assert res["top1_err"] == pytest.approx(100.0 * (top5[:, 0] != labels).sum().item() / 144)
+    assert res["top5_err"] == pytest.approx(100.0 * (top5 != labels[:, None]).all(dim=1).sum().item() / 144)
+    assert res["top1_err"] < 10  # a trained model: the comparison is not between two chance levels

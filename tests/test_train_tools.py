@@ -157,7 +157,7 @@ def test_recipes_carry_the_papers_numbers() -> None:
 
 def test_lr_scales_linearly_with_global_batch() -> None:
     from train.cli import parse_args
-    from train.loop import resolve_recipe
+    from train.config import resolve_recipe
 
     args = parse_args(["--batch-size", "512", "--data", "x"], "t", "imagenet", "imagenet")
     assert resolve_recipe(args).lr == pytest.approx(0.2)
@@ -177,3 +177,39 @@ def test_schedule_milestones_warmup_and_plateau() -> None:
     q = LRSchedule(0.1, plateau=True, patience=2)
     q.load_state_dict(p.state_dict())
     assert q.lr_at(0) == pytest.approx(0.01)
+
+
+def test_command_line_builds_a_train_config_with_every_option() -> None:
+    import dataclasses
+
+    from train.cli import build_parser, parse_args
+    from train.config import TrainConfig
+
+    config = parse_args(["--dataset", "digits", "--milestones", "10,20", "--no-flip"], "t", "cifar", "cifar")
+    assert isinstance(config, TrainConfig) and config.family == "cifar" and config.milestones == (10, 20)
+    assert config.flip is False and config.to_dict()["milestones"] == [10, 20]
+    dests = {a.dest for a in build_parser("t", "cifar", "cifar")._actions if a.dest != "help"}
+    assert dests | {"family"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(resnet.UsageError, match="amp must be one of"):
+        TrainConfig(amp="fp8")
+
+
+def test_a_run_is_built_from_code_with_a_train_config(tmp_path: Path) -> None:
+    from train.config import TrainConfig
+    from train.loop import train_main
+
+    config = TrainConfig(
+        dataset="digits",
+        depth=8,
+        batch_size=16,
+        max_iters=2,
+        eval_crops="center",
+        amp="off",
+        out=str(tmp_path / "run"),
+        progress="lines",
+        no_tensorboard=True,
+    )
+    assert train_main(config) == 0
+    _, card = resnet.load_checkpoint(tmp_path / "run" / "model.pt")
+    assert card.provenance["args"] == config.to_dict() and card.provenance["iterations"] == 2
+    assert card.metrics["protocol"] == "center crop, digits test split (360 images)"

@@ -103,22 +103,3 @@ def imagenet_train_transform(
             v2.Normalize(list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)),
         ]
     )
-
-
-def imagenet_eval_transform(
-    size: int = 224, resize: int = 256, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-):
-    """Validation during training: resize the shorter side, centre crop (= ``resnet.preprocess(crops="center")``)."""
-    from torchvision.transforms import v2
-
-    from resnet.card import IMAGENET_MEAN, IMAGENET_STD
-
-    return v2.Compose(
-        [
-            v2.Resize(resize, antialias=True),
-            v2.CenterCrop(size),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)),
-        ]
-    )

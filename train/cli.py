@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from resnet import UsageError
 
+from .config import TrainConfig
 from .recipes import RECIPES
 
 
@@ -57,14 +58,9 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def build_parser(prog: str, family: str, default_dataset: str) -> argparse.ArgumentParser:
+def _data_arguments(p: argparse.ArgumentParser, family: str, default_dataset: str) -> None:
+    """--dataset, --data, the network and the splits."""
     depths = "18, 34, 50, 101, 152" if family == "imagenet" else "any 6n+2: 20, 32, 44, 56, 110, 1202 ..."
-    p = _Parser(
-        prog=prog,
-        description=f"Train a {family}-family ResNet with the paper's recipe (He et al. 2016). "
-        "Recipe defaults per dataset are in train/recipes.py; every one can be overridden below.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
     g = p.add_argument_group("data and network")
     g.add_argument(
         "--dataset",
@@ -109,6 +105,10 @@ def build_parser(prog: str, family: str, default_dataset: str) -> argparse.Argum
         default=None,
         help="images held out of the training split for validation (CIFAR: 5000; digits: 144)",
     )
+
+
+def _recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """Overrides of the recipe's numbers (default: the recipe's value)."""
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--batch-size", type=_positive_int, default=None, help="global mini-batch, split over ranks")
     g.add_argument(
@@ -138,6 +138,10 @@ def build_parser(prog: str, family: str, default_dataset: str) -> argparse.Argum
         "--eval-every", type=_nonneg_int, default=None, help="iterations between validations (0: each epoch)"
     )
     g.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (paper: 0)")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The run folder, resuming and stopping, the final evaluation."""
     g = p.add_argument_group("run folder")
     g.add_argument("--out", metavar="DIR", default=None, help="run folder (default: runs/<dataset>-<model>)")
     g.add_argument(
@@ -165,6 +169,10 @@ def build_parser(prog: str, family: str, default_dataset: str) -> argparse.Argum
         default="ten",
         help="final test evaluation crops (shared preprocessing); recorded in the card",
     )
+
+
+def _speed_arguments(p: argparse.ArgumentParser) -> None:
+    """Device, precision, parallelism, seeds and logging."""
     g = p.add_argument_group("speed and reproducibility")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
     g.add_argument(
@@ -203,10 +211,24 @@ def build_parser(prog: str, family: str, default_dataset: str) -> argparse.Argum
         help="tqdm bar on a terminal (auto) or plain lines",
     )
     g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard scalars")
+
+
+def build_parser(prog: str, family: str, default_dataset: str) -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog,
+        description=f"Train a {family}-family ResNet with the paper's recipe (He et al. 2016). "
+        "Recipe defaults per dataset are in train/recipes.py; every one can be overridden below.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _data_arguments(p, family, default_dataset)
+    _recipe_arguments(p)
+    _run_arguments(p)
+    _speed_arguments(p)
     return p
 
 
-def parse_args(argv: Sequence[str] | None, prog: str, family: str, default_dataset: str) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, prog: str, family: str, default_dataset: str) -> TrainConfig:
+    """The ``TrainConfig`` of a ``train.cifar`` / ``train.imagenet`` command line."""
     args = build_parser(prog, family, default_dataset).parse_args(argv)
     args.family = family
-    return args
+    return TrainConfig.from_namespace(args)

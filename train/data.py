@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from resnet import IMAGE_SUFFIXES, UsageError, UserError
 from resnet.card import CIFAR10_LABELS, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from resnet.samples import DIGIT_LABELS, digits_images
 
 from .cifar_pickle import load_batch, load_label_names
+from .distributed import DistInfo, worker_init_fn
 
 
 class DataError(UserError):
@@ -68,6 +69,7 @@ class DataBundle:
     resize_size: int
     description: str
     test_source: Any = None  # what evaluation preprocesses: (uint8 NHWC images, labels) or an ImageFolder
+    val_source: Any = None  # what validation preprocesses (centre crop): (uint8 NHWC images, labels) or (path, label)s
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,6 +110,7 @@ def load_digits(val_size: int) -> DataBundle:
         input_size=32,
         resize_size=32,
         test_source=(xt, yt),
+        val_source=(x[va], y[va]),
         description=f"sklearn digits 32x32 (train {len(tr)}, val {len(va)}, test {len(yt)})",
     )
 
@@ -149,6 +152,7 @@ def load_cifar(data: str | Path, val_size: int) -> DataBundle:
         input_size=32,
         resize_size=32,
         test_source=(test["data"].transpose(0, 2, 3, 1), test["labels"]),
+        val_source=(x[va].transpose(0, 2, 3, 1), y[va]),
         description=f"CIFAR-10 {folder} (train {len(tr)}, val {len(va)}, test {len(test['labels'])})",
     )
 
@@ -172,7 +176,7 @@ def load_imagefolder(
     """``DIR/train`` and ``DIR/val`` in torchvision ImageFolder layout, with the paper's ImageNet augmentation."""
     from torchvision.datasets import ImageFolder
 
-    from .augment import imagenet_eval_transform, imagenet_train_transform
+    from .augment import imagenet_train_transform
 
     root = Path(data)
     if not root.is_dir():
@@ -187,7 +191,7 @@ def load_imagefolder(
         raise DataError(f"train/ and val/ have different classes: {', '.join(extra[:5])}")
     try:
         train = ImageFolder(str(root / "train"), transform=imagenet_train_transform(train_size, resize_range))
-        val = ImageFolder(str(root / "val"), transform=imagenet_eval_transform(train_size, eval_resize))
+        val = ImageFolder(str(root / "val"))  # decoded by resnet.preprocess (validation, final test)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"cannot read {root}: {e}") from None
     return DataBundle(
@@ -201,7 +205,8 @@ def load_imagefolder(
         std=list(IMAGENET_STD),
         input_size=train_size,
         resize_size=eval_resize,
-        test_source=ImageFolder(str(root / "val")),
+        test_source=val,
+        val_source=val.samples,
         description=f"ImageFolder {root} ({len(classes)} classes, train {len(train)}, val {len(val)})",
     )
 
@@ -234,3 +239,22 @@ def _load_data(dataset: str, data: str | None, val_size: int, input_size: int | 
         size = input_size or 224
         return load_imagefolder(data, size, (round(256 * size / 224), round(480 * size / 224)), round(256 * size / 224))
     raise UsageError(f"unknown dataset {dataset!r}")
+
+
+def train_loader(
+    dataset: Dataset, sampler: Any, per_rank_batch: int, workers: int, info: DistInfo, seed: int
+) -> DataLoader:
+    """The training DataLoader: the resumable sampler's order, whole batches, seeded workers."""
+    return DataLoader(
+        dataset,
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        collate_fn=collate_batch,
+        worker_init_fn=worker_init_fn if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed + info.rank),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,3 +142,20 @@ class ResumableSampler(DistributedSampler):
 def shard_indices(n: int, info: DistInfo) -> list[int]:
     """Evaluation shard of this rank: ``rank::world`` — no padding, so no sample is counted twice."""
     return list(range(info.rank, n, info.world_size))
+
+
+def wrap_model(
+    model: torch.nn.Module, info: DistInfo, sync_bn: bool, compile: bool, say: Callable[[str], None]
+) -> torch.nn.Module:
+    """SyncBatchNorm (several CUDA ranks only), DDP when distributed, then torch.compile when asked."""
+    if sync_bn:
+        if info.distributed and info.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            say("--sync-bn skipped: SyncBatchNorm needs several CUDA ranks (PyTorch has no CPU kernel)")
+    if info.distributed:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        model = torch.compile(model)
+    return model

@@ -178,8 +178,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; one-line errors with the exit codes of DESIGN.md §5."""
-    torch.set_grad_enabled(False)
-    return resnet.run_cli(_main, argv, prog="train.evaluate")
+    with torch.no_grad():  # not set_grad_enabled(False): a caller in the same process may train afterwards
+        return resnet.run_cli(_main, argv, prog="train.evaluate")
 
 
 if __name__ == "__main__":

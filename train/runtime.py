@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -141,3 +142,37 @@ def make_runtime(amp: str, channels_last: bool | None, device: torch.device) -> 
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     return Runtime(amp, default_channels_last(amp, cuda, channels_last), scaler)
+
+
+def choose_amp(
+    requested: str,
+    recorded: Any,
+    model: torch.nn.Module,
+    batch_shape: tuple[int, ...],
+    num_classes: int,
+    channels_last: bool | None,
+    info: D.DistInfo,
+    say: Callable[[str], None],
+) -> str:
+    """The AMP mode: the user's, the GPU's best, or on a CPU the faster of fp32 and bf16 as timed here; a resumed
+    run keeps the choice it ``recorded`` when it started, so its steps compute as before."""
+    amp = resolve_amp(requested, info.device.type == "cuda")
+    if amp is not None:
+        return amp
+    if recorded in ("off", "bf16"):
+        say(f"amp auto: {recorded}, as timed when this run started")
+        return recorded
+    return measure_cpu_amp(model, batch_shape, num_classes, channels_last, info, say)
+
+
+def device_lines(rt: Runtime, info: D.DistInfo, deterministic: bool) -> list[str]:
+    """What the run computes on, for the log."""
+    if info.device.type != "cuda":
+        device = "device: cpu (no CUDA GPU visible; fp16 AMP + GradScaler, cudnn.benchmark and SyncBN skipped)"
+    else:
+        device = f"device: {torch.cuda.get_device_name(info.device)} x {info.world_size} rank(s)"
+    return [
+        device,
+        f"amp: {rt.amp}; channels_last: {rt.channels_last}; threads: {torch.get_num_threads()}; "
+        f"deterministic: {deterministic}",
+    ]

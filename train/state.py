@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 import resnet
-from resnet import CheckpointError
+from resnet import CheckpointError, UsageError, UserError
 from resnet.card import ModelCard
 from resnet.checkpoint import load_state_dict_strict, read_checkpoint_file
 
@@ -124,3 +124,24 @@ def recorded_args(state: dict[str, Any] | None) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return args if isinstance(args, dict) else {}
+
+
+def read_resume_state(path: Path, explicit: bool, no_resume: bool) -> dict[str, Any] | None:
+    """The state a run resumes from (``--resume PATH``, else ``<out>/last.pt`` when it exists), or None."""
+    if explicit and not path.exists():
+        raise UserError(f"--resume {path}: no such file")
+    if no_resume or not path.exists():
+        return None
+    return load_state(path)
+
+
+def check_same_network(path: Path, state: dict[str, Any], card: ModelCard) -> None:
+    """``UsageError`` when a state is a run of another network than ``card`` describes."""
+    theirs = state["model_card"]
+    if (theirs.arch, theirs.family, theirs.depth, theirs.num_classes) != (
+        card.arch,
+        card.family,
+        card.depth,
+        card.num_classes,
+    ):
+        raise UsageError(f"{path} is a run of {theirs.name}, not {card.name}; choose another --out or pass --no-resume")
