@@ -1,4 +1,4 @@
-"""`Client`: a small synchronous Python API for the server's `POST /classify` (DESIGN.md §4), built on httpx.
+"""`Client`: a small synchronous Python API for the server's `POST /classify` (docs/DESIGN.md §4), built on httpx.
 
     from clients import Client
     with Client("http://127.0.0.1:8000") as c:

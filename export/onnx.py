@@ -39,7 +39,7 @@ TRACE_BATCH = 2  # >= 2, so neither exporter specialises the batch dimension to 
 
 
 class ExportError(UserError):
-    """The exporter failed or produced a graph that breaks the ONNX contract of DESIGN.md §2."""
+    """The exporter failed or produced a graph that breaks the ONNX contract of docs/DESIGN.md §2."""
 
 
 def _quiet() -> contextlib.ExitStack:
@@ -132,7 +132,7 @@ def _dims(value_info: Any) -> list[int | str]:
 
 
 def check_contract(proto: Any, card: ModelCard) -> None:
-    """Names, types and shapes of DESIGN.md §2: ``input`` float32 [N,3,S,S] -> ``logits`` float32 [N,C], N dynamic."""
+    """Names, types and shapes of docs/DESIGN.md §2: ``input`` float32 [N,3,S,S] -> ``logits`` float32 [N,C], N dynamic."""
     import onnx
 
     graph = proto.graph

@@ -10,7 +10,7 @@ to ONNX first by ``export.onnx``). The result, written atomically (temp folder +
                                      instance groups, label_filename
     DIR/<name>/<version>/model.onnx  (or model.plan)
     DIR/<name>/labels.txt            one class label per line, in output order
-    DIR/<name>/model_card.json       the model card (DESIGN.md §1), for people and tools; Triton ignores it
+    DIR/<name>/model_card.json       the model card (docs/DESIGN.md §1), for people and tools; Triton ignores it
     DIR/<name>/model.onnx.parity.json  (checkpoint input only) the FP32 parity report that admitted the graph
 
 The batch dimension Triton batches over is the crop dimension: one ten-crop image is 10 rows, so the preferred
@@ -125,14 +125,14 @@ def _onnx_io(path: Path) -> tuple[Any, Any]:
 
 
 def _check_onnx(path: Path, card: ModelCard) -> list[Path]:
-    """Check the graph's I/O against DESIGN.md §2 and the card; return external data files to copy with it."""
+    """Check the graph's I/O against docs/DESIGN.md §2 and the card; return external data files to copy with it."""
     from onnx import TensorProto
 
     model, (inputs, outputs) = _onnx_io(path)
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
         raise CardError(
             f"{path}: inputs {[i.name for i in inputs]} / outputs {[o.name for o in outputs]}, expected "
-            f"['{INPUT_NAME}'] / ['{OUTPUT_NAME}'] (DESIGN.md §2)"
+            f"['{INPUT_NAME}'] / ['{OUTPUT_NAME}'] (docs/DESIGN.md §2)"
         )
     size, classes = card.input_size, card.num_classes
     for value, want in ((inputs[0], [None, 3, size, size]), (outputs[0], [None, classes])):

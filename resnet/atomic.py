@@ -1,4 +1,4 @@
-"""Atomic file writes (DESIGN.md §2): temp file in the same folder, fsync, rename, fsync the folder.
+"""Atomic file writes (docs/DESIGN.md §2): temp file in the same folder, fsync, rename, fsync the folder.
 
 A reader, a server polling the folder, or a run killed mid-write never sees half a file. No torch here, so light
 clients can use it too.

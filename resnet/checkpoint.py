@@ -1,4 +1,4 @@
-"""Checkpoint I/O (DESIGN.md §2): atomic writes, ``weights_only`` loads, clear errors, torchvision state dicts."""
+"""Checkpoint I/O (docs/DESIGN.md §2): atomic writes, ``weights_only`` loads, clear errors, torchvision state dicts."""
 
 from __future__ import annotations
 

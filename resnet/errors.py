@@ -1,4 +1,4 @@
-"""Errors a user can cause, each with the exit code of DESIGN.md §5, and the CLI wrapper that prints them."""
+"""Errors a user can cause, each with the exit code of docs/DESIGN.md §5, and the CLI wrapper that prints them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ten-crop preprocessing (DESIGN.md §3): one function used by evaluation, parity checks and the server.
+"""Ten-crop preprocessing (docs/DESIGN.md §3): one function used by evaluation, parity checks and the server.
 
 Decode with Pillow (EXIF orientation applied, converted to RGB) -> resize the shorter side to ``resize_size``
 (bilinear, antialiased) -> ``center`` (1) or ``ten`` crops of ``input_size`` (4 corners + centre, then the same

@@ -67,7 +67,7 @@ def cpu_threads() -> int:
 
 class OnnxRuntimeBackend:
     """An ONNX export in an ONNX Runtime session on one verified execution provider; input ``input``, output
-    ``logits`` (DESIGN.md §2)."""
+    ``logits`` (docs/DESIGN.md §2)."""
 
     kind = "onnxruntime"
 

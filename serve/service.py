@@ -1,4 +1,4 @@
-"""The inference service the HTTP layers call: images in, ten-crop top-k out (DESIGN.md §3-4).
+"""The inference service the HTTP layers call: images in, ten-crop top-k out (docs/DESIGN.md §3-4).
 
 This is the narrow interface a protocol router (``/classify`` here, KServe v2 later) uses via ``app.state.service``:
 
@@ -47,7 +47,7 @@ FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the back
 
 
 class ImageError(Exception):
-    """One image of a request is bad; ``status`` is the HTTP status, ``code`` the error code (DESIGN.md §4)."""
+    """One image of a request is bad; ``status`` is the HTTP status, ``code`` the error code (docs/DESIGN.md §4)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)

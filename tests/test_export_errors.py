@@ -1,4 +1,4 @@
-"""Every error a user can cause in export: one line, the exit code of DESIGN.md §5, nothing half-written."""
+"""Every error a user can cause in export: one line, the exit code of docs/DESIGN.md §5, nothing half-written."""
 
 from __future__ import annotations
 

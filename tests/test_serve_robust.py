@@ -1,6 +1,6 @@
 """Hostile clients and bad models against the real server (``python -m serve`` on 127.0.0.1): KServe validation,
 disconnects mid-body, the shutdown deadline, limits before the app, the decode budget and fairness, the card/graph
-start-up check, JSON logs, and the API key on /metrics, /docs and /v2 metadata (issue 12, findings 2-9)."""
+start-up check, JSON logs, and the API key on /metrics, /docs and /v2 metadata."""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Analyse; one-line errors with the exit codes of DESIGN.md §5."""
+    """Analyse; one-line errors with the exit codes of docs/DESIGN.md §5."""
     return resnet.run_cli(_main, argv, prog="train.analyze")
 
 

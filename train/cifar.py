@@ -15,7 +15,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; one-line errors with the exit codes of DESIGN.md §5."""
+    """Train; one-line errors with the exit codes of docs/DESIGN.md §5."""
     return run_cli(_main, argv, prog="train.cifar")
 
 

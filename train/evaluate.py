@@ -1,6 +1,6 @@
 """``python -m train.evaluate CHECKPOINT --data DIR [--crops ten|center|multiscale|all]``: top-1/top-5 error.
 
-Uses the shared preprocessing of ``resnet`` (DESIGN.md §3), the same the server runs: resize, ten or centre crops,
+Uses the shared preprocessing of ``resnet`` (docs/DESIGN.md §3), the same the server runs: resize, ten or centre crops,
 card mean/std, scores = mean of the per-crop softmax; ``multiscale`` is the paper's fully-convolutional test
 (``resnet.multiscale``: whole image at several shorter sides, plus flips); ``all`` prints the three side by side.
 """
@@ -177,7 +177,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate; one-line errors with the exit codes of DESIGN.md §5."""
+    """Evaluate; one-line errors with the exit codes of docs/DESIGN.md §5."""
     with torch.no_grad():  # not set_grad_enabled(False): a caller in the same process may train afterwards
         return resnet.run_cli(_main, argv, prog="train.evaluate")
 

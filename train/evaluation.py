@@ -1,4 +1,4 @@
-"""Top-1/top-5 error with the shared preprocessing of ``resnet`` (DESIGN.md §3): ten or centre crops per image,
+"""Top-1/top-5 error with the shared preprocessing of ``resnet`` (docs/DESIGN.md §3): ten or centre crops per image,
 scores = mean of the per-crop softmax; or the paper's multi-scale test (``resnet.multiscale``). Sharded over ranks
 without padding, so no image is counted twice."""
 

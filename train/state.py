@@ -1,4 +1,4 @@
-"""The training state file ``last.pt`` (DESIGN.md §2): everything an exact resume needs, written atomically.
+"""The training state file ``last.pt`` (docs/DESIGN.md §2): everything an exact resume needs, written atomically.
 
 It loads with ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists and dicts.
 """
