@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from resnet import run_cli
 
 from .app import create_app
-from .backends import load_backend
+from .precision import select_backend
 from .settings import Settings, settings_from
 
 log = logging.getLogger("serve")
@@ -38,6 +38,7 @@ class JsonFormatter(logging.Formatter):
             entry["access"] = json.loads(msg)
         else:
             entry["message"] = msg
+            entry.update(getattr(record, "fields", None) or {})  # structured extras, e.g. the precision table
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -93,9 +94,7 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv)
     setup_logging(settings.log_level)
-    backend = load_backend(
-        settings.model, settings.backend, threads=settings.threads, torch_precision=settings.torch_precision
-    )
+    backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/precision.py)
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app,

@@ -376,6 +376,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         return ClassifyResponse(
             model=service.card.name,
             backend=service.backend_name,
+            precision=service.precision,
             crops=crops,
             results=[ImageResult(filename=n, topk=r) for n, r in zip(names, out.results)],
             timings=Timings(
@@ -403,7 +404,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         if service is None or not service.ready or service.draining:
             state = "draining" if service is not None and service.draining else "warming_up"
             return JSONResponse(Health(status=state).model_dump(), status_code=503, headers={"Retry-After": "1"})
-        return Health(status="ready", model=service.card.name, backend=service.backend_name)
+        return Health(
+            status="ready", model=service.card.name, backend=service.backend_name, precision=service.precision
+        )
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics_endpoint() -> Response:
