@@ -116,11 +116,12 @@ def _load(candidate: Candidate, settings: Settings) -> Backend:
     return load_backend(candidate.path, choice, threads=settings.threads)
 
 
-def time_backends(backends: list[Backend], batches: list[int], budget_s: float = TIMING_BUDGET_S) -> list[float]:
-    """Median seconds per batch of each backend, timed round-robin (so load on a shared machine hits all alike).
-
-    Each gets one warm-up run, then timed runs while its share of ``budget_s`` lasts; a candidate whose warm-up
-    alone spends its share is timed by that run.
+def time_backends(
+    backends: list[Backend], batches: list[int], budget_s: float = TIMING_BUDGET_S
+) -> list[tuple[float, int]]:
+    """(median seconds per batch, timed runs) of each backend, timed round-robin so that load on a shared machine
+    hits all alike. Each gets one warm-up run, then timed runs while its share of ``budget_s`` lasts; a candidate
+    whose warm-up alone spent its share is timed by that run (0 timed runs): it cannot be the fastest anyway.
     """
     share = budget_s / max(1, len(backends))
     rng = np.random.default_rng(0)
@@ -145,7 +146,7 @@ def time_backends(backends: list[Backend], batches: list[int], budget_s: float =
             backends[i].run(inputs[i])
             times[i].append(time.perf_counter() - t0)
             spent[i] += times[i][-1]
-    return [statistics.median(t) if t else w for t, w in zip(times, warm)]
+    return [(statistics.median(t) if t else w, len(t)) for t, w in zip(times, warm)]
 
 
 def choose(settings: Settings, folder: Path) -> Backend:
@@ -180,7 +181,8 @@ def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Bac
     """Time the loaded candidates, log the table (one JSON line each), return the fastest per crop."""
     backends = [b for _, b in loaded]
     batches = [serve_batch(settings, b) for b in backends]
-    seconds = time_backends(backends, batches)
+    timed = time_backends(backends, batches)
+    seconds = [t for t, _ in timed]
     best = min(range(len(loaded)), key=lambda i: seconds[i] / batches[i])
     for i, (c, b) in enumerate(loaded):
         row = {
@@ -189,6 +191,7 @@ def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Bac
             "backend": b.name,
             "batch": batches[i],
             "ms_per_batch": round(seconds[i] * 1e3, 2),
+            "runs": timed[i][1],
             "chosen": i == best,
         }
         msg = "precision candidate %s (%s): %.2f ms per batch of %d%s"
