@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 import resnet
-from export import parity
+from export.candidates import OnnxCandidate, Reference
 from export.fp16 import convert_fp16
+from export.gate import PRESETS, evaluate
+from export.images import load_image_set
 from export.onnx import export_model
 from resnet.samples import sample_photo_paths
 
@@ -55,8 +57,8 @@ def _median_time(fn: Any, repeats: int) -> float:
 
 def bench_model(name: str, max_batch: int, repeats: int, folder: Path) -> dict[str, Any]:
     model, card = calibrated_model(name)
-    images = parity.load_image_set(None, card)
-    reference = parity.Reference.from_model(model, card, images, f"{name} (calibrated random init)")
+    images = load_image_set(None, card)
+    reference = Reference.from_model(model, card, images, f"{name} (calibrated random init)")
     row: dict[str, Any] = {"model": name, "images": len(images.files)}
     for exporter in ("dynamo", "torchscript"):
         start = time.perf_counter()
@@ -70,8 +72,8 @@ def bench_model(name: str, max_batch: int, repeats: int, folder: Path) -> dict[s
     for tag, p, preset in (("fp32", proto, "fp32"), ("fp16", proto16, "fp16")):
         path = folder / f"{name}.{tag}.onnx"
         path.write_bytes(p.SerializeToString())
-        cand = parity.OnnxCandidate(path)
-        result = parity.evaluate(reference, cand, images, parity.PRESETS[preset], max_batch)
+        cand = OnnxCandidate(path)
+        result = evaluate(reference, cand, images, PRESETS[preset], max_batch)
         m = result["metrics"]
         row[tag] = {
             "passed": result["passed"],

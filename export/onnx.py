@@ -27,7 +27,9 @@ from resnet import UsageError, UserError, artifacts
 from resnet.card import ModelCard
 from resnet.onnx_card import set_onnx_card
 
-from . import parity
+from . import gate
+from .candidates import Reference
+from .images import load_image_set
 from .log import log
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -184,33 +186,71 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the parity gate (the file is still checked by onnx.checker); not for production",
     )
-    parity.add_gate_arguments(p)
-    parity.add_threshold_argument(p, "--thresholds", "fp32")
+    gate.add_gate_arguments(p)
+    gate.add_threshold_argument(p, "--thresholds", "fp32")
     return p
+
+
+def export_onnx(
+    checkpoint: Path,
+    out: Path | None = None,
+    *,
+    arch: str | None = None,
+    exporter: str = "auto",
+    images: Path | None = None,
+    limit: int | None = None,
+    max_batch: int | None = None,
+    thresholds: gate.Thresholds | None = None,
+    run_gate: bool = True,
+) -> tuple[Path, dict[str, Any] | None]:
+    """Export ``checkpoint`` to a gated FP32 graph at ``out`` (default beside it); returns it and its report.
+
+    A failed gate raises ``ParityError`` (exit 3) with the graph moved to ``<out>.rejected``; ``run_gate=False``
+    publishes the checked graph ungated (report None).
+    """
+    out = out or artifacts.layout_for(checkpoint).onnx
+    if out.suffix != ".onnx":
+        raise UsageError(f"output must end in .onnx, not {out.name}")
+    artifacts.ensure_writable(out.parent)
+    model, card = resnet.load_checkpoint(checkpoint, arch=arch)
+    proto, used = export_model(model, card, exporter)
+    if not run_gate:
+        staged = artifacts.staging_path(out)
+        try:
+            save_proto(proto, staged)
+            artifacts.publish(staged, out)
+        finally:
+            staged.unlink(missing_ok=True)
+        log(f"wrote {out} ({used} exporter; parity gate skipped by --no-gate)")
+        return out, None
+    image_set = load_image_set(images, card, limit=limit)
+    reference = Reference.from_model(model, card, image_set, source=str(checkpoint))
+    report = gate.stage_gate_publish(
+        reference,
+        out,
+        lambda staged: save_proto(proto, staged),
+        image_set,
+        thresholds or gate.PRESETS["fp32"],
+        max_batch,
+    )
+    log(f"wrote {out} ({used} exporter) · {gate.summary_line(report)}")
+    return out, report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    thresholds = parity.thresholds_from_args(args, "fp32")
-    out = args.output or artifacts.layout_for(args.checkpoint).onnx
-    if out.suffix != ".onnx":
-        raise UsageError(f"output must end in .onnx, not {out.name}")
-    artifacts.ensure_writable(out.parent)
-    model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
-    proto, used = export_model(model, card, args.exporter)
-    staged = artifacts.staging_path(out)
-    try:
-        save_proto(proto, staged)
-        if args.no_gate:
-            artifacts.publish(staged, out)
-            log(f"wrote {out} ({used} exporter; parity gate skipped by --no-gate)")
-            return 0
-        images = parity.load_image_set(args.images, card, limit=args.limit)
-        reference = parity.Reference.from_model(model, card, images, source=str(args.checkpoint))
-        report = parity.gate_candidate(reference, staged, images, thresholds, args.max_batch, final=out)
-    finally:
-        staged.unlink(missing_ok=True)
-    log(f"wrote {out} ({used} exporter) · {parity.summary_line(report)}")
+    thresholds = gate.thresholds_from_args(args, "fp32")
+    export_onnx(
+        args.checkpoint,
+        args.output,
+        arch=args.arch,
+        exporter=args.exporter,
+        images=args.images,
+        limit=args.limit,
+        max_batch=args.max_batch,
+        thresholds=thresholds,
+        run_gate=not args.no_gate,
+    )
     return 0
 
 

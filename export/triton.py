@@ -152,15 +152,14 @@ def _check_onnx(path: Path, card: ModelCard) -> list[Path]:
 
 
 def _onnx_from_checkpoint(
-    path: Path, arch: str | None, staging: Path, gate_args: list[str]
+    path: Path, arch: str | None, staging: Path, gate_images: Path | None, gate_limit: int | None
 ) -> tuple[Path, Path | None]:
-    """Export a checkpoint through the export stage's own command (``export.onnx``: contract checks and the FP32
-    parity gate; a failed gate raises its exit-3 error). Returns the graph and its parity report."""
-    from export.onnx import main as export_onnx_main
+    """Export a checkpoint through the export stage's own exporter (contract checks and the FP32 parity gate; a
+    failed gate raises its exit-3 error). Returns the graph and its parity report."""
+    from .onnx import export_onnx
 
-    out = staging / "model.onnx"
-    export_onnx_main([str(path), "-o", str(out), *(["--arch", arch] if arch else []), *gate_args])
-    report = out.with_name(out.name + ".parity.json")
+    out, _ = export_onnx(path, staging / "model.onnx", arch=arch, images=gate_images, limit=gate_limit)
+    report = artifacts.report_path(out)
     return out, (report if report.is_file() else None)
 
 
@@ -177,6 +176,82 @@ def _staging_dir(repo: Path) -> tempfile.TemporaryDirectory[str]:
     except OSError:
         pass
     return tempfile.TemporaryDirectory(prefix=".triton-", dir=repo)  # a mount point: stage inside, then rename
+
+
+def _check_options(instances: int, version: int, kind: str) -> None:
+    if instances < 1:
+        raise UsageError(f"--instances must be at least 1, not {instances}")
+    if version < 1:
+        raise UsageError(f"--version must be at least 1, not {version}")
+    if kind not in KINDS:
+        raise UsageError(f"--kind must be one of {sorted(KINDS)}, not {kind!r}")
+
+
+def _place_engine(src: Path, vdir: Path, max_batch: int | None, kind: str) -> tuple[ModelCard, int, str, str]:
+    """Copy a ``.plan`` in; returns its card, the max batch, the platform and the instance kind."""
+    sidecar = artifacts.read_sidecar(src)
+    card, profile_max = sidecar.card, sidecar.profile["max"]
+    if max_batch is None:
+        max_batch = profile_max or DEFAULT_MAX_BATCH
+    if profile_max is not None and max_batch > profile_max:
+        raise UsageError(f"--max-batch {max_batch} exceeds the engine's optimisation profile max {profile_max}")
+    if kind == "cpu":
+        raise UsageError("a TensorRT engine runs only on a GPU: --kind cpu is not possible for a .plan")
+    shutil.copyfile(src, vdir / "model.plan")
+    return card, max_batch, "tensorrt_plan", "KIND_GPU"
+
+
+def _place_onnx(src: Path, vdir: Path) -> ModelCard:
+    """Copy an ONNX graph of ours (and its external data files) in; returns its card."""
+    card = read_onnx_card(src)
+    extra = _check_onnx(src, card)
+    shutil.copyfile(src, vdir / "model.onnx")
+    for f in extra:
+        if not f.is_file():
+            raise UserError(f"{src} refers to external data {f.name}, which is missing")
+        shutil.copyfile(f, vdir / f.name)
+    return card
+
+
+def _place_checkpoint(
+    src: Path, tmp: Path, vdir: Path, arch: str | None, gate_images: Path | None, gate_limit: int | None
+) -> ModelCard:
+    """Export a checkpoint behind the FP32 gate and move the graph (and its parity report) in; returns its card."""
+    staging = tmp.parent / "export"
+    staging.mkdir()
+    onnx_path, report = _onnx_from_checkpoint(src, arch, staging, gate_images, gate_limit)
+    card = read_onnx_card(onnx_path)
+    _check_onnx(onnx_path, card)
+    onnx_path.rename(vdir / "model.onnx")
+    if report is not None:
+        report.rename(tmp / PARITY_FILE)
+    return card
+
+
+def _write_metadata(tmp: Path, model_name: str, platform: str, card: ModelCard, max_batch: int, **config: Any) -> None:
+    labels = [str(label) for label in card.labels]
+    if any("\n" in label for label in labels):
+        raise CardError("a label contains a line break; Triton's label file is one label per line")
+    (tmp / "config.pbtxt").write_text(
+        render_config(name=model_name, platform=platform, card=card, max_batch=max_batch, **config)
+    )
+    (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
+    (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+
+
+def _swap_in(tmp: Path, final: Path, force: bool) -> None:
+    """Rename the finished folder into the repository; an existing one only with ``force`` (restored on failure)."""
+    if final.exists() and not force:
+        raise UserError(f"{final} already exists; pass --force to replace it")
+    old = tmp.parent / "old"
+    if final.exists():
+        final.rename(old)  # moved into the temp folder, deleted with it
+    try:
+        tmp.rename(final)
+    except OSError:
+        if old.exists():
+            old.rename(final)
+        raise
 
 
 def write_repository(
@@ -197,12 +272,7 @@ def write_repository(
     src, repo = Path(model), Path(repo)
     if not src.is_file():
         raise UserError(f"no such file: {src}")
-    if instances < 1:
-        raise UsageError(f"--instances must be at least 1, not {instances}")
-    if version < 1:
-        raise UsageError(f"--version must be at least 1, not {version}")
-    if kind not in KINDS:
-        raise UsageError(f"--kind must be one of {sorted(KINDS)}, not {kind!r}")
+    _check_options(instances, version, kind)
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -214,70 +284,19 @@ def write_repository(
         vdir.mkdir(parents=True)
         source_kind = artifacts.artifact_kind(src)
         if source_kind == "engine":
-            sidecar = artifacts.read_sidecar(src)
-            card, profile_max = sidecar.card, sidecar.profile["max"]
-            if max_batch is None:
-                max_batch = profile_max or DEFAULT_MAX_BATCH
-            if profile_max is not None and max_batch > profile_max:
-                raise UsageError(f"--max-batch {max_batch} exceeds the engine's optimisation profile max {profile_max}")
-            if kind == "cpu":
-                raise UsageError("a TensorRT engine runs only on a GPU: --kind cpu is not possible for a .plan")
-            platform, kind_name = "tensorrt_plan", "KIND_GPU"
-            shutil.copyfile(src, vdir / "model.plan")
+            card, max_batch, platform, kind_name = _place_engine(src, vdir, max_batch, kind)
         else:
             if source_kind == "onnx":
-                card = read_onnx_card(src)
-                extra = _check_onnx(src, card)
-                shutil.copyfile(src, vdir / "model.onnx")
-                for f in extra:
-                    if not f.is_file():
-                        raise UserError(f"{src} refers to external data {f.name}, which is missing")
-                    shutil.copyfile(f, vdir / f.name)
+                card = _place_onnx(src, vdir)
             else:
-                staging = Path(tmp_name) / "export"
-                staging.mkdir()
-                gate_args = [
-                    *(["--images", str(gate_images)] if gate_images else []),
-                    *(["--limit", str(gate_limit)] if gate_limit else []),
-                ]
-                onnx_path, report = _onnx_from_checkpoint(src, arch, staging, gate_args)
-                card = read_onnx_card(onnx_path)
-                _check_onnx(onnx_path, card)
-                onnx_path.rename(vdir / "model.onnx")
-                if report is not None:
-                    report.rename(tmp / PARITY_FILE)
+                images = Path(gate_images) if gate_images else None
+                card = _place_checkpoint(src, tmp, vdir, arch, images, gate_limit or None)
             platform, kind_name = "onnxruntime_onnx", KINDS[kind]
             max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
-
         model_name = _safe_name(name or card.name or src.stem)
-        labels = [str(label) for label in card.labels]
-        if any("\n" in label for label in labels):
-            raise CardError("a label contains a line break; Triton's label file is one label per line")
-        (tmp / "config.pbtxt").write_text(
-            render_config(
-                name=model_name,
-                platform=platform,
-                card=card,
-                max_batch=max_batch,
-                instances=instances,
-                kind=kind_name,
-            )
-        )
-        (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
-        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-
+        _write_metadata(tmp, model_name, platform, card, max_batch, instances=instances, kind=kind_name)
         final = repo / model_name
-        if final.exists() and not force:
-            raise UserError(f"{final} already exists; pass --force to replace it")
-        old = Path(tmp_name) / "old"
-        if final.exists():
-            final.rename(old)  # moved into the temp folder, deleted with it
-        try:
-            tmp.rename(final)
-        except OSError:
-            if old.exists():
-                old.rename(final)
-            raise
+        _swap_in(tmp, final, force)
     return final
 
 

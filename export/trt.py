@@ -2,10 +2,14 @@
 
 1. FP32 ONNX (``export.onnx``), gated against PyTorch FP32 (FP32 thresholds).
 2. FP16 graph (``export.fp16``), gated on the CPU through ONNX Runtime (FP16 thresholds).
-3. TensorRT engine (``export.engine``): built, run through ``resnet.trt_runtime.TensorRTRunner`` on the same images
+3. With ``--int8``: the INT8 QDQ graph (``export.quantize``, symmetric int8 activations as TensorRT needs),
+   calibrated on ``--calib`` and gated on other images on the CPU (INT8 thresholds).
+4. TensorRT engine (``export.engine``): built, run through ``resnet.trt_runtime.TensorRTRunner`` on the same images
    and gated (FP16 thresholds); then ``model.plan`` + ``model.plan.json`` (card, TensorRT version, GPU, profile,
-   build mode, the parity report). Without a CUDA device or the ``tensorrt`` package, steps 1-2 still run, one line
-   says the engine step was skipped and why, and the exit code is 0 (4 with ``--require-engine``).
+   build mode, the parity report). With ``--int8`` also ``model.int8.plan`` (+ ``.json``): a strongly typed engine
+   from the QDQ graph (explicit quantization), gated with the INT8 thresholds. Without a CUDA device or the
+   ``tensorrt`` package, the graphs are still made, one line says the engine step was skipped and why, and the
+   exit code is 0 (4 with ``--require-engine``).
 
 The PyTorch reference runs once and serves all three gates. A failed gate exits 3 and leaves the candidate only as
 ``*.rejected`` (see ``export.artifacts``).
@@ -14,6 +18,7 @@ The PyTorch reference runs once and serves all three gates. A failed gate exits 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -26,8 +31,10 @@ from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
 from resnet.trt_runtime import tensorrt_available
 
-from . import parity
+from . import calib, gate, quantize
+from .candidates import Reference
 from .fp16 import convert_fp16
+from .images import ImageSet, load_image_set
 from .log import log
 from .onnx import EXPORTERS, export_model, save_proto
 
@@ -50,27 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="ONNX exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)",
     )
+    gate.add_gate_arguments(
+        p,
+        max_batch_default=DEFAULT_MAX_BATCH,
+        max_batch_help=f"engine profile maximum and the largest batch every gate checks (default {DEFAULT_MAX_BATCH})",
+    )
+    gate.add_threshold_argument(p, "--fp32-thresholds", "fp32")
+    gate.add_threshold_argument(p, "--fp16-thresholds", "fp16")
     p.add_argument(
-        "--max-batch",
-        type=int,
-        default=DEFAULT_MAX_BATCH,
-        help=f"engine profile maximum and the largest batch every gate checks (default {DEFAULT_MAX_BATCH})",
+        "--int8",
+        action="store_true",
+        help="also make the INT8 QDQ graph (gated) and, on a GPU, an INT8 TensorRT engine from it",
     )
     p.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
-        "(default: the bundled sample photos)",
+        "--calib",
+        default="samples",
+        metavar="SOURCE",
+        help="--int8 calibration images: a folder, an ImageFolder, 'digits' or 'samples' (default)",
     )
+    p.add_argument("--calib-count", type=int, default=None, metavar="N", help="--int8: calibrate on at most N images")
     p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use at most this many images, spread evenly over the folder (default: all)",
+        "--method", choices=quantize.METHODS, default=quantize.DEFAULT_METHOD, help="--int8 calibration method"
     )
-    parity.add_threshold_argument(p, "--fp32-thresholds", "fp32")
-    parity.add_threshold_argument(p, "--fp16-thresholds", "fp16")
+    gate.add_threshold_argument(p, "--int8-thresholds", "int8")
     p.add_argument(
         "--require-engine",
         action="store_true",
@@ -92,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+INT8_MODE = "strongly typed network from the INT8 QDQ graph (explicit quantization)"
+
+
+def int8_plan(layout: artifacts.Layout) -> Path:
+    """The INT8 engine beside the FP16 one: ``model.int8.plan`` (sidecar ``model.int8.plan.json``)."""
+    return layout.folder / f"{layout.stem}.int8.plan"
+
+
 def _stage(name: str) -> float:
     log(f"== {name}")
     return time.perf_counter()
@@ -101,75 +118,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_batch < 1:
         raise UsageError("--max-batch must be >= 1")
-    fp32_t = parity.thresholds_from_args(args, "fp32", "fp32_thresholds")
-    fp16_t = parity.thresholds_from_args(args, "fp16", "fp16_thresholds")
+    fp32_t = gate.thresholds_from_args(args, "fp32", "fp32_thresholds")
+    fp16_t = gate.thresholds_from_args(args, "fp16", "fp16_thresholds")
+    int8_t = gate.thresholds_from_args(args, "int8", "int8_thresholds")
     layout = artifacts.layout_for(args.checkpoint, args.output_dir)
     model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
-    images = parity.load_image_set(args.images, card, limit=args.limit)
+    images = load_image_set(args.images, card, limit=args.limit)
+    int8_inputs = calib.prepare(args.calib, card, args.calib_count, args.images, args.limit) if args.int8 else None
     log(
         f"{card.name} ({card.family} {card.arch}{card.depth}, {card.num_classes} classes, "
         f"{card.input_size}px); gates use {len(images.files)} images from {images.source}, ten-crop"
     )
-    reference = parity.Reference.from_model(model, card, images, str(args.checkpoint))
+    reference = Reference.from_model(model, card, images, str(args.checkpoint))
+    steps = 4 if args.int8 else 3
 
-    t0 = _stage("1/3 FP32 ONNX")
+    t0 = _stage(f"1/{steps} FP32 ONNX")
     proto, used = export_model(model, card, args.exporter)
     _gate(reference, proto, layout.onnx, images, fp32_t, args.max_batch, f"{used} exporter", t0)
 
-    t0 = _stage("2/3 FP16 graph")
+    t0 = _stage(f"2/{steps} FP16 graph")
     proto16 = convert_fp16(proto, card)
     _gate(reference, proto16, layout.fp16, images, fp16_t, args.max_batch, "onnxconverter-common float16", t0)
 
-    _stage("3/3 TensorRT engine")
+    int8_rung = None
+    if int8_inputs is not None:
+        t0 = _stage(f"3/{steps} INT8 graph")
+        int8_rung = _int8_graph(args, model, card, proto, layout.int8, int8_inputs, int8_t, t0)
+
+    _stage(f"{steps}/{steps} TensorRT engine")
     ok, reason = tensorrt_available()
     if not ok:
         if args.require_engine:
             raise MissingComponentError(f"engine step required but impossible: {reason}")
-        log(f"engine step skipped: {reason}; the FP32 and FP16 graphs above are done and gated")
+        graphs = "FP32, FP16 and INT8 graphs" if args.int8 else "FP32 and FP16 graphs"
+        log(f"engine step skipped: {reason}; the {graphs} above are done and gated")
         return 0
     _engine(args, layout, card, reference, images, fp16_t)
+    if int8_rung is not None:
+        _engine(args, layout, *int8_rung, int8=True)
     return 0
 
 
-def _gate(
-    reference: parity.Reference,
+def _int8_graph(
+    args: argparse.Namespace,
+    model: Any,
+    card: ModelCard,
     proto: Any,
     final: Path,
-    images: parity.ImageSet,
-    thresholds: parity.Thresholds,
+    inputs: tuple[calib.Calibration, ImageSet],
+    thresholds: gate.Thresholds,
+    t0: float,
+) -> tuple[ModelCard, Reference, ImageSet, gate.Thresholds]:
+    """The INT8 QDQ graph (symmetric activations, as TensorRT needs), gated on images kept from calibration."""
+    calibration, images = inputs
+    log(f"calibrating on {calibration.count} images from {calibration.source}; gate on {len(images.files)} others")
+    proto8, card8 = quantize.quantize_graph(proto, card, calibration, args.method, "int8")
+    reference = Reference.from_model(model, card, images, str(args.checkpoint))
+    _gate(reference, proto8, final, images, thresholds, args.max_batch, "onnxruntime quantize_static, QDQ", t0)
+    return card8, reference, images, thresholds
+
+
+def _gate(
+    reference: Reference,
+    proto: Any,
+    final: Path,
+    images: ImageSet,
+    thresholds: gate.Thresholds,
     max_batch: int,
     how: str,
     t0: float,
 ) -> None:
-    staged = artifacts.staging_path(final)
-    try:
-        save_proto(proto, staged)
-        report = parity.gate_candidate(reference, staged, images, thresholds, max_batch, final=final)
-    finally:
-        staged.unlink(missing_ok=True)
+    report = gate.stage_gate_publish(
+        reference, final, lambda staged: save_proto(proto, staged), images, thresholds, max_batch
+    )
     log(f"wrote {final} ({how}, {time.perf_counter() - t0:.1f} s)")
-    log(f"  {parity.summary_line(report)}")
+    log(f"  {gate.summary_line(report)}")
 
 
 def _engine(
     args: argparse.Namespace,
     layout: artifacts.Layout,
     card: ModelCard,
-    reference: parity.Reference,
-    images: parity.ImageSet,
-    thresholds: parity.Thresholds,
+    reference: Reference,
+    images: ImageSet,
+    thresholds: gate.Thresholds,
+    *,
+    int8: bool = False,
 ) -> None:
+    """Build the FP16 engine (or, ``int8``, the INT8 engine from the QDQ graph), gate it, write it + its sidecar."""
     from .engine import build_engine, gpu_description
 
     t0 = time.perf_counter()
+    precision = "int8" if int8 else "fp16"
+    plan = int8_plan(layout) if int8 else layout.plan
     build = build_engine(
         layout.onnx,
-        layout.fp16,
+        layout.int8 if int8 else layout.fp16,
         card.input_size,
         args.max_batch,
         args.timing_cache or layout.timing_cache,
-        strongly_typed=args.strongly_typed or None,
+        strongly_typed=True if int8 else (args.strongly_typed or None),
     )
+    if int8:  # explicit quantization: the Q/DQ nodes fix what runs in INT8; no precision flags
+        build = dataclasses.replace(build, mode=INT8_MODE)
     log(
         f"built with TensorRT {build.tensorrt}: {build.mode}, profile {build.profile}, {build.seconds} s "
         f"(timing cache {'reused' if build.timing_cache_reused else 'new'}: {build.timing_cache})"
@@ -178,12 +229,12 @@ def _engine(
 
     def write_sidecar(report: dict[str, Any]) -> None:
         sidecar = artifacts.EngineSidecar(
-            card=card.replace(precision="fp16"),
+            card=card.replace(precision=precision),
             tensorrt=build.tensorrt,
             gpu_name=gpu["name"],
             compute_capability=gpu["compute_capability"],
             profile=build.profile,
-            precision="fp16",
+            precision=precision,
             build={
                 "mode": build.mode,
                 "source_onnx": build.source,
@@ -193,18 +244,21 @@ def _engine(
             },
             parity=report,
         )
-        artifacts.write_sidecar(layout.plan, sidecar)
+        artifacts.write_sidecar(plan, sidecar)
 
-    staged = artifacts.staging_path(layout.plan)
-    try:
-        artifacts.write_bytes_to(staged, build.plan)
-        report = parity.gate_candidate(
-            reference, staged, images, thresholds, args.max_batch, final=layout.plan, card=card, on_pass=write_sidecar
-        )
-    finally:
-        staged.unlink(missing_ok=True)
-    log(f"wrote {layout.plan} + {layout.plan_sidecar.name} ({gpu['name']}, {time.perf_counter() - t0:.1f} s)")
-    log(f"  {parity.summary_line(report)}")
+    report = gate.stage_gate_publish(
+        reference,
+        plan,
+        lambda staged: artifacts.write_bytes_to(staged, build.plan),
+        images,
+        thresholds,
+        args.max_batch,
+        card=card,
+        on_pass=write_sidecar,
+    )
+    sidecar_name = artifacts.sidecar_path(plan).name
+    log(f"wrote {plan} + {sidecar_name} ({gpu['name']}, {time.perf_counter() - t0:.1f} s)")
+    log(f"  {gate.summary_line(report)}")
 
 
 if __name__ == "__main__":

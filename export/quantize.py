@@ -1,0 +1,220 @@
+"""``python -m export.quantize CHECKPOINT_OR_ONNX``: a static INT8 graph (``*.int8.onnx``), admitted by the INT8 gate.
+
+ONNX Runtime's static quantization (``onnxruntime.quantization``): ``quant_pre_process`` (shape inference and graph
+optimisation), then ``quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear pairs around FP32 ops, which
+ONNX Runtime fuses into integer kernels and TensorRT builds explicit-quantization INT8 engines from), per-channel
+symmetric int8 weights, activations calibrated on real images through the card's ten-crop preprocessing
+(``export.calib``). The card inside says ``precision: "int8"`` and records the calibration in its provenance.
+
+The gate uses the ``int8`` preset on images disjoint from the calibration images, against the PyTorch FP32 reference
+(or, given an FP32 ONNX graph, that graph in ONNX Runtime). A failed gate exits 3 and leaves ``*.rejected``; a bad
+calibration source exits 1/2 with one line before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import resnet
+from resnet import UsageError, UserError, artifacts
+from resnet.card import ModelCard
+
+from . import calib, gate
+from .candidates import Reference, graph_precision
+from .log import log
+from .onnx import ExportError, seal
+
+METHODS = ("minmax", "entropy", "percentile")
+ACTIVATIONS = ("int8", "uint8")
+DEFAULT_METHOD = "minmax"  # measured on this project's models: see bench/RESULTS.md
+DEFAULT_ACTIVATIONS = "uint8"  # measured on this project's models: see bench/RESULTS.md
+MINMAX_FLUSH = 8  # min/max calibration merges ranges every this many batches (bounded memory)
+
+
+def _calibration_reader(calibration: calib.Calibration, input_name: str) -> Any:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over the calibration crops, one ten-crop per batch."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class CropReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = calibration.batches()
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return CropReader()
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """ONNX Runtime's quantization tools print and log progress; our own lines say what happens."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_graph(
+    fp32: Any, card: ModelCard, calibration: calib.Calibration, method: str, activations: str
+) -> tuple[Any, ModelCard]:
+    """FP32 ``onnx.ModelProto`` -> INT8 QDQ ModelProto (card sealed inside) and its card."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}
+    methods["percentile"] = CalibrationMethod.Percentile
+    act = QuantType.QInt8 if activations == "int8" else QuantType.QUInt8
+    extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": activations == "int8"}
+    if method == "minmax":
+        extra["CalibMaxIntermediateOutputs"] = MINMAX_FLUSH
+    with tempfile.TemporaryDirectory(prefix="export-quantize-") as tmp:
+        src, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        src.write_bytes(fp32.SerializeToString())
+        try:
+            with _quiet():
+                quant_pre_process(str(src), str(pre))
+                quantize_static(
+                    str(pre),
+                    str(out),
+                    _calibration_reader(calibration, "input"),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=act,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method],
+                    extra_options=extra,
+                )
+        except Exception as e:  # the quantiser raises many types for graphs it cannot handle
+            raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        proto = onnx.load(str(out))
+    how = {"source": calibration.source, "count": calibration.count, "crops": "ten", "method": method}
+    how |= {"activations": activations, "weights": "int8 per-channel symmetric", "format": "QDQ"}
+    card = card.replace(precision="int8").with_provenance(calibration=how)
+    seal(
+        proto, card, "resnet-stack export.quantize", f"onnxruntime {ort.__version__} quantize_static", "the INT8 graph"
+    )
+    return proto, card
+
+
+def load_source(path: Path, arch: str | None) -> tuple[Any, ModelCard, Any]:
+    """``(model or None, card, FP32 ModelProto)`` from a checkpoint (exported here) or an FP32 ONNX graph of ours."""
+    kind = artifacts.artifact_kind(path)
+    if kind == "engine":
+        raise UsageError(f"{path}: a TensorRT engine cannot be quantized; pass the checkpoint or its FP32 .onnx")
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    if kind == "onnx":
+        import onnx
+
+        from resnet.onnx_card import read_onnx_card
+
+        card = read_onnx_card(path)
+        try:
+            proto = onnx.load(str(path))
+        except Exception as e:
+            raise UserError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+        if graph_precision(proto) != "fp32":
+            raise UsageError(f"{path} is already a {graph_precision(proto)} graph; pass the FP32 graph or checkpoint")
+        return None, card, proto
+    from .onnx import export_model
+
+    model, card = resnet.load_checkpoint(path, arch=arch)
+    proto, _ = export_model(model, card)
+    return model, card, proto
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.quantize",
+        description="Quantize a checkpoint or FP32 ONNX graph to a static INT8 QDQ graph (ONNX Runtime), calibrated "
+        "on real images, and gate it against FP32 on other images. Exit codes: 0 ok, 1 failed, 2 bad usage, "
+        "3 parity gate failed.",
+    )
+    p.add_argument("source", type=Path, metavar="CHECKPOINT_OR_ONNX", help="our checkpoint (*.pt) or FP32 .onnx")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="output path (default: beside the input, model.int8.onnx)"
+    )
+    p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    p.add_argument(
+        "--calib",
+        default="samples",
+        metavar="SOURCE",
+        help="calibration images: a folder, an ImageFolder, 'digits' (bundled training digits) or 'samples' "
+        "(bundled photos; default)",
+    )
+    p.add_argument(
+        "--calib-count",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"calibrate on at most N images, spread over the source (default {calib.DEFAULT_CALIB_COUNT})",
+    )
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="calibration method (default %(default)s)")
+    p.add_argument(
+        "--activations",
+        choices=ACTIVATIONS,
+        default=DEFAULT_ACTIVATIONS,
+        help="activation type: uint8 (asymmetric) or int8 (symmetric, what TensorRT needs); default %(default)s",
+    )
+    gate.add_gate_arguments(p)
+    gate.add_threshold_argument(p, "--thresholds", "int8")
+    return p
+
+
+def output_path(source: Path, output: Path | None) -> Path:
+    out = output or artifacts.layout_for(source).int8
+    if out.suffix != ".onnx":
+        raise UsageError(f"output must end in .onnx, not {out.name}")
+    artifacts.ensure_writable(out.parent)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    thresholds = gate.thresholds_from_args(args, "int8")
+    out = output_path(args.source, args.output)
+    model, card, fp32 = load_source(args.source, args.arch)
+    calibration, images = calib.prepare(args.calib, card, args.calib_count, args.images, args.limit)
+    log(
+        f"calibrating on {calibration.count} images from {calibration.source} ({args.method}, {args.activations} "
+        f"activations); gate on {len(images.files)} other images from {images.source}"
+    )
+    t0 = time.perf_counter()
+    proto, int8_card = quantize_graph(fp32, card, calibration, args.method, args.activations)
+    log(f"quantized in {time.perf_counter() - t0:.1f} s")
+    if model is not None:
+        reference = Reference.from_model(model, card, images, str(args.source))
+    else:
+        reference = Reference.from_onnx(args.source, card, images)
+    report = gate.stage_gate_publish(
+        reference,
+        out,
+        lambda staged: artifacts.write_bytes_to(staged, proto.SerializeToString()),
+        images,
+        thresholds,
+        args.max_batch,
+        card=int8_card,
+    )
+    log(f"wrote {out} (INT8 QDQ) · {gate.summary_line(report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(resnet.run_cli(main, sys.argv[1:], prog="export.quantize"))
