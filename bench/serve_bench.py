@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -233,6 +234,7 @@ def precisions(args: argparse.Namespace) -> int:
     """Serving by precision (bench/serve_precision.py): one run, all servers side by side."""
     from .serve_precision import bench_precisions, print_tables
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the servers (finally)
     rows = []
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         for arch in args.arch:
