@@ -1,13 +1,15 @@
 # syntax=docker/dockerfile:1
-# resnet-stack serving images. Two targets, both serve `python -m serve` on port 8000 as a non-root user:
-#   docker build --target cpu -t resnet-serve:cpu .     # python:3.11-slim + onnxruntime (CPU)
-#   docker build --target gpu -t resnet-serve:gpu .     # CUDA runtime + the [gpu] extra (onnxruntime-gpu, tensorrt)
+# resnet-stack images. Every serving image runs `python -m serve` on port 8000 as a non-root user:
+#   docker build --target cpu -t resnet-serve:cpu .          # python:3.11-slim + the [serve] install (no torch)
+#   docker build --target gpu -t resnet-serve:gpu .          # CUDA 13 + [serve-gpu]: onnxruntime-gpu, TensorRT 10
+#   docker build --target train-gpu -t resnet-train:gpu .    # CUDA 13 + [train,export]: training and export
 #   docker run -p 8000:8000 -v "$PWD/demo_out:/models:ro" -e RESNET_SERVE_MODEL=/models/model.onnx resnet-serve:cpu
-# The install commands are the Makefile's (pinned torch/torchvision first, then this project), which CI runs
-# outside Docker on every push; tests/test_packaging.py checks that the two stay the same.
+# GPU images need an NVIDIA driver of the r580 branch or newer on the host (CUDA 13; TensorRT's and CUDA's release
+# notes) and the NVIDIA Container Toolkit: docker run --gpus all ...
+# The pins are pyproject.toml's; tests/test_packaging.py checks that the two agree and that hadolint is clean.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # ---- source: only what `pip install .` needs (see .dockerignore) -------------------------------------------------
 FROM scratch AS source
@@ -18,19 +20,16 @@ COPY export/ /src/export/
 COPY serve/ /src/serve/
 COPY clients/ /src/clients/
 
-# ---- CPU: build a virtual environment, then copy it into a clean slim image ----------------------------------------
+# ---- CPU: the [serve] install (ONNX Runtime, no torch) in a venv, copied into a clean slim image ------------------
 FROM ${PYTHON_IMAGE} AS cpu-build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# CPU-only torch wheels keep the image about 2 GB smaller; `--build-arg PIP_EXTRA_INDEX_URL=` uses PyPI's build.
-ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 COPY --from=source /src /src
 WORKDIR /src
-RUN python -m pip install --quiet .
+RUN python -m pip install --quiet "./[serve]"
 
 FROM ${PYTHON_IMAGE} AS cpu
 ENV VIRTUAL_ENV=/opt/venv \
@@ -51,37 +50,39 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RESNET_SERVE_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "serve"]
 
-# ---- GPU: the same steps on NVIDIA's CUDA runtime (cuDNN for onnxruntime-gpu; TensorRT comes from pip) ---------------
+# ---- GPU base: NVIDIA's CUDA 13 runtime with cuDNN (for onnxruntime-gpu's CUDA provider) --------------------------
 FROM ${CUDA_IMAGE} AS gpu-base
 # The base image tag pins the Ubuntu release; its python3 follows that release's security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
-
-FROM gpu-base AS gpu-build
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 resnet \
+    && useradd --system --uid 10001 --gid resnet --no-create-home --shell /usr/sbin/nologin resnet
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
-RUN python3 -m venv /opt/venv \
-    && python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-COPY --from=source /src /src
-WORKDIR /src
-RUN python -m pip install --quiet "./[gpu]"
-
-FROM gpu-base AS gpu
-ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# ---- GPU serving: [serve-gpu] = onnxruntime-gpu (CUDA 13 build, never `onnxruntime`) + TensorRT 10 for CUDA 13 ------
+FROM gpu-base AS gpu-build
+# PyPI's onnxruntime-gpu is the CUDA 12 build; ONNX Runtime publishes the CUDA 13 build on its own feed. Installed
+# first from that feed alone (its dependencies come from PyPI in the next step), it satisfies the [serve-gpu] pin.
+ARG ORT_CUDA13_INDEX=https://aiinfra.pkgs.visualstudio.com/PublicPackages/_packaging/onnxruntime-cuda-13/pypi/simple/
+RUN python3 -m venv /opt/venv \
+    && python -m pip install --quiet --no-deps --index-url "${ORT_CUDA13_INDEX}" "onnxruntime-gpu==1.31.1"
+COPY --from=source /src /src
+WORKDIR /src
+RUN python -m pip install --quiet "./[serve-gpu]"
+
+FROM gpu-base AS gpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
     RESNET_SERVE_HOST=0.0.0.0 \
     RESNET_SERVE_PORT=8000 \
     RESNET_SERVE_MODEL=/models/model.plan
-RUN groupadd --system --gid 10001 resnet \
-    && useradd --system --uid 10001 --gid resnet --no-create-home --shell /usr/sbin/nologin resnet
 COPY --from=gpu-build /opt/venv /opt/venv
 WORKDIR /srv
 VOLUME ["/models"]
@@ -90,6 +91,24 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RESNET_SERVE_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "serve"]
+
+# ---- GPU training and export: [train,export] (torch 2.14.1, a CUDA 13 build) + the serving image's TensorRT, so the
+# engines `python -m export.trt` builds here deserialize in the gpu image ------------------------------------------
+FROM gpu-base AS train-gpu-build
+RUN python3 -m venv /opt/venv
+COPY --from=source /src /src
+WORKDIR /src
+RUN python -m pip install --quiet "./[train,export]" "tensorrt-cu13==10.16.1.11"
+
+FROM gpu-base AS train-gpu
+COPY --from=train-gpu-build /opt/venv /opt/venv
+WORKDIR /work
+VOLUME ["/work"]
+USER 10001:10001
+#   docker run --gpus all -v "$PWD/runs:/work" resnet-train:gpu -m train.cifar --dataset digits --out /work/digits
+#   docker run --gpus all -v "$PWD/runs:/work" resnet-train:gpu -m export.trt /work/digits/model.pt --require-engine
+ENTRYPOINT ["python"]
+CMD ["-m", "train.cifar", "--help"]
 
 # The default target (a plain `docker build .`) is the CPU image.
 FROM cpu

@@ -6,7 +6,8 @@
   ``strongly_typed=True`` builds from the FP16 graph with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` instead.
 
 One optimisation profile on the batch dimension: min 1, opt 10 (one ten-crop image), max N. A timing cache file is
-loaded before and saved (atomically) after each build, so rebuilding the same network is fast.
+loaded before and saved (atomically) after each build, so rebuilding the same network is fast; a cache from another
+GPU or TensorRT version is not applied (warning) and a new one replaces it.
 """
 
 from __future__ import annotations
@@ -84,18 +85,13 @@ def build_engine(
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, (lo, *shape), (opt, *shape), (hi, *shape))
     config.add_optimization_profile(profile)
-    reused = timing_cache.is_file() and timing_cache.stat().st_size > 0
-    cache = config.create_timing_cache(timing_cache.read_bytes() if reused else b"")
-    if cache is None and reused:
-        log(f"note: timing cache {timing_cache} is unreadable by TensorRT {trt.__version__}; starting a new one")
-        reused, cache = False, config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache, reused = attach_timing_cache(config, timing_cache, trt.__version__)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build an engine from {source.name} (log above)")
-    atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    save_timing_cache(cache, timing_cache)
     mode = "strongly typed network from the FP16 graph" if typed else "FP32 graph with BuilderFlag.FP16 (weakly typed)"
     return EngineBuild(
         plan=bytes(memoryview(serialized)),
@@ -107,6 +103,38 @@ def build_engine(
         timing_cache=str(timing_cache),
         timing_cache_reused=reused,
     )
+
+
+def attach_timing_cache(config: Any, path: Path, trt_version: str) -> tuple[Any | None, bool]:
+    """Load the timing cache file into the builder ``config``: ``(the cache that was set, reused)``.
+
+    ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache from another GPU or
+    TensorRT version (TensorRT docs): then warn, and build with a new empty cache instead. ``(None, False)`` when
+    TensorRT refuses even that: the build runs without a timing cache and nothing is saved afterwards.
+    """
+    data = path.read_bytes() if path.is_file() else b""
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # a corrupt file: TensorRT may raise rather than return None
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache, True
+        log(
+            f"warning: timing cache {path} does not apply here (made by another TensorRT than {trt_version} or "
+            "for another GPU, or unreadable): building without it; a new one replaces it after the build"
+        )
+    fresh = config.create_timing_cache(b"")
+    if fresh is not None and config.set_timing_cache(fresh, ignore_mismatch=False):
+        return fresh, False
+    log(f"warning: TensorRT {trt_version} refused a new timing cache: building without one")
+    return None, False
+
+
+def save_timing_cache(cache: Any | None, path: Path) -> None:
+    """Write the cache that was set on the builder (atomically); nothing when none was set."""
+    if cache is not None:
+        atomic_write(path, bytes(memoryview(cache.serialize())))
 
 
 def gpu_description() -> dict[str, Any]:

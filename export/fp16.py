@@ -66,7 +66,7 @@ def convert_fp16(fp32: Any, card: ModelCard) -> Any:
         log(f"note: FP16 conversion clamped {clamped} weight value(s) outside FP16's range (|x| < 1e-7 or > 1e4)")
     seal(
         proto,
-        card,
+        card.replace(precision="fp16"),
         "resnet-stack export.fp16",
         f"onnxconverter-common float16, blocked: {','.join(SENSITIVE_OPS)}",
         "the FP16 graph",

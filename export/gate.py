@@ -82,15 +82,17 @@ def parse_thresholds(text: str | None, base: Thresholds) -> Thresholds:
 
 
 def add_gate_arguments(
-    p: argparse.ArgumentParser, max_batch_default: int | None = None, max_batch_help: str | None = None
+    p: argparse.ArgumentParser,
+    max_batch_default: int | None = None,
+    max_batch_help: str | None = None,
+    images_default: str = "the bundled sample photos",
 ) -> None:
     """The image and batch options every gated command shares."""
     p.add_argument(
         "--images",
         type=Path,
         default=None,
-        help="folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy "
-        "(default: the bundled sample photos)",
+        help=f"folder of images, or an ImageFolder (DIR/<label>/img) for labelled accuracy (default: {images_default})",
     )
     p.add_argument(
         "--limit",

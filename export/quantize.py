@@ -140,6 +140,27 @@ def load_source(path: Path, arch: str | None) -> tuple[Any, ModelCard, Any]:
     return model, card, proto
 
 
+def add_calib_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--calib``, ``--calib-count`` and ``--method``, shared by export.quantize and export.trt --int8."""
+    p.add_argument(
+        "--calib",
+        default="samples",
+        metavar="SOURCE",
+        help=f"{prefix}calibration images: a folder, an ImageFolder, 'digits' (bundled training digits) or "
+        "'samples' (bundled photos; default)",
+    )
+    p.add_argument(
+        "--calib-count",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"{prefix}calibrate on at most N images, spread over the source (default {calib.DEFAULT_CALIB_COUNT})",
+    )
+    p.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD, help=f"{prefix}calibration method (default %(default)s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export.quantize",
@@ -152,28 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=None, help="output path (default: beside the input, model.int8.onnx)"
     )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    p.add_argument(
-        "--calib",
-        default="samples",
-        metavar="SOURCE",
-        help="calibration images: a folder, an ImageFolder, 'digits' (bundled training digits) or 'samples' "
-        "(bundled photos; default)",
-    )
-    p.add_argument(
-        "--calib-count",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"calibrate on at most N images, spread over the source (default {calib.DEFAULT_CALIB_COUNT})",
-    )
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="calibration method (default %(default)s)")
+    add_calib_arguments(p)
     p.add_argument(
         "--activations",
         choices=ACTIVATIONS,
         default=DEFAULT_ACTIVATIONS,
         help="activation type: uint8 (asymmetric) or int8 (symmetric, what TensorRT needs); default %(default)s",
     )
-    gate.add_gate_arguments(p)
+    gate.add_gate_arguments(
+        p, images_default="the held-out digits for --calib digits, else the photos; never a calibration image"
+    )
     gate.add_threshold_argument(p, "--thresholds", "int8")
     return p
 

@@ -69,16 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also make the INT8 QDQ graph (gated) and, on a GPU, an INT8 TensorRT engine from it",
     )
-    p.add_argument(
-        "--calib",
-        default="samples",
-        metavar="SOURCE",
-        help="--int8 calibration images: a folder, an ImageFolder, 'digits' or 'samples' (default)",
-    )
-    p.add_argument("--calib-count", type=int, default=None, metavar="N", help="--int8: calibrate on at most N images")
-    p.add_argument(
-        "--method", choices=quantize.METHODS, default=quantize.DEFAULT_METHOD, help="--int8 calibration method"
-    )
+    quantize.add_calib_arguments(p, prefix="--int8: ")
     gate.add_threshold_argument(p, "--int8-thresholds", "int8")
     p.add_argument(
         "--require-engine",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
+import importlib.util
 import os
 import pickle
-import zipfile
+import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,12 @@ from .registry import create_model, parse_model_name
 
 FORMAT = "resnet-checkpoint"
 VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+ZIP_END = b"PK\x05\x06"  # a zip's end-of-central-directory record: within the last 64 KiB + 22 bytes
+LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # older torch.save pickles open with this
+_GLOBAL_NAME = re.compile(r"GLOBAL (\S+) was not an allowed global|unsupported GLOBAL (\S+) whose module")
+_CUT_SHORT = ("central directory", "negative seek", "unpack requires a buffer", "data was truncated", "unexpected EOF")
+_IDENTIFIER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -36,23 +46,95 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: ModelC
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line ``CheckpointError``."""
+    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line ``CheckpointError``.
+
+    The message says what was wrong: not a checkpoint at all, truncated, refused because it needs code execution,
+    or corrupt. Library warnings (e.g. "Detected pickle protocol N") are not shown.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no such file: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    _check_container(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # untrusted bytes: torch raises anything (KeyError, IndexError, ValueError, ...)
+            raise CheckpointError(f"{path} {_load_failure(e)}") from None
+
+
+def _check_container(path: Path) -> None:
+    """Refuse, before unpickling, a file that is neither of torch.save's two formats, or a zip cut short."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"{path} refused: it holds Python objects that need code execution to load (weights_only=True)"
-            ) from None
-        raise CheckpointError(f"{path} is corrupt or not a checkpoint: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({msg})") from None
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_MAGIC))
+            f.seek(max(0, size - (1 << 16) - 22))
+            tail = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
+    if head.startswith(ZIP_MAGIC):
+        if ZIP_END not in tail:
+            raise CheckpointError(f"{path} is truncated: its zip archive has no end record ({size} bytes)")
+    elif len(head) < len(LEGACY_MAGIC) and (LEGACY_MAGIC.startswith(head) or ZIP_MAGIC.startswith(head)):
+        raise CheckpointError(f"{path} is truncated ({size} bytes)")
+    elif not head.startswith(LEGACY_MAGIC):
+        raise CheckpointError(
+            f"{path} is not a checkpoint: it is neither a PyTorch zip archive nor a PyTorch pickle "
+            f"(it starts with {head[:8]!r})"
+        )
+
+
+def _is_real_global(name: str) -> bool:
+    """Whether a refused global is something Python could run (``posix.system``), not bytes damaged into a name.
+
+    Nothing is imported: a name is looked up in modules already loaded, else its top-level package must exist.
+    """
+    if not _IDENTIFIER_PATH.fullmatch(name):
+        return False
+    parts = name.split(".")
+    if len(parts) == 1:
+        return hasattr(builtins, name)
+    for i in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None:
+            obj: Any = module
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, _MISSING)
+                if obj is _MISSING:
+                    return False
+            return True
+    try:
+        return importlib.util.find_spec(parts[0]) is not None  # a top-level name: finding it runs no code
+    except (ImportError, ValueError):
+        return False
+
+
+_MISSING = object()
+
+
+def _load_failure(e: Exception) -> str:
+    """What was wrong, in words, from the exception ``torch.load`` raised."""
+    text = str(e)
+    found = _GLOBAL_NAME.search(text)
+    name = (found.group(1) or found.group(2)) if found else None
+    if name and _is_real_global(name):
+        return (
+            f"refused: it needs code execution to load (it names {name[:80]}; only tensors, numbers, strings, "
+            "lists and dicts load with weights_only=True)"
+        )
+    if isinstance(e, EOFError) or any(s in text for s in _CUT_SHORT):
+        return "is truncated"
+    if "WeightsUnpickler error:" in text:  # torch wraps the unpickler's own message in paragraphs of advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif text.startswith("Weights only load failed") and "\n\n" in text:
+        text = text.split("\n\n", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"is corrupt ({type(e).__name__}{': ' + first[:100] if first else ''})"
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -65,6 +147,8 @@ def _is_state_dict(obj: Any) -> bool:
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
     """Load a state dict, naming missing, unexpected and mis-shaped keys in one clear ``CheckpointError``."""
+    if not _is_state_dict(state_dict):
+        raise CheckpointError(f"state dict for {what} is not a mapping of names to tensors")
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -73,7 +157,13 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         for k, v in own.items()
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or shapes:
+    dtypes = [
+        f"{k} {state_dict[k].dtype} vs {v.dtype}"
+        for k, v in own.items()
+        if k in state_dict
+        and (state_dict[k].is_complex() or state_dict[k].is_floating_point() != v.is_floating_point())
+    ]
+    if missing or unexpected or shapes or dtypes:
 
         def head(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
@@ -85,8 +175,15 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
             parts.append(f"unexpected keys: {head(unexpected)}")
         if shapes:
             parts.append(f"shape mismatch: {head(shapes)}")
+        if dtypes:
+            parts.append(f"dtype mismatch: {head(dtypes)}")
         raise CheckpointError(f"state dict does not match {what}: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # e.g. a tensor of a dtype that cannot be copied into the weights
+        raise CheckpointError(f"state dict does not fit {what} ({str(e).strip().splitlines()[-1][:100]})") from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,17 @@ def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError/ValueError/OSError variants for bad files
-        raise UserError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = onnx.load(str(path), load_external_data=False)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # untrusted bytes: protobuf raises DecodeError, ValueError, RuntimeError ...
+        raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({type(e).__name__})") from None
     for prop in model.metadata_props:
         if prop.key == CARD_KEY:
-            return ModelCard.from_json(prop.value)
+            try:
+                return ModelCard.from_json(prop.value)
+            except CardError as e:
+                raise CardError(f"{path}: {e}") from None
     raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")

@@ -37,12 +37,31 @@ def tensorrt_version() -> str | None:
     return str(trt.__version__)
 
 
+def installed_tensorrt() -> str | None:
+    """The version of the installed TensorRT wheel from its distribution metadata (no import, no GPU), or None."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def same_release(a: str, b: str) -> bool:
+    """Whether two TensorRT version strings name the same release (first three components: 10.16.1 == 10.16.1.11)."""
+    return str(a).split(".")[:3] == str(b).split(".")[:3]
+
+
 def tensorrt_available() -> tuple[bool, str]:
     """Whether engines can be built and run here: ``(True, "TensorRT 10.8 on NVIDIA H100")`` or ``(False, why)``."""
     try:
         import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of the project
-        return False, "torch is not installed"
+    except ImportError:
+        return False, (
+            'torch is not installed (the engine runner keeps its buffers in torch CUDA tensors: pip install "torch==2.14.1")'
+        )
     if not torch.cuda.is_available():
         return False, "no CUDA device (torch.cuda.is_available() is False)"
     try:
@@ -70,6 +89,9 @@ def open_engine(plan_path: str | os.PathLike[str]) -> TensorRTRunner:
     from .artifacts import check_engine_host, read_sidecar
 
     sidecar = read_sidecar(plan_path)
+    installed = installed_tensorrt()
+    if installed is not None and not same_release(installed, sidecar.tensorrt):
+        check_engine_host(plan_path, sidecar, installed, sidecar.compute_capability)  # refuses: another TensorRT
     ok, reason = tensorrt_available()
     if not ok:
         raise MissingComponentError(f"cannot run a TensorRT engine here: {reason}")

@@ -1,16 +1,20 @@
 """Inference backends behind one narrow interface: ``run(float32 [N, 3, H, W]) -> float32 logits [N, C]``.
 
-- ``TensorRTBackend``: a ``.plan`` engine through ``resnet.trt_runtime.TensorRTRunner`` (card from ``.plan.json``).
-- ``OnnxRuntimeBackend``: an ``.onnx``/``.fp16.onnx`` export; TensorRT EP, then CUDA EP, then CPU EP, whichever
-  this machine's onnxruntime build offers (card from the ONNX metadata).
+- ``TensorRTBackend``: a ``.plan`` engine through ``resnet.trt_runtime`` (card from ``.plan.json``; an engine whose
+  sidecar, TensorRT release or GPU does not fit is refused with the rebuild command, exit 4).
+- ``OnnxRuntimeBackend``: an ``.onnx``/``.fp16.onnx`` export on one ONNX Runtime execution provider that is verified
+  after the session is made (serve.ort_session); ``auto`` tries TensorRT, then CUDA, then the CPU.
 - ``TorchBackend``: a ``.pt`` checkpoint (card inside); CUDA when present, else CPU; fp32 unless asked otherwise.
+  Without torch installed: exit 4 naming the extra to install or the export to run.
 
-``load_backend(path, choice)`` maps an artifact and a ``--backend`` choice to one of these and says why it chose.
-The HTTP layer never imports onnxruntime, torch or TensorRT: only this module does.
+Each backend says what runs it: ``kind`` (onnxruntime|tensorrt|torch), ``provider`` (as its runtime names it) and
+``precision``. ``load_backend(path, choice)`` maps an artifact and a ``--backend`` choice to one of these and logs
+why. Nothing here imports torch, onnx or TensorRT at module level: an ONNX model serves without them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,17 +22,32 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from resnet import MissingComponentError, UsageError, UserError
-from resnet.artifacts import artifact_kind, read_sidecar
+from resnet import CardError, MissingComponentError, UsageError, UserError
+from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind, read_sidecar, report_path
 from resnet.card import ModelCard
+from resnet.onnx_card import CARD_KEY
+
+from .ort_session import (
+    AUTO_ORDER,
+    PROVIDERS,
+    ProviderUnavailable,
+    TrtOptions,
+    conflicting_runtimes,
+    make_session,
+    trt_cache_dir,
+)
 
 log = logging.getLogger("serve.backends")
+OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
 
 
 class Backend(Protocol):
     """What the batcher needs from an inference engine."""
 
     name: str  # e.g. "onnxruntime:CPUExecutionProvider"
+    kind: str  # onnxruntime | tensorrt | torch
+    provider: str  # what runs it, as its runtime names it: "CPUExecutionProvider", "TensorRT", "torch:cuda"
+    precision: str  # fp32 | fp16 | int8 | bf16
     card: ModelCard
     max_batch: int | None  # the engine's hard limit (TensorRT profile), None when any batch works
     min_batch: int
@@ -47,9 +66,14 @@ def cpu_threads() -> int:
 
 
 class OnnxRuntimeBackend:
-    """An ONNX export in an ONNX Runtime session; input ``input``, output ``logits`` (DESIGN.md §2)."""
+    """An ONNX export in an ONNX Runtime session on one verified execution provider; input ``input``, output
+    ``logits`` (DESIGN.md §2)."""
 
-    def __init__(self, path: Path, card: ModelCard, providers: list[str], threads: int = 0) -> None:
+    kind = "onnxruntime"
+
+    def __init__(
+        self, path: Path, card: ModelCard | None, ep: str = "cpu", threads: int = 0, trt: TrtOptions | None = None
+    ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -63,14 +87,15 @@ class OnnxRuntimeBackend:
         # No busy-waiting after a run: in a server the decode threads and the event loop need those cores between
         # batches (ONNX Runtime threading docs; a bare session runs as fast either way).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
-        used = self.session.get_providers()
-        self.name = f"onnxruntime:{used[0]}"
-        self.providers = used
-        self.card = card
+        self.session = make_session(path, ep, opts, trt)
+        self.provider = self.session.get_providers()[0]
+        self.name = f"onnxruntime:{self.provider}"
+        self.providers = self.session.get_providers()
+        self.card = card if card is not None else onnx_session_card(self.session, path)
+        fp16_graph = self.card.precision == "fp16"
+        self.precision = "fp16" if fp16_graph or (ep == "tensorrt" and trt is not None and trt.fp16) else "fp32"
+        if self.card.precision == "int8":  # a QDQ graph computes in int8 whichever provider runs it
+            self.precision = "int8"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         dim = self.session.get_inputs()[0].shape[0]
@@ -82,13 +107,30 @@ class OnnxRuntimeBackend:
         return np.asarray(out, dtype=np.float32)
 
 
+def onnx_session_card(session: Any, path: Path) -> ModelCard:
+    """The card from an open session's model metadata (no ``onnx`` package needed)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in meta:
+        raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
+    return ModelCard.from_json(meta[CARD_KEY])
+
+
 class TorchBackend:
     """A checkpoint on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked."""
 
-    def __init__(self, path: Path, precision: str = "fp32", threads: int = 0) -> None:
-        import torch
+    kind = "torch"
 
-        from resnet import load_checkpoint
+    def __init__(self, path: Path, precision: str = "fp32", threads: int = 0) -> None:
+        try:
+            import torch
+
+            from resnet import load_checkpoint
+        except ImportError as e:
+            raise MissingComponentError(
+                f"serving the checkpoint {path.name} needs PyTorch, which is not installed here ({e.name}): "
+                f'pip install "resnet-stack[train]", or export it and serve the ONNX file '
+                f"(python -m export.onnx {path})"
+            ) from None
 
         model, card = load_checkpoint(path)
         self.torch = torch
@@ -106,6 +148,7 @@ class TorchBackend:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.card = card
         self.name = f"torch:{self.device.type}:{precision}"
+        self.provider = f"torch:{self.device.type}"
         self.max_batch = None
         self.min_batch = 1
 
@@ -121,13 +164,15 @@ class TorchBackend:
 class TensorRTBackend:
     """A serialised TensorRT engine via ``resnet.trt_runtime.TensorRTRunner``; its profile bounds the batch."""
 
+    kind = "tensorrt"
+    provider = "TensorRT"
+
     def __init__(self, path: Path) -> None:
         runtime = _trt_runtime()
-        ok, reason = runtime.tensorrt_available()
-        if not ok:
-            raise MissingComponentError(f"cannot run {path}: TensorRT is not usable here ({reason})")
-        self.card = read_sidecar(path).card
-        self.runner = runtime.open_engine(path)  # refuses an engine built for another TensorRT or GPU (exit 4)
+        sidecar = read_sidecar(path)  # refuses a sidecar of another format or version (exit 4)
+        self.card, self.precision = sidecar.card, sidecar.precision
+        # refuses an engine built by another TensorRT or for another GPU, or a machine without TensorRT (exit 4)
+        self.runner = runtime.open_engine(path)
         self.name = "tensorrt"
         self.max_batch = int(self.runner.max_batch)
         self.min_batch = int(getattr(self.runner, "min_batch", 1))
@@ -152,32 +197,101 @@ def tensorrt_status() -> tuple[bool, str]:
         return False, str(e)
 
 
-def ort_providers(require_tensorrt: bool = False) -> tuple[list[str], str]:
-    """ONNX Runtime providers to use here, fastest first, and a sentence saying why."""
+def peek_onnx_card(path: Path) -> ModelCard:
+    """The card before a GPU session is made (its input size shapes the TensorRT profile): through the ``onnx``
+    package when installed, else from a plain CPU session's metadata (the ``[serve-gpu]`` install has no ``onnx``)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return OnnxRuntimeBackend(path, None, "cpu", threads=1).card
+    from resnet.onnx_card import read_onnx_card
+
+    return read_onnx_card(path)
+
+
+def fp16_parity_passed(model: Path) -> bool:
+    """Whether the FP16 variant of ``model`` passed its parity gate (``<stem>.fp16.onnx.parity.json``)."""
+    name = model.name
+    fp16 = model if name.endswith(".fp16.onnx") else model.with_name(name.removesuffix(".onnx") + ".fp16.onnx")
+    try:
+        report = json.loads(report_path(fp16).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("passed") is True
+
+
+def onnx_backend(
+    path: Path, choice: str, threads: int, profile: tuple[int, int, int], trt_cache: str
+) -> tuple[OnnxRuntimeBackend, str]:
+    """An ONNX Runtime backend on the execution provider ``choice`` asks for, verified; ``auto``/``onnxruntime`` try
+    TensorRT, then CUDA, then the CPU and say why the faster ones were passed over."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
-    if require_tensorrt and "TensorrtExecutionProvider" not in available:
-        raise MissingComponentError(
-            f"--backend tensorrt needs onnxruntime's TensorrtExecutionProvider; this build offers {available}"
-        )
-    why = (
-        f"onnxruntime providers {chosen + ['CPUExecutionProvider']} (GPU EPs first)"
-        if chosen
-        else "onnxruntime on the CPU (no TensorRT/CUDA execution provider in this onnxruntime build; "
-        "pip install onnxruntime-gpu on a GPU machine)"
+    explicit = choice in ("tensorrt", "cuda")
+    order = [choice] if explicit else [ep for ep in AUTO_ORDER if PROVIDERS[ep] in available or ep == "cpu"]
+    skipped = [f"{PROVIDERS[ep]}: not in this onnxruntime build" for ep in AUTO_ORDER if ep not in order]
+    card = peek_onnx_card(path) if order[0] != "cpu" else None
+    for ep in order:
+        trt = None
+        if ep == "tensorrt" and card is not None:
+            fp16 = card.precision == "fp16" or fp16_parity_passed(path)
+            shape = (3, card.input_size, card.input_size)
+            trt = TrtOptions(trt_cache_dir(path, trt_cache), "input", shape, profile, fp16)
+        try:
+            backend = OnnxRuntimeBackend(path, card, ep, threads, trt)
+        except ProviderUnavailable as e:
+            if explicit:
+                raise ProviderUnavailable(f"--backend {choice} cannot run {path.name} here: {e}") from None
+            log.warning("backend %s unavailable: %s", PROVIDERS[ep], e)
+            skipped.append(f"{PROVIDERS[ep]}: {e}")
+            continue
+        why = f"onnxruntime on {backend.provider} ({backend.precision})"
+        if trt is not None:
+            why += f"; TensorRT profile {profile}, cache {trt.cache_dir}"
+        return backend, why + (f"; passed over: {' | '.join(skipped)}" if skipped else "")
+    raise AssertionError("unreachable: the CPU provider is always tried last")  # pragma: no cover
+
+
+def trt_profile(settings: Any) -> tuple[int, int, int]:
+    """The TensorRT batch profile (min, opt, max) covering every batch shape the server will run, so none rebuilds."""
+    from .batcher import batch_shapes
+
+    sizes = settings.parsed_batch_sizes()
+    # as ClassifyService does for an engine without a batch limit: max-batch (default 64) is always one of them
+    shapes = batch_shapes(settings.max_batch or DEFAULT_MAX_BATCH, sizes, 1)
+    opt = min(shapes, key=lambda s: (s < OPT_BATCH, abs(s - OPT_BATCH)))
+    return shapes[0], opt, shapes[-1]
+
+
+def load_backend_for(settings: Any) -> Backend:
+    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache)."""
+    return load_backend(
+        settings.model,
+        settings.backend,
+        threads=settings.threads,
+        torch_precision=settings.torch_precision,
+        profile=trt_profile(settings),
+        trt_cache=getattr(settings, "trt_cache", ""),
     )
-    return chosen + ["CPUExecutionProvider"], why
 
 
 def load_backend(
-    model: str | os.PathLike[str], choice: str = "auto", *, threads: int = 0, torch_precision: str = "fp32"
+    model: str | os.PathLike[str],
+    choice: str = "auto",
+    *,
+    threads: int = 0,
+    torch_precision: str = "fp32",
+    profile: tuple[int, int, int] = (1, 10, DEFAULT_MAX_BATCH),
+    trt_cache: str = "",
 ) -> Backend:
-    """Load ``model`` with the backend ``choice`` (auto|tensorrt|onnxruntime|torch); log what was chosen and why."""
+    """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why."""
     path = Path(model)
     if not path.is_file():
         raise UserError(f"no such model file: {path}")
+    conflict = conflicting_runtimes()
+    if conflict:
+        log.warning("%s", conflict)
     kind = artifact_kind(path)
     backend: Backend
     if kind == "engine":
@@ -186,24 +300,21 @@ def load_backend(
         backend, why = TensorRTBackend(path), "a .plan engine runs on TensorRT"
     elif kind == "onnx":
         if choice == "torch":
-            raise UsageError(f"{path} is an ONNX export: use --backend onnxruntime or tensorrt (torch serves .pt)")
-        from resnet.onnx_card import read_onnx_card
-
-        card = read_onnx_card(path)
-        providers, why = ort_providers(require_tensorrt=choice == "tensorrt")
-        if choice == "tensorrt":
-            providers = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
-            why = "--backend tensorrt on an ONNX file: onnxruntime's TensorRT execution provider"
-        backend = OnnxRuntimeBackend(path, card, providers, threads)
-    else:
-        if choice in ("tensorrt", "onnxruntime"):
             raise UsageError(
-                f"{path} is a checkpoint: --backend {choice} needs an export (python -m export.trt {path})"
+                f"{path} is an ONNX export: use --backend onnxruntime, cuda or tensorrt (torch serves .pt)"
+            )
+        backend, why = onnx_backend(path, choice, threads, profile, trt_cache)
+    else:
+        if choice in ("tensorrt", "cuda", "onnxruntime"):
+            raise UsageError(
+                f"{path} is a checkpoint: --backend {choice} needs an export (python -m export.onnx {path})"
             )
         backend = TorchBackend(path, torch_precision, threads)
         why = (
             f"a checkpoint runs on PyTorch ({backend.device.type}, {torch_precision}); an ONNX export of it serves "
             "faster on CPU (bench/RESULTS.md)"
         )
-    log.info("backend %s for %s: %s", backend.name, path.name, why)
+    log.info(
+        "backend %s (provider %s, %s) for %s: %s", backend.name, backend.provider, backend.precision, path.name, why
+    )
     return backend

@@ -87,6 +87,8 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="backend")
         self._task: asyncio.Task | None = None
         self.busy_s = 0.0  # time the backend spent running batches
+        self.failures_in_a_row = 0  # batches that raised since the last one that did not
+        self.last_failure: str | None = None
 
     @property
     def pending_crops(self) -> int:
@@ -201,13 +203,16 @@ class Batcher:
             try:
                 logits = await loop.run_in_executor(self._executor, self._run, batch)
             except Exception as e:  # a backend fault fails only the requests in this batch
-                log.exception("backend failed on a batch of %d crops", size)
+                log.error("backend failed on a batch of %d crops: %s: %s", size, type(e).__name__, e)
+                self.failures_in_a_row += 1
+                self.last_failure = f"{type(e).__name__}: {e}"
                 for item, _, _ in parts:
                     if not item.future.done():
                         item.future.set_exception(BackendFailed(f"{type(e).__name__}: {e}"))
                 continue
             took = time.perf_counter() - started
             self.busy_s += took
+            self.failures_in_a_row = 0
             if self._on_batch is not None:
                 self._on_batch(n, size, took)
             row = 0

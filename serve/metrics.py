@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -44,6 +45,19 @@ class Metrics:
         self.images = Counter("resnet_serve_images", "Images classified", registry=r)
         self.crops = Counter("resnet_serve_crops", "Crops run through the backend", registry=r)
         self.rejected = Counter("resnet_serve_rejected", "Requests turned away, by reason", ["reason"], registry=r)
+        self.backend_info = Gauge(
+            "resnet_serve_backend_info",
+            "What actually runs the model (1 on the one series): backend, provider as its runtime names it, precision",
+            ["backend", "provider", "precision"],
+            registry=r,
+        )
+
+    def set_backend(self, backend: Any) -> None:
+        """Report the loaded backend (``kind``, ``provider``, ``precision``) as the one series of the info gauge."""
+        self.backend_info.clear()
+        kind = getattr(backend, "kind", backend.name.split(":")[0])
+        provider = getattr(backend, "provider", backend.name)
+        self.backend_info.labels(kind, provider, getattr(backend, "precision", backend.card.precision)).set(1)
 
     def observe_batch(self, n: int, padded: int, seconds: float) -> None:
         self.batch_size.observe(n)

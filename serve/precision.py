@@ -11,6 +11,7 @@ picks that one. torch is imported only for the checkpoint candidate (through ``s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -25,7 +26,7 @@ import numpy as np
 from resnet import UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, report_path
 
-from .backends import Backend, load_backend
+from .backends import Backend, load_backend_for
 from .batcher import batch_shapes
 from .settings import Settings
 
@@ -110,10 +111,14 @@ def serve_batch(settings: Settings, backend: Backend) -> int:
 
 
 def _load(candidate: Candidate, settings: Settings) -> Backend:
+    """``load_backend_for`` the candidate with the server's settings (threads, batch profile, TensorRT cache)."""
     if artifact_kind(candidate.path) == "checkpoint":
-        return load_backend(candidate.path, "torch", threads=settings.threads, torch_precision=candidate.precision)
-    choice = "auto" if settings.backend == "torch" else settings.backend
-    return load_backend(candidate.path, choice, threads=settings.threads)
+        choice, torch_precision = "torch", candidate.precision
+    else:
+        choice, torch_precision = ("auto" if settings.backend == "torch" else settings.backend), "fp32"
+    return load_backend_for(
+        dataclasses.replace(settings, model=str(candidate.path), backend=choice, torch_precision=torch_precision)
+    )
 
 
 def time_backends(
@@ -217,8 +222,8 @@ def select_backend(settings: Settings) -> Backend:
         torch_precision = settings.torch_precision if wanted == "auto" else wanted
         if torch_precision == "int8":
             raise UserError(f"{path.name} is a checkpoint: it serves in fp32 or bf16 (int8 needs export.quantize)")
-        return load_backend(path, settings.backend, threads=settings.threads, torch_precision=torch_precision)
-    backend = load_backend(path, settings.backend, threads=settings.threads, torch_precision=settings.torch_precision)
+        return load_backend_for(dataclasses.replace(settings, torch_precision=torch_precision))
+    backend = load_backend_for(settings)
     if wanted != "auto" and precision_of(backend) != wanted:
         raise UserError(f"{path.name} computes in {precision_of(backend)}, not {wanted} (--precision {wanted})")
     return backend

@@ -12,7 +12,7 @@ Decoding and resizing run in a thread pool (Pillow releases the GIL); crops go t
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from PIL import Image
 import resnet
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.preprocess import (
+    ACCEPTED_FORMATS,
     CROPS,
     ImageDecodeError,
     ImageTooLargeError,
@@ -38,10 +39,12 @@ from resnet.preprocess import topk as top_k
 
 from .backends import Backend, cpu_threads
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
+from .decode import FairPool
 from .precision import precision_of
 from .settings import Settings
 
 log = logging.getLogger("serve.service")
+FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
 
 
 class ImageError(Exception):
@@ -83,9 +86,7 @@ class ClassifyService:
         self.shapes = batch_shapes(max_batch, settings.parsed_batch_sizes(), backend.min_batch)
         self._on_batch = on_batch
         self.batcher: Batcher | None = None
-        self.decode_pool = concurrent.futures.ThreadPoolExecutor(
-            settings.decode_threads or cpu_threads(), thread_name_prefix="decode"
-        )
+        self.decode_pool = FairPool(settings.decode_threads or cpu_threads())
         # Pillow's own decompression-bomb guard at our cap too (decode_image turns its warning into an error).
         Image.MAX_IMAGE_PIXELS = settings.max_pixels
         self.ready = False
@@ -126,27 +127,43 @@ class ClassifyService:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown()
+
+    @property
+    def failed(self) -> str | None:
+        """Why the backend counts as failed (``FAILED_AFTER`` batches in a row raised), else None."""
+        b = self.batcher
+        if b is not None and b.failures_in_a_row >= FAILED_AFTER:
+            return f"backend failed {b.failures_in_a_row} batches in a row (last: {b.last_failure})"
+        return None
 
     @property
     def pending_crops(self) -> int:
         return self.batcher.pending_crops if self.batcher else 0
 
     def preprocess(self, data: bytes, crops: str) -> np.ndarray:
-        """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415)."""
+        """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415).
+
+        Decoded once: ``decode_image``, then the resize, then ``resnet.preprocess`` crops the already resized image
+        (its own decode and resize steps are no-ops on it), so the result is ``resnet.preprocess``'s exactly.
+        """
         s = self.settings
         if not data:
             raise ImageError(400, "empty_image", "the image is empty (0 bytes)")
+        size = self.card.resize_size
         try:
-            img = decode_image(data, self.card.resize_size, draft=s.draft, max_pixels=s.max_pixels)
+            img = decode_image(data, size, draft=s.draft, max_pixels=s.max_pixels)
             w, h = img.size
             if max(w, h) / min(w, h) > s.max_aspect:
                 raise ImageError(
                     413,
                     "image_too_large",
                     f"image is {w}x{h}: aspect ratio over {s.max_aspect:g} would resize to "
-                    f"{'x'.join(map(str, resized_size(w, h, int(self.card.resize_size))))} pixels",
+                    f"{'x'.join(map(str, resized_size(w, h, size)))} pixels",
                 )
+            target = resized_size(w, h, size)
+            if target != img.size:
+                img = img.resize(target, Image.Resampling.BILINEAR)  # what resnet.preprocess does, done once here
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
         except ImageTooLargeError as e:
             raise ImageError(413, "image_too_large", str(e)) from None
@@ -157,14 +174,44 @@ class ClassifyService:
         except Image.DecompressionBombWarning as e:
             raise ImageError(413, "image_too_large", str(e)) from None
         except (OSError, ValueError, EOFError) as e:  # lazy decoders may fail late, while resizing
-            log.warning("undecodable upload (%s)", type(e).__name__, exc_info=True)
+            log.warning("undecodable upload (%s: %s)", type(e).__name__, e)
             raise ImageError(400, "bad_image", f"cannot decode image ({type(e).__name__}: {e})") from None
 
+    def check_budget(self, images: list[bytes]) -> int:
+        """Decoded pixels the request asks for, from the image headers alone (nothing decoded); 413 over the budget.
+
+        Images that cannot be opened, or are over the per-image cap, count 0 here: decoding refuses them anyway.
+        """
+        total = 0
+        for data in images:
+            try:
+                with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as im:
+                    pixels = im.width * im.height
+            except Exception:
+                continue
+            total += pixels if pixels <= self.settings.max_pixels else 0
+        budget = self.settings.max_request_pixels
+        if total > budget:
+            raise ImageError(
+                413,
+                "request_too_large",
+                f"the request's {len(images)} images hold {total} pixels, over the per-request budget of {budget} "
+                "(send fewer or smaller images per request)",
+            )
+        return total
+
     async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[np.ndarray], float]:
-        loop = asyncio.get_running_loop()
+        """Decode a request's images on the fair pool (one job per turn per request), after the pixel budget."""
         started = time.perf_counter()
-        jobs = [loop.run_in_executor(self.decode_pool, self.preprocess, data, crops) for data in images]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        owner = object()
+        await self.decode_pool.run(owner, self.check_budget, images)
+        jobs = [asyncio.ensure_future(self.decode_pool.run(owner, self.preprocess, data, crops)) for data in images]
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
         for i, r in enumerate(results):
             if isinstance(r, ImageError):
                 if len(images) > 1:
@@ -206,3 +253,28 @@ class ClassifyService:
             inference_s=max(st.inference_s for st in stats),
             batch_sizes=sorted({b for st in stats for b in st.batch_sizes}),
         )
+
+
+def check_backend(backend: Backend) -> float:
+    """One real inference at the card's input size before serving: the card must agree with the graph.
+
+    Raises ``CardError`` (one line, exit 1) when the graph refuses the card's input size or gives another number of
+    classes than the card has labels. Returns the seconds the inference took.
+    """
+    card = backend.card
+    n, size = max(1, backend.min_batch), card.input_size
+    started = time.perf_counter()
+    try:
+        out = np.asarray(backend.run(np.zeros((n, 3, size, size), np.float32)))
+    except Exception as e:
+        first = "; ".join(ln.strip() for ln in str(e).strip().splitlines() if ln.strip())[:300]
+        raise resnet.CardError(
+            f"the model card does not fit the graph: a batch of {n}x3x{size}x{size} (the card's input_size) fails "
+            f"({type(e).__name__}: {first})"
+        ) from None
+    if out.ndim != 2 or out.shape != (n, len(card.labels)):
+        raise resnet.CardError(
+            f"the model card does not fit the graph: it gives logits of shape {list(out.shape)} for {n} crop(s); "
+            f"the card has {len(card.labels)} labels"
+        )
+    return time.perf_counter() - started

@@ -33,8 +33,14 @@ class Settings:
     )
     backend: str = _opt(
         "auto",
-        "auto | tensorrt | onnxruntime | torch; auto picks the fastest that works for the artifact here",
-        choices=("auto", "tensorrt", "onnxruntime", "torch"),
+        "auto | tensorrt | cuda | onnxruntime | torch; auto picks the fastest that works for the artifact here "
+        "(.onnx: TensorRT, then CUDA, then CPU execution provider, each verified); tensorrt/cuda on an .onnx exit 4 "
+        "with ONNX Runtime's reason when that provider does not load",
+        choices=("auto", "tensorrt", "cuda", "onnxruntime", "torch"),
+    )
+    trt_cache: str = _opt(
+        "",
+        "folder for ONNX Runtime's TensorRT engine and timing caches; empty = <model>.trt_cache beside the model",
     )
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
     port: int = _opt(8000, "TCP port to listen on")
@@ -72,12 +78,33 @@ class Settings:
         "start-up and serves the fastest, a precision picks that artifact; with a file it must match the file",
         choices=("auto", "fp32", "fp16", "int8", "bf16"),
     )
-    api_key: str = _opt("", "if set, /classify needs 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+    api_key: str = _opt(
+        "",
+        "if set, /classify and /v2 (all but its health routes) need 'Authorization: Bearer KEY' or 'X-API-Key: KEY', "
+        "and so do /metrics and /docs unless --public-metrics",
+    )
     cors_origins: str = _opt("", "comma-separated origins allowed by CORS; empty = CORS off")
     web_dir: str = _opt(str(DEFAULT_WEB_DIR), "folder served at / (the upload page); empty or missing = none")
     drain_grace_s: float = _opt(0.0, "after SIGTERM, keep answering /readyz 503 at least this long before exiting")
-    drain_timeout_s: float = _opt(30.0, "after SIGTERM, longest wait for in-flight requests before exiting")
+    drain_timeout_s: float = _opt(
+        30.0, "after SIGTERM, bound on the whole exit; requests still running then get 503 + Retry-After"
+    )
     log_level: str = _opt("info", "log level: debug | info | warning | error")
+    # Robustness against hostile clients (bounds applied before the app sees a request, and per request).
+    public_metrics: bool = _opt(
+        False, "with --api-key: leave /metrics, /docs and /openapi.json open (else they need the key)"
+    )
+    max_request_pixels: int = _opt(
+        200_000_000, "most decoded pixels (sum of width x height) in one request, checked before decoding (413)"
+    )
+    max_header_bytes: int = _opt(
+        65536, "largest request head (request line + headers) in bytes (431, connection closed)"
+    )
+    max_headers: int = _opt(100, "most header fields in one request (431, connection closed)")
+    header_timeout_s: float = _opt(
+        10.0, "a connection must finish sending a request's headers within this (else closed)"
+    )
+    keep_alive_timeout_s: float = _opt(5.0, "an idle keep-alive connection is closed after this many seconds")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -93,6 +120,10 @@ class Settings:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if self.max_queue_crops == 0:
             raise UsageError("--max-queue-crops must be > 0")
+        limits = ("max_request_pixels", "max_header_bytes", "max_headers", "header_timeout_s", "keep_alive_timeout_s")
+        for name in limits:
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
         self.parsed_batch_sizes()
 
     def parsed_batch_sizes(self) -> list[int]:

@@ -39,6 +39,7 @@ class ClientsServer(Server):
             str(MAX_BODY_BYTES),
             "--threads",
             "2",
+            "--public-metrics",  # the load generator's tests read /metrics without the key
             "--log-level",
             "warning",
             *(extra or []),

@@ -64,6 +64,9 @@ class Server:
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        given = list(args)
+        key = given[given.index("--api-key") + 1] if "--api-key" in given else (env or {}).get("RESNET_SERVE_API_KEY")
+        self.api_key: str | None = key
 
     def start(self, timeout: float = 90.0) -> Server:
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
@@ -102,7 +105,8 @@ class Server:
 
     def metric(self, name: str, labels: str = "") -> float:
         """The value of one sample in /metrics, e.g. ``metric("resnet_serve_batch_size_count")``."""
-        text = httpx.get(self.url + "/metrics", timeout=5).text
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        text = httpx.get(self.url + "/metrics", headers=headers, timeout=5).text
         key = f"{name}{{{labels}}}" if labels else name
         for line in text.splitlines():
             if line.startswith(key + " "):
@@ -136,3 +140,15 @@ def encode(img: Image.Image, fmt: str, **kw: Any) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
+
+
+def until(condition: Any, timeout: float = 20.0, every: float = 0.02) -> Any:
+    """Poll ``condition()`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(every)

@@ -6,8 +6,10 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -65,9 +67,19 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_truncated_file_is_a_clear_error(small_checkpoint: Path) -> None:
     data = small_checkpoint.read_bytes()
-    small_checkpoint.write_bytes(data[: len(data) // 2])
-    with pytest.raises(resnet.CheckpointError, match="truncated or corrupt"):
-        resnet.load_checkpoint(small_checkpoint)
+    for cut in (1, 3, len(data) // 2, len(data) - 30):
+        small_checkpoint.write_bytes(data[:cut])
+        with pytest.raises(resnet.CheckpointError, match="is truncated"):
+            resnet.load_checkpoint(small_checkpoint)
+
+
+def test_legacy_pickle_checkpoint_cut_short_says_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40])
+    with pytest.raises(resnet.CheckpointError, match="is truncated"):
+        read_checkpoint_file(path)
 
 
 def test_random_bytes_are_a_clear_error(tmp_path: Path) -> None:
@@ -75,6 +87,59 @@ def test_random_bytes_are_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(os.urandom(4096))
     with pytest.raises(resnet.CheckpointError):
         resnet.load_checkpoint(path)
+
+
+def test_random_files_say_not_a_checkpoint_with_no_warning_or_other_exception(tmp_path: Path) -> None:
+    """Random 1,000-byte files used to escape as KeyError/IndexError or claim to need code execution."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "garbage.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a leaked library warning fails the test
+        for _ in range(300):
+            path.write_bytes(rng.integers(0, 256, 1000, dtype=np.uint8).tobytes())
+            with pytest.raises(resnet.CheckpointError) as err:
+                read_checkpoint_file(path)
+            assert "not a checkpoint" in str(err.value) and "code execution" not in str(err.value)
+            assert len(str(err.value).splitlines()) == 1
+
+
+def test_empty_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(resnet.CheckpointError, match="empty"):
+        resnet.load_checkpoint(path)
+
+
+def test_legacy_pickle_with_garbage_is_corrupt_without_protocol_warning(tmp_path: Path) -> None:
+    """After the old format's magic number, a protocol-100 pickle made torch warn "Detected pickle protocol"."""
+    from resnet.checkpoint import LEGACY_MAGIC
+
+    path = tmp_path / "old.pt"
+    path.write_bytes(LEGACY_MAGIC + b"\x80\x64" + bytes(range(7, 200)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(resnet.CheckpointError, match="is corrupt|is truncated"):
+            read_checkpoint_file(path)
+
+
+def test_version_from_the_future_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "future.pt"
+    card = resnet.make_card("cifar_resnet8")
+    obj = {"format": "resnet-checkpoint", "version": 99, "model_card": card.to_dict(), "state_dict": {}}
+    torch.save(obj, path)
+    with pytest.raises(resnet.CheckpointError, match="version 99 is not supported"):
+        resnet.load_checkpoint(path)
+
+
+def test_tensor_of_the_wrong_dtype_is_a_checkpoint_error(tmp_path: Path) -> None:
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    sd["fc.bias"] = torch.zeros(10, dtype=torch.complex64)
+    path = tmp_path / "complex.pth"
+    torch.save(sd, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(resnet.CheckpointError, match=r"dtype mismatch: fc\.bias torch\.complex64"):
+            resnet.load_checkpoint(path, arch="resnet18")
 
 
 class _Exploit:

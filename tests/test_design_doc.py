@@ -37,3 +37,12 @@ def test_nothing_points_outside_the_repository() -> None:
     files = [root / "README.md", *root.glob("*/*.py"), *root.glob("docs/*.md")]
     offenders = [str(p.relative_to(root)) for p in files if OUTSIDE in p.read_text(errors="replace")]
     assert not offenders
+
+
+def test_gate_preset_table_matches_the_code() -> None:
+    from export.gate import PRESETS
+
+    rows = re.findall(r"^\| `(\w+)` \| ([\d.]+) % \| ([\d.]+) \| ([\d.]+) points \|$", DESIGN.read_text(), flags=re.M)
+    table = {name: (float(a), float(c), float(t)) for name, a, c, t in rows}
+    code = {k: (v.min_top1_agreement, v.min_cosine, v.max_top1_change) for k, v in PRESETS.items()}
+    assert table == code

@@ -36,10 +36,9 @@ def onnx_path(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def server(onnx_path: Path) -> Any:
-    """ONNX Runtime backend, exact decoding (so answers equal the offline torchvision pipeline), an API key, and a
-    drain grace period so the last test can watch readiness go 503."""
+    """ONNX Runtime backend, exact decoding (so answers equal the offline torchvision pipeline), an API key."""
     srv = Server(
-        ["--model", str(onnx_path), "--no-draft", "--drain-grace-s", "1.5"],
+        ["--model", str(onnx_path), "--no-draft"],
         env={"RESNET_SERVE_API_KEY": API_KEY},
         log_path=onnx_path.with_suffix(".log"),
     ).start()
@@ -60,10 +59,11 @@ def _crops(images: np.ndarray, card: ModelCard) -> np.ndarray:
 
 def test_tritonclient_sees_a_live_ready_server_and_the_models_metadata(client: Any) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready(MODEL) and not client.is_model_ready("no-such-model")
-    server_meta = client.get_server_metadata()
+    assert client.is_model_ready(MODEL, headers=dict(AUTH))
+    assert not client.is_model_ready("no-such-model", headers=dict(AUTH))
+    server_meta = client.get_server_metadata(headers=dict(AUTH))
     assert server_meta["name"] == "resnet-stack" and "binary_tensor_data" in server_meta["extensions"]
-    meta = client.get_model_metadata(MODEL)
+    meta = client.get_model_metadata(MODEL, headers=dict(AUTH))
     assert meta["versions"] == ["1"] and meta["platform"] == "resnet-stack_onnxruntime"
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["inputs"]} == {
         ("input", "FP32", (-1, 3, 32, 32)),
@@ -73,10 +73,10 @@ def test_tritonclient_sees_a_live_ready_server_and_the_models_metadata(client: A
         ("logits", (-1, 10)),
         ("probabilities", (-1, 10)),
     }
-    config = client.get_model_config(MODEL)
+    config = client.get_model_config(MODEL, headers=dict(AUTH))
     assert config["max_batch_size"] == 64 and json.loads(config["parameters"]["labels"]["string_value"])[3] == "3"
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
-        client.get_model_metadata("nope")
+        client.get_model_metadata("nope", headers=dict(AUTH))
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
@@ -145,7 +145,7 @@ def test_center_crop_parameter_and_json_base64_images(server: Any, photo_paths: 
     np.testing.assert_allclose(out["data"], expected, atol=1e-6)
 
 
-def test_inference_needs_the_api_key_but_health_and_metadata_do_not(client: Any, server: Any) -> None:
+def test_inference_and_metadata_need_the_api_key_but_health_does_not(client: Any, server: Any) -> None:
     crops = np.zeros((10, 3, 32, 32), np.float32)
     inp = httpclient.InferInput("input", list(crops.shape), "FP32")
     inp.set_data_from_numpy(crops)
@@ -154,6 +154,10 @@ def test_inference_needs_the_api_key_but_health_and_metadata_do_not(client: Any,
     assert err.value.status() == "401"
     assert client.infer(MODEL, [inp], headers={"X-API-Key": API_KEY}).as_numpy("logits").shape == (10, 10)
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    assert httpx.get(server.url + "/v2/health/live").status_code == 200
+    for path in ("/v2", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/config"):
+        assert httpx.get(server.url + path).status_code == 401, path
+        assert httpx.get(server.url + path, headers=AUTH).status_code == 200, path
 
 
 def _binary_request(inputs: list[dict[str, Any]], blobs: list[bytes], **extra: Any) -> tuple[bytes, dict[str, str]]:
@@ -368,15 +372,23 @@ def test_malformed_inference_requests_get_the_protocols_error_body(server: Any, 
     assert server.metric("resnet_serve_requests_total", 'route="/v2/models/{name}/infer",status="400"') >= 15
 
 
-def test_readiness_goes_503_while_draining_then_the_server_exits(server: Any, client: Any) -> None:
-    """Runs last in this module: SIGTERM makes /v2/health/ready and the model's readiness 503 (a load balancer stops
-    sending work) for the drain grace period, then the process exits cleanly."""
-    server.signal(signal.SIGTERM)
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and httpx.get(server.url + "/v2/health/ready").status_code == 200:
-        time.sleep(0.02)
-    r = httpx.get(server.url + "/v2/health/ready")
-    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["ready"] is False
-    assert httpx.get(f"{server.url}/v2/models/{MODEL}/ready").status_code == 503
-    assert httpx.get(server.url + "/v2/health/live").status_code == 200
-    assert server.proc.wait(timeout=30) == 0
+def test_readiness_goes_503_while_draining_then_the_server_exits(onnx_path: Path) -> None:
+    """SIGTERM makes /v2/health/ready and the model's readiness 503 (a load balancer stops sending work) for the
+    drain grace period, then the process exits cleanly. Its own server, so no other test depends on running first."""
+    srv = Server(
+        ["--model", str(onnx_path), "--drain-grace-s", "1.5"],
+        env={"RESNET_SERVE_API_KEY": API_KEY},
+        log_path=onnx_path.with_suffix(".drain.log"),
+    ).start()
+    try:
+        srv.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and httpx.get(srv.url + "/v2/health/ready").status_code == 200:
+            time.sleep(0.02)
+        r = httpx.get(srv.url + "/v2/health/ready")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["ready"] is False
+        assert httpx.get(f"{srv.url}/v2/models/{MODEL}/ready", headers=AUTH).status_code == 503
+        assert httpx.get(srv.url + "/v2/health/live").status_code == 200
+        assert srv.proc.wait(timeout=30) == 0
+    finally:
+        srv.stop()

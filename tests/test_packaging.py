@@ -57,14 +57,25 @@ def _stages() -> dict[str, list[tuple[str, str]]]:
     return stages
 
 
+OPTIONS_WITH_VALUE = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint"}
+
+
 def _pip_install_args(command: str) -> list[list[str]]:
     """The positional arguments of each `pip install` in a shell command (flags dropped, quotes removed)."""
     found = []
     for part in re.split(r"&&|;", command):
         tokens = shlex.split(part)
         if "pip" in tokens and "install" in tokens:
-            args = tokens[tokens.index("install") + 1 :]
-            found.append([a for a in args if not a.startswith("-")])
+            args, positional = tokens[tokens.index("install") + 1 :], []
+            skip = False
+            for a in args:
+                if skip:
+                    skip = False
+                elif a in OPTIONS_WITH_VALUE:
+                    skip = True  # its value (an index URL, a file) is not a requirement
+                elif not a.startswith("-"):
+                    positional.append(a)
+            found.append(positional)
     return found
 
 
@@ -102,19 +113,75 @@ def test_hadolint_flags_an_unpinned_pip_install(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "DL3013" in proc.stdout
 
 
-@pytest.mark.parametrize("build_stage", ["cpu-build", "gpu-build"])
-def test_image_installs_the_makefiles_pinned_torch_first_then_the_project(build_stage: str) -> None:
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _pins(requirements: list[str]) -> dict[str, str]:
+    """``name -> version`` of the ``name==version`` requirements (extras and spaces dropped)."""
+    out = {}
+    for req in requirements:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?\s*==\s*([^\s;#]+)", req.strip())
+        if m:
+            out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+def _extra(name: str) -> list[str]:
+    return _pyproject()["project"]["optional-dependencies"][name]
+
+
+def test_cpu_image_is_the_serve_install_without_torch() -> None:
+    assert _dockerfile_pip_installs("cpu-build") == [["./[serve]"]]
+    serve = {re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].lower() for r in _extra("serve")}
+    core = {re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].lower() for r in _pyproject()["project"]["dependencies"]}
+    assert "onnxruntime" in serve and not (serve | core) & {"torch", "torchvision", "onnx", "onnxruntime-gpu"}
+
+
+def test_gpu_serving_extra_never_installs_onnxruntime() -> None:
+    """Both ship the `onnxruntime` module: with both installed only the CPU providers may remain."""
+    gpu = _extra("serve-gpu")
+    names = {re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].lower() for r in gpu}
+    assert "onnxruntime-gpu" in names and "onnxruntime" not in names
+    assert not any("resnet-stack[" in r for r in gpu), "an extra that includes another could pull in onnxruntime"
+
+
+def test_dockerfile_pins_equal_pyprojects() -> None:
+    project = _pyproject()["project"]
+    declared: dict[str, str] = _pins(project["dependencies"])
+    for reqs in project["optional-dependencies"].values():
+        for name, version in _pins(reqs).items():
+            assert declared.setdefault(name, version) == version, f"pyproject pins {name} twice, differently"
+    docker_pins: dict[str, str] = {}
+    for stage in _stages():
+        for args in _dockerfile_pip_installs(stage):
+            docker_pins.update(_pins(args))
+    assert docker_pins, "the GPU image pins onnxruntime-gpu before the project (CUDA 13 feed)"
+    for name, version in docker_pins.items():
+        assert declared.get(name) == version, f"Dockerfile pins {name}=={version}, pyproject {declared.get(name)}"
+    # the gpu image: onnxruntime-gpu from the CUDA 13 feed first (no deps), then exactly the [serve-gpu] install
+    gpu = _dockerfile_pip_installs("gpu-build")
+    assert gpu == [[f"onnxruntime-gpu=={_pins(_extra('serve-gpu'))['onnxruntime-gpu']}"], ["./[serve-gpu]"]], gpu
+    trt_pin = f"tensorrt-cu13=={_pins(_extra('serve-gpu'))['tensorrt-cu13']}"  # engines built here run in `gpu`
+    assert _dockerfile_pip_installs("train-gpu-build") == [["./[train,export]", trt_pin]]
+    assert set(_pins(_extra("serve-gpu"))) >= {"onnxruntime-gpu", "tensorrt-cu13"}
+
+
+def test_gpu_images_are_on_a_cuda_13_base_matching_the_wheels() -> None:
+    text = DOCKERFILE.read_text()
+    (base,) = re.findall(r"^ARG CUDA_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert base.startswith("nvidia/cuda:13.") and "cudnn" in base
+    assert "tensorrt-cu13" in _pins(_extra("serve-gpu"))  # TensorRT's CUDA 13 wheels
+    assert "r580" in text and "r580" in (REPO / "README.md").read_text()  # the driver CUDA 13 needs
+    for stage in ("gpu-build", "train-gpu-build"):
+        assert _stages()[stage][0][1].startswith("gpu-base"), stage
+
+
+def test_makefile_installs_everything_with_the_train_pins() -> None:
     make = _makefile_pip_installs()
     torch_pins = next(args for args in make if any(a.startswith("torch==") for a in args))
-    docker = _dockerfile_pip_installs(build_stage)
-    assert docker[0] == torch_pins, f"{build_stage} installs {docker[0]}, the Makefile {torch_pins}"
-    # then the project itself (the Makefile's editable `.[dev]` is the same project with test tools)
-    project = docker[1]
-    assert len(docker) == 2 and len(project) == 1 and re.fullmatch(r"\./?(\[gpu\])?", project[0]), docker
-    assert ("[gpu]" in project[0]) == (build_stage == "gpu-build")
-    # and the pins are the project's own dependency pins
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert set(torch_pins) <= {d.replace(" ", "") for d in deps}
+    assert _pins(torch_pins) == {k: v for k, v in _pins(_extra("train")).items() if k in ("torch", "torchvision")}
+    assert [".[train,export,serve,dev]"] in make  # `make setup`, hence `make demo` / `make test`: everything
 
 
 def _dockerignore_patterns() -> list[str]:
@@ -185,6 +252,7 @@ def test_dockerfile_copies_every_package_the_project_ships() -> None:
         ".venv/bin/python",
         ".git/HEAD",
         "demo_out/m.plan",
+        "models/m.onnx.trt_cache/TensorrtExecutionProvider_x.engine",  # the TensorRT EP's engine cache
     ]
     for heavy in heavy_files:
         assert _ignored(heavy, patterns), f".dockerignore lets {heavy} into the build context"

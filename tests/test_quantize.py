@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 import resnet
-from export import calib, parity, quantize, trt
+from export import calib, compare, parity, quantize, trt
 from export.gate import PRESETS
 from export.onnx import export_onnx
 from resnet.onnx_card import read_onnx_card
@@ -193,3 +193,17 @@ def test_trt_int8_rung_adds_a_gated_symmetric_int8_graph(digits_checkpoint: Path
         skipped = [line for line in log.splitlines() if "engine step skipped" in line]
         assert len(skipped) == 1 and "FP32, FP16 and INT8 graphs" in skipped[0]
         assert "model.int8.plan" not in names
+
+
+def test_compare_prints_accuracy_and_speed_side_by_side(quantized: Path, tmp_path: Path, capsys) -> None:
+    graph, _ = export_onnx(quantized / "model.pt", tmp_path / "model.onnx", run_gate=False)
+    capsys.readouterr()
+    argv = [str(graph), str(quantized / "model.int8.onnx"), "--images", "digits", "--limit", "20"]
+    assert resnet.run_cli(compare.main, argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("20 images from bundled digits (test split)")
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert rows["model.onnx"][1] == "fp32" and rows["model.int8.onnx"][1] == "int8"
+    assert rows["model.onnx"][3] == "100.00%" and float(rows["model.int8.onnx"][3].rstrip("%")) >= 90.0
+    assert all(float(r[4]) > 0 for r in rows.values())  # images/s measured for both
+    assert resnet.run_cli(compare.main, [str(graph), "--images", str(tmp_path / "nope")]) == 2

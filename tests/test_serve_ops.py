@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from resnet import run_cli
 from serve.__main__ import main
 from serve.settings import build_parser, settings_from, settings_table
-from tests.serve_support import REPO, Server, export_onnx
+from tests.serve_support import REPO, Server, export_onnx, until
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +53,7 @@ def post_later(url: str, image: bytes, out: dict, key: str, timeout: float = 30.
 def test_full_queue_returns_503_with_retry_after_and_deadline_504_frees_the_queue(slow_server, image):
     out: dict = {}
     first = post_later(slow_server.url, image, out, "first")
-    time.sleep(0.4)  # the first image's 10 crops now fill the queue, waiting for a batch
-    assert slow_server.metric("resnet_serve_queue_crops") == 10
+    until(lambda: slow_server.metric("resnet_serve_queue_crops") == 10)  # its 10 crops fill the queue
     second = httpx.post(slow_server.url + "/classify", files=[("file", ("b.png", image))], timeout=10)
     assert second.status_code == 503, second.text
     assert second.headers["Retry-After"] == "1" and second.json()["error"]["code"] == "queue_full"
@@ -74,9 +72,9 @@ def test_disconnected_client_crops_are_dropped_from_the_queue(slow_server, image
     t = post_later(slow_server.url, image, out, "gone", timeout=0.3)  # the client gives up after 0.3 s
     t.join()
     assert isinstance(out["gone"], httpx.TimeoutException)
-    time.sleep(0.3)  # well before the 1 s deadline and the 3 s batch wait
+    # The crops leave the queue well before the 1 s deadline and the 3 s batch wait.
+    until(lambda: slow_server.metric("resnet_serve_rejected_total", 'reason="client_gone"') == before + 1, timeout=0.9)
     assert slow_server.metric("resnet_serve_queue_crops") == 0
-    assert slow_server.metric("resnet_serve_rejected_total", 'reason="client_gone"') == before + 1
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +115,11 @@ def test_api_key_is_checked_before_the_body_is_read(keyed_server):
     assert r.status_code == 401
 
 
-def test_health_endpoints_stay_open_with_an_api_key(keyed_server):
-    for path in ("/healthz", "/readyz", "/metrics"):
+def test_health_endpoints_stay_open_with_an_api_key_metrics_does_not(keyed_server):
+    for path in ("/healthz", "/readyz"):
         assert httpx.get(keyed_server.url + path).status_code == 200, path
+    assert httpx.get(keyed_server.url + "/metrics").status_code == 401
+    assert httpx.get(keyed_server.url + "/metrics", headers={"X-API-Key": "s3cret-key"}).status_code == 200
 
 
 def test_cors_allows_only_the_given_origins(keyed_server, slow_server):
@@ -140,11 +140,10 @@ def test_sigterm_drains_readiness_503_in_flight_finishes_then_exit_0(onnx_model:
     try:
         out: dict = {}
         t = post_later(server.url, image, out, "in_flight")
-        time.sleep(0.4)  # the request is waiting for its batch
+        until(lambda: server.metric("resnet_serve_queue_crops") == 10)  # the request is waiting for its batch
         server.signal()
-        time.sleep(0.2)
-        ready = httpx.get(server.url + "/readyz", timeout=5)
-        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        ready = until(lambda: (r := httpx.get(server.url + "/readyz", timeout=5)).status_code == 503 and r)
+        assert ready.json()["status"] == "draining"
         late = httpx.post(server.url + "/classify", files=[("file", ("b.png", image))], timeout=5)
         assert late.status_code == 503 and late.headers["Retry-After"] == "1"
         t.join()
@@ -159,7 +158,8 @@ def test_readiness_waits_for_warm_up_of_every_batch_shape(onnx_model: Path):
     log = onnx_model.parent / "warm.log"
     server = Server(["--model", str(onnx_model), "--batch-sizes", "1,7,33", "--max-batch", "33"], log_path=log).start()
     try:
-        text = server.log()
+        ok = '"path": "/readyz", "query": "", "status": 200'
+        text = until(lambda: ok in (t := log.read_text()) and t)  # the access line follows the answer
         assert "warmed up batch shapes [1, 7, 33]" in text
         assert text.index("warmed up") < text.index('"path": "/readyz", "query": "", "status": 200')
     finally:

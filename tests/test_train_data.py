@@ -90,7 +90,7 @@ def test_truncated_cifar_batch_is_a_clear_error(tmp_path: Path) -> None:
     folder = make_cifar_folder(tmp_path)
     raw = (folder / "test_batch").read_bytes()
     (folder / "test_batch").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(resnet.UserError, match="not a CIFAR-10 python batch"):
+    with pytest.raises(resnet.UserError, match="test_batch is truncated: not a complete CIFAR-10 python batch"):
         load_cifar(tmp_path, val_size=10)
 
 
@@ -112,7 +112,7 @@ def test_empty_class_folder_gives_one_line_exit_1(tmp_path: Path, capsys: pytest
     assert (
         capsys.readouterr().err.strip()
         == f"train.imagenet: error: class folder {tmp_path / 'train' / '3'} has no images "
-        "(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"
+        f"({', '.join(resnet.IMAGE_SUFFIXES)})"
     )
 
 
@@ -189,3 +189,23 @@ def test_imagenet_eval_transform_equals_shared_center_crop() -> None:
     assert np.abs(ours.numpy() - shared).max() < 1e-5
     train = imagenet_train_transform(224)(Image.open(photo).convert("RGB"))
     assert train.shape == (3, 224, 224) and torch.isfinite(train).all()
+
+
+def test_cifar_pickle_may_not_reach_other_codecs(tmp_path: Path) -> None:
+    """``_codecs.encode`` is admitted for protocol 2's bytes literals (str -> latin1) only."""
+    path = tmp_path / "data_batch_1"
+    for codec in (b"no-such-codec", b"zlib_codec"):
+        path.write_bytes(
+            b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX" + bytes([len(codec), 0, 0, 0]) + codec + b"\x86R."
+        )
+        with pytest.raises(UnsafePickleError, match="latin1"):
+            load_batch(path)
+
+
+def test_cifar_batch_with_labels_of_the_wrong_kind_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "data_batch_1"
+    data = np.zeros((2, 3072), np.uint8)
+    for labels, message in (([b"a", b"b"], "list of class numbers"), ([1, -3], "negative class")):
+        path.write_bytes(pickle.dumps({b"data": data, b"labels": labels, b"batch_label": 7}, protocol=2))
+        with pytest.raises(resnet.UserError, match=message):
+            load_batch(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from train.data import channel_stats
 from train.state import load_state
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--dataset", "digits", "--depth", "8", "--batch-size", "32", "--progress", "lines"]
+# --amp off: these tests are about runs, not precision; --amp auto's timing has its own test
+TINY = ["--dataset", "digits", "--depth", "8", "--batch-size", "32", "--progress", "lines", "--amp", "off"]
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +211,68 @@ def test_imagenet_command_trains_on_an_image_folder(tmp_path: Path) -> None:
     assert card.family == "imagenet" and card.depth == 18 and card.labels == tuple(str(i) for i in range(10))
     assert card.input_size == 32 and card.resize_size == 37
     assert card.metrics["protocol"] == "center crop, validation folder (100 images)"
+
+
+def _stopped_run(out: Path) -> bytes:
+    """A real run stopped after 2 iterations: its last.pt bytes."""
+    assert cifar_main(TINY + ["--max-iters", "4", "--stop-at-iter", "2", "--out", str(out)]) == 0
+    return (out / "last.pt").read_bytes()
+
+
+def test_damaged_last_pt_fails_resume_in_one_line_and_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    good = _stopped_run(out)
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["optimizer"]["param_groups"] = []  # loads as a dict, but does not fit the run's optimiser
+    resnet.atomic_save(state, out / "last.pt")
+    damaged = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert cifar_main(TINY + ["--max-iters", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.cifar: error: ") and "damaged training state" in err and len(err.splitlines()) == 1
+    assert (out / "last.pt").read_bytes() == damaged and not (out / "model.pt").exists()
+    (out / "last.pt").write_bytes(good[: len(good) // 3])  # cut short, as by a full disk
+    assert cifar_main(TINY + ["--max-iters", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is truncated" in err and len(err.splitlines()) == 1
+    assert (out / "last.pt").read_bytes() == good[: len(good) // 3]
+
+
+def test_resume_from_a_damaged_file_never_touches_the_good_last_pt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    good = _stopped_run(out)
+    bad = tmp_path / "other.pt"
+    bad.write_bytes(b"\x80\x02" + bytes(range(256)))
+    assert cifar_main(TINY + ["--max-iters", "4", "--resume", str(bad), "--out", str(out)]) == 1
+    assert "not a checkpoint" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == good
+
+
+def test_amp_auto_on_cpu_is_decided_by_timing_and_kept_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = TINY[:-2] + ["--amp", "auto", "--batch-size", "16", "--max-iters", "2", "--eval-crops", "center"]
+    assert cifar_main(args + ["--stop-at-iter", "1", "--no-tensorboard", "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    timed = re.search(
+        r"^amp auto: timed (\d+) training steps each at batch 16x3x32x32 on this CPU: "
+        r"fp32 ([\d.]+) ms, bf16 ([\d.]+) ms per step -> (bf16|off \(fp32\))$",
+        log,
+        re.MULTILINE,
+    )
+    assert timed, log
+    fp32, bf16 = float(timed[2]), float(timed[3])
+    choice = "bf16" if timed[4] == "bf16" else "off"
+    assert int(timed[1]) >= 2 and choice == ("bf16" if bf16 < fp32 else "off")
+    assert f"amp: {choice}; channels_last: {choice == 'bf16'}" in log
+    assert json.loads((out / "args.json").read_text())["amp_resolved"] == choice
+    assert json.loads(load_state(out / "last.pt")["args_json"])["amp_resolved"] == choice
+    assert cifar_main(args + ["--no-tensorboard", "--out", str(out)]) == 0  # resumes: no second timing
+    log = capsys.readouterr().out
+    assert f"amp auto: {choice}, as timed when this run started" in log and "amp auto: timed" not in log
+    assert "resumed from" in log

@@ -66,6 +66,18 @@ def test_evaluate_on_image_folder_with_ten_crops(two_runs, tmp_path: Path, capsy
     )
 
 
+def test_evaluate_names_an_unreadable_image_in_one_line(two_runs, tmp_path: Path, capsys) -> None:
+    """A damaged image in a DataLoader worker used to come back as a multi-line worker traceback."""
+    from train.evaluate import main
+
+    write_digits_imagefolder(tmp_path / "digits", "test", limit=12)
+    broken = sorted((tmp_path / "digits" / "3").iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:40])
+    assert main([str(two_runs[0] / "model.pt"), "--data", str(tmp_path / "digits"), "--workers", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"train.evaluate: error: {broken}: ") and len(err.splitlines()) == 1, err
+
+
 def test_evaluate_missing_checkpoint_is_one_line_exit_1(tmp_path: Path, capsys) -> None:
     from train.evaluate import main
 

@@ -1,7 +1,8 @@
-"""``python -m train.evaluate CHECKPOINT --data DIR [--crops ten|center]``: top-1/top-5 error of a checkpoint.
+"""``python -m train.evaluate CHECKPOINT --data DIR [--crops ten|center|multiscale|all]``: top-1/top-5 error.
 
 Uses the shared preprocessing of ``resnet`` (DESIGN.md §3), the same the server runs: resize, ten or centre crops,
-card mean/std, scores = mean of the per-crop softmax.
+card mean/std, scores = mean of the per-crop softmax; ``multiscale`` is the paper's fully-convolutional test
+(``resnet.multiscale``: whole image at several shorter sides, plus flips); ``all`` prints the three side by side.
 """
 
 from __future__ import annotations
@@ -19,7 +20,24 @@ from resnet import UsageError
 from . import distributed as D
 from .cli import _Parser
 from .data import DataError, check_image_folder, find_cifar_folder
-from .evaluation import CropDataset, evaluate_crops, protocol_name
+from .evaluation import (
+    CropDataset,
+    MultiScaleDataset,
+    evaluate_crops,
+    evaluate_multiscale,
+    multiscale_protocol_name,
+    protocol_name,
+)
+
+
+def _sides(text: str) -> tuple[int, ...]:
+    try:
+        sides = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if not sides or min(sides) < 8 or max(sides) > 4096:
+        raise argparse.ArgumentTypeError(f"sides must be 8..4096 pixels, not {text!r}")
+    return sides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: digits without --data, else CIFAR batches when present, else an ImageFolder",
     )
-    p.add_argument("--crops", choices=("ten", "center"), default="ten", help="crops per image")
+    p.add_argument(
+        "--crops",
+        choices=("ten", "center", "multiscale", "all"),
+        default="ten",
+        help="ten or center crops, the paper's multi-scale test, or all three side by side",
+    )
+    p.add_argument(
+        "--sides",
+        type=_sides,
+        default=None,
+        help="multi-scale shorter sides, e.g. 224,256,384,480,640 (default: resnet.multiscale.multiscale_sides)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (x crops)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
@@ -90,8 +119,35 @@ def evaluation_source(args: argparse.Namespace, card: dict) -> tuple[object, str
     return samples, f"{root}"
 
 
+def _evaluate(args: argparse.Namespace, model: torch.nn.Module, card, source, what: str, info) -> list[dict]:
+    """One result per protocol asked for: ``{"crops", "protocol", "top1_err", "top5_err", "images"}``."""
+    results = []
+    for crops in ("center", "ten", "multiscale") if args.crops == "all" else (args.crops,):
+        if crops == "multiscale":
+            dataset = MultiScaleDataset(source, card, args.sides)
+            res = evaluate_multiscale(model, dataset, info, batch_images=args.batch_size, workers=args.workers)
+            protocol = multiscale_protocol_name(dataset.sides, res["images"], what)
+        else:
+            dataset = CropDataset(source, card, crops)
+            res = evaluate_crops(model, dataset, info, batch_images=args.batch_size, workers=args.workers)
+            protocol = protocol_name(crops, res["images"], what)
+        results.append({"crops": crops, "protocol": protocol, **res})
+    return results
+
+
+def _print_table(card, results: list[dict], what: str) -> None:
+    """The protocols side by side, as the paper's Table 3."""
+    print(f"{card.name} on {what} ({results[0]['images']} images)")
+    print(f"{'protocol':<40}  {'top-1 err':>9}  {'top-5 err':>9}")
+    for r in results:
+        name = r["protocol"].split(f", {what}")[0]
+        print(f"{name:<40}  {r['top1_err']:>8.2f}%  {r['top5_err']:>8.2f}%")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.sides is not None and args.crops not in ("multiscale", "all"):
+        raise UsageError("--sides goes with --crops multiscale or all")
     model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
     source, what = evaluation_source(args, card)
     if args.limit:
@@ -101,17 +157,22 @@ def _main(argv: Sequence[str] | None) -> int:
     info = D.init_distributed(args.device)
     try:
         model.to(info.device)
-        res = evaluate_crops(
-            model, CropDataset(source, card, args.crops), info, batch_images=args.batch_size, workers=args.workers
-        )
+        results = _evaluate(args, model, card, source, what, info)
     finally:
         D.cleanup()
-    protocol = protocol_name(args.crops, res["images"], what)
     if info.is_main:
-        if args.json:
-            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card.name, **res, "protocol": protocol}))
+        if args.json and args.crops == "all":
+            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card.name, "results": results}))
+        elif args.json:
+            res = {k: v for k, v in results[0].items() if k != "crops"}
+            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card.name, **res}))
+        elif args.crops == "all":
+            _print_table(card, results, what)
         else:
-            print(f"{card.name}: top-1 err {res['top1_err']:.2f}%  top-5 err {res['top5_err']:.2f}%  ({protocol})")
+            res = results[0]
+            print(
+                f"{card.name}: top-1 err {res['top1_err']:.2f}%  top-5 err {res['top5_err']:.2f}%  ({res['protocol']})"
+            )
     return 0
 
 

@@ -7,15 +7,12 @@ is the loop, readable in one screen.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 import resnet
 from resnet import UsageError, UserError
 from resnet.atomic import atomic_write
-from resnet.checkpoint import load_state_dict_strict, unwrap
+from resnet.checkpoint import unwrap
 
 from . import distributed as D
 from .augment import BatchAugment, step_generator
@@ -34,8 +31,9 @@ from .data import DataBundle, collate_batch, load_data
 from .evaluation import CropDataset, evaluate_crops, protocol_name
 from .recipes import RECIPES, Recipe, cifar_recipe_for_depth
 from .runlog import RunLog
+from .runtime import configure_torch, make_runtime, measure_cpu_amp, resolve_amp
 from .schedule import LRSchedule
-from .state import load_state, save_state, set_rng_state
+from .state import load_state, recorded_args, restore, save_state
 
 
 class NonFiniteLoss(UserError):
@@ -71,67 +69,6 @@ def model_name(args: argparse.Namespace, recipe: Recipe) -> str:
     name = f"{'cifar_' if args.family == 'cifar' else ''}{'plain' if args.plain else 'resnet'}{depth}"
     resnet.parse_model_name(name)  # UsageError (exit 2) for a depth the family does not have
     return name
-
-
-@dataclass
-class Runtime:
-    """Device-dependent speed settings, chosen from the device unless the user forced them."""
-
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    scaler: torch.amp.GradScaler
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.amp_dtype)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX): there bf16 autocast trains ~1.8x faster
-    (bench/RESULTS.md); elsewhere bf16 is emulated and slower, so CPU autocast stays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def configure_runtime(args: argparse.Namespace, info: D.DistInfo, say: Callable[[str], None]) -> Runtime:
-    """Threads, determinism, cudnn.benchmark, AMP and memory format for this device."""
-    cuda = info.device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp = args.amp
-    if amp == "auto":
-        if cuda:
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amp = "bf16" if cpu_has_native_bf16() else "off"
-    if amp == "fp16" and not cuda:
-        raise UsageError("--amp fp16 needs a CUDA GPU (on CPU use --amp bf16 or off)")
-    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    # CPU: channels_last pays off with bf16 (oneDNN's blocked kernels; bench/RESULTS.md), so it follows AMP there
-    channels_last = (cuda or dtype == torch.bfloat16) if args.channels_last is None else args.channels_last
-    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
-    if not cuda:
-        say("device: cpu (no CUDA GPU visible; fp16 AMP + GradScaler, cudnn.benchmark and SyncBN skipped)")
-    else:
-        say(f"device: {torch.cuda.get_device_name(info.device)} x {info.world_size} rank(s)")
-    say(
-        f"amp: {amp}; channels_last: {channels_last}; threads: {torch.get_num_threads()}; "
-        f"deterministic: {args.deterministic}"
-    )
-    return Runtime(dtype, channels_last, scaler)
 
 
 class StopSignals:
@@ -176,7 +113,9 @@ class Trainer:
                 f"the training split has {len(self.data.train)} images, fewer than one batch ({self.recipe.batch_size})"
             )
         self.log = RunLog(self.out, info.is_main, self.recipe.max_iters, args.progress, not args.no_tensorboard)
-        self.rt = configure_runtime(args, info, self.log.info)
+        configure_torch(args.threads, args.deterministic, info.device.type == "cuda")
+        self.resume_path = Path(args.resume) if args.resume else self.out / "last.pt"
+        self.resume_state = self.read_resume_state()
         self.card = resnet.make_card(
             self.arch,
             name=f"{self.data.name}-{self.arch}",
@@ -202,7 +141,11 @@ class Trainer:
             variant=args.variant,
             shortcut=args.shortcut,
             zero_init_residual=args.zero_init_residual,
-        ).to(info.device, memory_format=torch.channels_last if self.rt.channels_last else torch.contiguous_format)
+        ).to(info.device)
+        self.rt = make_runtime(self.choose_amp(), args.channels_last, info.device)
+        if self.rt.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.log_device()
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=self.recipe.lr,
@@ -219,14 +162,56 @@ class Trainer:
         self.iters_per_epoch = len(self.train_sampler) // self.per_rank_batch
         self.eval_every = r.eval_every or self.iters_per_epoch
 
-    # ---------------------------------------------------------------- set-up helpers
-    def resume_if_any(self) -> None:
-        path = Path(self.args.resume) if self.args.resume else self.out / "last.pt"
+    def read_resume_state(self) -> dict[str, Any] | None:
+        """The training state to resume from (read before anything is trained or written), or None."""
+        path = self.resume_path
         if self.args.no_resume or not path.exists():
             if self.args.resume:
                 raise UserError(f"--resume {path}: no such file")
+            return None
+        return load_state(path)
+
+    def choose_amp(self) -> str:
+        """The AMP mode: the user's, the GPU's best, or on a CPU the faster of fp32 and bf16 as timed here (once
+        per run: a resumed run keeps the choice recorded in its state, so its steps are computed as before)."""
+        amp = resolve_amp(self.args.amp, self.info.device.type == "cuda")
+        if amp is not None:
+            return amp
+        recorded = recorded_args(self.resume_state).get("amp_resolved")
+        if recorded in ("off", "bf16"):
+            self.log.info(f"amp auto: {recorded}, as timed when this run started")
+            return recorded
+        size = self.data.input_size
+        return measure_cpu_amp(
+            self.model,
+            (self.per_rank_batch, 3, size, size),
+            len(self.data.labels),
+            self.args.channels_last,
+            self.info,
+            self.log.info,
+        )
+
+    def log_device(self) -> None:
+        if self.info.device.type != "cuda":
+            self.log.info(
+                "device: cpu (no CUDA GPU visible; fp16 AMP + GradScaler, cudnn.benchmark and SyncBN skipped)"
+            )
+        else:
+            self.log.info(f"device: {torch.cuda.get_device_name(self.info.device)} x {self.info.world_size} rank(s)")
+        self.log.info(
+            f"amp: {self.rt.amp}; channels_last: {self.rt.channels_last}; threads: {torch.get_num_threads()}; "
+            f"deterministic: {self.args.deterministic}"
+        )
+
+    def run_args(self) -> dict[str, Any]:
+        """The command line as recorded in args.json and the training state, with what ``auto`` resolved to."""
+        return {**vars(self.args), "amp_resolved": self.rt.amp}
+
+    # ---------------------------------------------------------------- set-up helpers
+    def resume_if_any(self) -> None:
+        st, path = self.resume_state, self.resume_path
+        if st is None:
             return
-        st = load_state(path)
         card = st["model_card"]
         if (card.arch, card.family, card.depth, card.num_classes) != (
             self.card.arch,
@@ -237,11 +222,7 @@ class Trainer:
             raise UsageError(
                 f"{path} is a run of {card.name}, not {self.card.name}; choose another --out or pass --no-resume"
             )
-        load_state_dict_strict(self.model, st["model"], self.arch)
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.schedule.load_state_dict(st["schedule"])
-        self.rt.scaler.load_state_dict(st["scaler"])
-        set_rng_state(st["rng"])
+        restore(path, st, model=self.model, optimizer=self.optimizer, schedule=self.schedule, scaler=self.rt.scaler)
         self.step, self.best_val_err = int(st["step"]), float(st["best_val_err"])
         self.log.info(f"resumed from {path} at iteration {self.step} (epoch {st['epoch']})")
 
@@ -313,7 +294,7 @@ class Trainer:
                 sampler_start=pos * self.per_rank_batch,
                 best_val_err=self.best_val_err,
                 card=self.card,
-                args=vars(self.args),
+                args=self.run_args(),
             )
 
     # ---------------------------------------------------------------- the loop
@@ -321,7 +302,7 @@ class Trainer:
         model = self.wrap()
         loader = self.loader()
         r, info, log = self.recipe, self.info, self.log
-        log.write_args({**vars(self.args), "recipe": r.to_dict(), "model": self.arch, "world_size": info.world_size})
+        log.write_args({**self.run_args(), "recipe": r.to_dict(), "model": self.arch, "world_size": info.world_size})
         log.info(
             f"{self.arch} on {self.data.description}; global batch {r.batch_size}, lr {r.lr:g}, "
             f"{r.max_iters} iterations ({self.iters_per_epoch}/epoch), milestones {list(r.milestones)}"

@@ -6,6 +6,7 @@ It loads with ``torch.load(weights_only=True)``: only tensors, numbers, strings,
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 import resnet
 from resnet import CheckpointError
 from resnet.card import ModelCard
-from resnet.checkpoint import read_checkpoint_file
+from resnet.checkpoint import load_state_dict_strict, read_checkpoint_file
 
 STATE_FORMAT = "resnet-train-state"
 STATE_VERSION = 1
@@ -70,11 +71,56 @@ def save_state(
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read ``last.pt`` (weights_only); ``CheckpointError`` when it is not a training state file."""
+    """Read ``last.pt`` (weights_only); one-line ``CheckpointError``/``CardError`` when it is not a usable state."""
     obj = read_checkpoint_file(path)
     if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training state file (format {STATE_FORMAT!r})")
     if obj.get("version") != STATE_VERSION:
-        raise CheckpointError(f"{path}: training state version {obj.get('version')} is not supported")
+        raise CheckpointError(
+            f"{path}: training state version {str(obj.get('version'))[:20]} is not supported (need {STATE_VERSION})"
+        )
+    wrong = [key for key, kind in _FIELDS.items() if not isinstance(obj.get(key), kind)]
+    if wrong or not isinstance(obj["rng"].get("torch"), torch.Tensor):
+        raise CheckpointError(
+            f"{path} is a damaged training state: {', '.join(wrong) or 'rng'} missing or of the wrong type"
+        )
     obj["model_card"] = ModelCard.from_dict(obj.get("model_card"))
     return obj
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int,
+    "epoch": int,
+    "best_val_err": (int, float),
+    "model": dict,
+    "optimizer": dict,
+    "schedule": dict,
+    "scaler": dict,
+    "rng": dict,
+}
+
+
+def restore(
+    path: Path, st: dict[str, Any], *, model: torch.nn.Module, optimizer: Any, schedule: Any, scaler: Any
+) -> None:
+    """Put a loaded state into a run's objects; anything that does not fit is one ``CheckpointError`` line."""
+    load_state_dict_strict(model, st["model"], f"this run's {st['model_card'].spec.name}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer.load_state_dict(st["optimizer"])
+            schedule.load_state_dict(st["schedule"])
+            scaler.load_state_dict(st["scaler"])
+            set_rng_state(st["rng"])
+    except Exception as e:  # a damaged file: torch raises ValueError, KeyError, RuntimeError, TypeError ...
+        raise CheckpointError(f"{path} is a damaged training state ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def recorded_args(state: dict[str, Any] | None) -> dict[str, Any]:
+    """The run arguments a training state recorded (``args_json``); empty when absent or unreadable."""
+    text = state.get("args_json") if state else None
+    try:
+        args = json.loads(text) if isinstance(text, str) else {}
+    except (ValueError, RecursionError):
+        return {}
+    return args if isinstance(args, dict) else {}

@@ -1,4 +1,4 @@
-"""``python -m serve.smoke DIR --url http://127.0.0.1:8000``: classify a labelled ImageFolder (``DIR/<label>/*``)
+"""``python -m clients.smoke DIR --url http://127.0.0.1:8000``: classify a labelled ImageFolder (``DIR/<label>/*``)
 through a running server over HTTP and print the top-1/top-5 accuracy; the demo's last step.
 
 Waits for /readyz first (``--wait``). Exit 0 on success, 1 when the server fails or accuracy is under
@@ -42,7 +42,7 @@ def wait_ready(client: httpx.Client, seconds: float) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve.smoke", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m clients.smoke", description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="ImageFolder: one sub-folder per label, named as the model's labels")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (default: %(default)s)")
     p.add_argument("--crops", choices=("ten", "center"), default="ten", help="ten-crop or centre crop")
@@ -81,4 +81,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main, prog="python -m serve.smoke"))
+    raise SystemExit(run_cli(main, prog="python -m clients.smoke"))

@@ -1,0 +1,245 @@
+"""The GPU check's steps, each with an assertion; ``bench/device_check.sh`` runs it on a machine lent a GPU.
+
+    python bench/device_check.py --out OUT                    # CUDA: the real check (about 5 minutes on an H100/H200)
+    python bench/device_check.py --out OUT --device cpu --tiny --skip compile   # the same code on the CPU, tiny
+
+Steps: ``digits`` (train the digits ResNet-20 on the device, ten-crop accuracy >= 97%), ``parity_fp32`` (device fp32
+vs CPU fp32 logits on the digits test crops: top-1 agreement 100%, cosine >= 0.9999, TF32 off), ``autocast`` (bf16
+and fp16 autocast: top-1 agreement >= 99% with CPU fp32), ``compile`` (a ``--compile`` training run finishes with a
+checkpoint), ``train_step`` (ResNet-50, 224 px, batch 128: images/s for fp32, channels_last, channels_last + bf16).
+Writes ``OUT/device_check.json`` (every step: passed, figures, thresholds) and the log goes to stdout; training runs
+go to a temporary folder that is removed. Exit 0 when every step that ran passed, 1 otherwise.
+``--device cpu`` compares the CPU with itself: it exercises the code and the assertions, never a GPU result (the
+JSON says ``"device": "cpu"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import resnet  # noqa: E402
+from resnet.samples import digits_images  # noqa: E402
+
+STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step")
+
+
+class CheckFailed(AssertionError):
+    """A step's assertion did not hold."""
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+def train_digits(py: str, out: Path, device: str, iters: int | None, depth: int, extra: Sequence[str] = ()) -> Path:
+    """``python -m train.cifar --dataset digits`` on ``device``; the checkpoint path."""
+    cmd = [py, "-m", "train.cifar", "--dataset", "digits", "--depth", str(depth), "--device", device]
+    cmd += ["--out", str(out), "--progress", "lines", "--no-tensorboard", *extra]
+    if iters:
+        cmd += ["--max-iters", str(iters)]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
+    check(proc.returncode == 0, f"training exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    ckpt = out / "model.pt"
+    check(ckpt.is_file(), f"no checkpoint at {ckpt}")
+    return ckpt
+
+
+def test_crops(card: Any, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The held-out digits (the first ``limit``) as ten crops each: ``[N * 10, 3, S, S]`` float32, ``[N]`` labels."""
+    images, labels = digits_images("test")
+    images, labels = images[:limit], labels[:limit]
+    from PIL import Image
+
+    crops = [resnet.preprocess(Image.fromarray(img), card, crops="ten") for img in images]
+    return torch.from_numpy(np.concatenate(crops)), labels
+
+
+def logits_on(model: torch.nn.Module, x: torch.Tensor, device: str, dtype: torch.dtype | None = None) -> np.ndarray:
+    """float64 logits of ``x`` on ``device`` (fp32, or autocast to ``dtype``), in batches of 500 crops."""
+    model = model.to(device).eval()
+    outs = []
+    with torch.inference_mode(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for chunk in x.split(500):
+            outs.append(model(chunk.to(device)).double().cpu())
+    return torch.cat(outs).numpy()
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Per-crop top-1 agreement (%) and the smallest cosine similarity of two logit sets."""
+    top1 = float((a.argmax(1) == b.argmax(1)).mean() * 100)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"top1_agreement_pct": round(top1, 3), "min_cosine": float(cos.min())}
+
+
+def ten_crop_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits.reshape(len(labels), 10, -1)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return float((p.mean(1).argmax(1) == labels).mean() * 100)
+
+
+def step_times(arch: str, size: int, batch: int, device: str, steps: int, warmup: int) -> dict[str, float]:
+    """Training images/s of one SGD step on random data: fp32, channels_last, channels_last + bf16 autocast."""
+    table = {}
+    for variant in ("fp32", "channels_last", "channels_last_bf16"):
+        torch.manual_seed(0)
+        fmt = torch.channels_last if variant != "fp32" else torch.contiguous_format
+        model = resnet.create_model(arch, num_classes=1000).to(device, memory_format=fmt).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, 1000, (batch,), device=device)
+        bf16 = variant.endswith("bf16")
+        times = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        check(math.isfinite(loss.item()), f"{variant}: loss is {loss.item()}")
+        table[variant] = round(batch / float(np.median(times)), 1)
+    return table
+
+
+def run_steps(
+    args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]
+) -> dict[str, dict[str, Any]]:
+    """Every step not skipped, in order; a step that fails records why and the next ones still run. ``save`` is
+    called after each step, so a run stopped by its time limit still leaves a summary of what it did."""
+    dev, py = args.device, sys.executable
+    state: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
+
+    def digits() -> dict[str, Any]:
+        ckpt = train_digits(py, work / "digits", dev, 4 if args.tiny else None, 8 if args.tiny else 20)
+        model, card = resnet.load_checkpoint(ckpt)
+        x, labels = test_crops(card, 40 if args.tiny else None)  # fp16 autocast on a CPU is slow
+        state.update(model=model, x=x, labels=labels)
+        acc = ten_crop_accuracy(logits_on(model, x, dev), labels)
+        check(acc >= args.min_accuracy, f"ten-crop accuracy {acc:.2f}% < {args.min_accuracy}%")
+        return {"ten_crop_accuracy_pct": round(acc, 2), "min_accuracy_pct": args.min_accuracy, "images": len(labels)}
+
+    def parity_fp32() -> dict[str, Any]:
+        check("model" in state, "needs the digits model (its step failed or was skipped)")
+        if dev == "cuda":  # TF32 would move fp32 logits past the parity
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        ref = logits_on(state["model"], state["x"], "cpu")
+        state["ref"] = ref
+        got = agreement(logits_on(state["model"], state["x"], dev), ref)
+        check(got["top1_agreement_pct"] == 100.0, f"fp32 top-1 agreement {got['top1_agreement_pct']}% < 100%")
+        check(got["min_cosine"] >= 0.9999, f"fp32 min cosine {got['min_cosine']:.6f} < 0.9999")
+        return {**got, "crops": len(ref), "thresholds": {"top1_agreement_pct": 100.0, "min_cosine": 0.9999}}
+
+    def autocast() -> dict[str, Any]:
+        check("ref" in state, "needs the fp32 reference logits (parity_fp32 failed or was skipped)")
+        out = {}
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            out[name] = agreement(logits_on(state["model"], state["x"], dev, dtype), state["ref"])
+            pct = out[name]["top1_agreement_pct"]
+            check(pct >= 99.0, f"{name} autocast top-1 agreement {pct}% < 99%")
+        return {**out, "thresholds": {"top1_agreement_pct": 99.0}}
+
+    def compile_run() -> dict[str, Any]:
+        started = time.perf_counter()
+        iters = 4 if args.tiny else 100
+        train_digits(py, work / "compiled", dev, iters, 8 if args.tiny else 20, ["--compile"])
+        return {"seconds": round(time.perf_counter() - started, 1), "iterations": iters}
+
+    def train_step() -> dict[str, Any]:
+        arch, size, batch = ("resnet18", 64, 8) if args.tiny else ("resnet50", 224, 128)
+        steps, warmup = (2, 1) if args.tiny else (10, 3)
+        table = step_times(arch, size, batch, dev, steps, warmup)
+        check(all(v > 0 for v in table.values()), f"non-positive throughput in {table}")
+        return {"model": arch, "image_size": size, "batch": batch, "images_per_s": table, "timed_steps": steps}
+
+    funcs: dict[str, Callable[[], dict[str, Any]]] = {
+        "digits": digits,
+        "parity_fp32": parity_fp32,
+        "autocast": autocast,
+        "compile": compile_run,
+        "train_step": train_step,
+    }
+    for name in STEPS:
+        if name in args.skip:
+            results[name] = {"passed": None, "skipped": True}
+            continue
+        started = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            results[name] = {"passed": True, **funcs[name]()}
+        except CheckFailed as e:
+            results[name] = {"passed": False, "failure": str(e)}
+        except Exception as e:  # a crash is a failed step with its cause, not a lost summary
+            traceback.print_exc()
+            results[name] = {"passed": False, "failure": f"{type(e).__name__}: {e}"[:500]}
+        results[name]["seconds"] = round(time.perf_counter() - started, 1)
+        print(f"   {name}: {json.dumps(results[name])}", flush=True)
+        save(results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/device_check.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for device_check.json")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--tiny", action="store_true", help="tiny settings (few iterations, small network) for the CPU")
+    p.add_argument("--skip", nargs="*", default=[], choices=STEPS, help="steps not to run (recorded as skipped)")
+    p.add_argument("--min-accuracy", type=float, default=97.0, help="digits ten-crop accuracy threshold, %%")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("device_check: no CUDA device here (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 4
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def save(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        ran = [r for r in results.values() if not r.get("skipped")]
+        summary = {
+            "device": args.device,
+            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "tiny": args.tiny,
+            "complete": len(results) == len(STEPS),
+            "passed": len(results) == len(STEPS) and bool(ran) and all(r["passed"] for r in ran),
+            "seconds": round(time.perf_counter() - started, 1),
+            "steps": results,
+        }
+        (args.out / "device_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    with tempfile.TemporaryDirectory(prefix="device_check.") as work:
+        summary = save(run_steps(args, Path(work), save))
+    print(json.dumps({k: summary[k] for k in ("device", "gpu", "passed", "seconds")}), flush=True)
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

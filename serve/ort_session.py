@@ -1,0 +1,163 @@
+"""ONNX Runtime sessions that run where they were asked to, or say why not.
+
+``get_available_providers()`` lists what this onnxruntime build was compiled with, not what loads: a missing
+``libnvinfer``/``libcudnn`` only shows when a session is made, and ONNX Runtime then quietly runs on the CPU. So each
+execution provider (EP) is tried in its own session, ``session.get_providers()`` is compared with what was asked, and
+ONNX Runtime's own messages from session creation (its Python warnings and its log) are kept as the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from resnet import MissingComponentError, UserError
+from resnet.artifacts import ensure_writable
+
+log = logging.getLogger("serve.backends")
+
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")  # fastest first; each one verified before it is kept
+
+
+class ProviderUnavailable(MissingComponentError):
+    """The execution provider asked for did not load; the message carries ONNX Runtime's reason. Exit 4."""
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """What the TensorRT EP is told: caches beside the model, one profile covering every server batch, FP16 or not."""
+
+    cache_dir: Path | None  # engine + timing cache folder; None = no caches (rebuild on every start)
+    input_name: str
+    input_shape: tuple[int, ...]  # (3, H, W)
+    profile: tuple[int, int, int]  # batch min, opt, max
+    fp16: bool
+
+    def provider_options(self) -> dict[str, str]:
+        """Option names as in ONNX Runtime's TensorRT EP documentation (values are strings)."""
+        shape = "x".join(str(d) for d in self.input_shape)
+        lo, opt, hi = self.profile
+        opts = {
+            "trt_fp16_enable": str(self.fp16),
+            "trt_profile_min_shapes": f"{self.input_name}:{lo}x{shape}",
+            "trt_profile_opt_shapes": f"{self.input_name}:{opt}x{shape}",
+            "trt_profile_max_shapes": f"{self.input_name}:{hi}x{shape}",
+        }
+        if self.cache_dir is not None:
+            opts |= {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(self.cache_dir),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(self.cache_dir),
+            }
+        return opts
+
+
+def conflicting_runtimes() -> str | None:
+    """A warning when both the ``onnxruntime`` and ``onnxruntime-gpu`` distributions are installed, else None."""
+    found = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    if len(found) < 2:
+        return None
+    return (
+        f"both onnxruntime {found['onnxruntime']} and onnxruntime-gpu {found['onnxruntime-gpu']} are installed: they "
+        "ship the same `onnxruntime` module and the one installed last wins, so the GPU providers may be missing. "
+        'Fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install "resnet-stack[serve-gpu]" (GPU) or '
+        '"resnet-stack[serve]" (CPU)'
+    )
+
+
+def trt_cache_dir(model: Path, requested: str) -> Path | None:
+    """The TensorRT EP cache folder (``requested``, or ``<model>.trt_cache`` beside the model), created and checked
+    writable; None with a warning when it cannot be written (a read-only model volume): engines then rebuild."""
+    folder = Path(requested) if requested else model.with_name(model.name + ".trt_cache")
+    try:
+        ensure_writable(folder)
+    except UserError as e:
+        log.warning("TensorRT cache folder is not usable (%s): engines will be rebuilt at every start", e)
+        return None
+    return folder
+
+
+@contextlib.contextmanager
+def _ort_messages(ort: Any) -> Iterator[list[str]]:
+    """Collect what ONNX Runtime says while a session is made: its Python warnings and its log (warning and up)."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hook = getattr(ort, "set_default_logger_callback", None)
+        if hook is not None:  # onnxruntime >= 1.32: a Python callback for the default logger
+            hook(lambda sev, cat, logid, where, msg: messages.append(msg), 2)
+            try:
+                yield messages
+            finally:
+                hook(None, 2)
+        else:
+            with _stderr_lines(messages):
+                yield messages
+    messages[:0] = [str(w.message) for w in caught]
+
+
+@contextlib.contextmanager
+def _stderr_lines(messages: list[str]) -> Iterator[None]:
+    """Older onnxruntime: its C++ logger writes to file descriptor 2; capture that while the session is made."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            messages.extend(line for line in tmp.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def make_session(path: Path, ep: str, opts: Any, trt: TrtOptions | None) -> Any:
+    """An ``InferenceSession`` whose first provider is ``PROVIDERS[ep]``; ``ProviderUnavailable`` with ONNX Runtime's
+    reason when it ends on another one (e.g. the CPU)."""
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[ep]
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if ep == "cuda":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif ep == "tensorrt":
+        options = trt.provider_options() if trt is not None else {}
+        providers = [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    if ep != "cpu":
+        opts.log_severity_level = 2  # the session's own warnings (e.g. nodes falling back) count as reasons too
+    with _ort_messages(ort) as messages:
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+            if ep != "cpu":
+                raise ProviderUnavailable(f"{wanted}: session creation failed ({_first_line(e)})") from None
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+    used = session.get_providers()
+    if used[0] != wanted:
+        reason = "; ".join(dict.fromkeys(m.strip() for m in messages if m.strip())) or "no message from ONNX Runtime"
+        raise ProviderUnavailable(
+            f"asked for {wanted}, ONNX Runtime {ort.__version__} loaded {used} (available in this build: "
+            f"{ort.get_available_providers()}); ONNX Runtime said: {reason[:600]}"
+        )
+    return session
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
