@@ -8,7 +8,8 @@ For each network (an ImageNet ResNet with random weights: speed does not depend 
 2. against the naive baseline (``bench/serve_naive.py``: FastAPI + torch per request, no batching) at
    concurrency 8, same model and images (target >= 1.8x throughput).
 
-``python -m bench.serve_bench --arch resnet18 resnet50 [--requests 32]`` prints a Markdown table for RESULTS.md.
+``python -m bench.serve_bench --arch resnet18 resnet50 [--requests 32]`` prints a Markdown table for RESULTS.md;
+``--precisions`` compares naive, ours fp32 ORT, ours int8 ORT and ours torch bf16 instead (bench/serve_precision.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -228,6 +230,23 @@ def thread_sweep(arch: str, folder: Path) -> None:
         print(f"| {n} | {t10 * 1e3:.1f} | {t64 * 1e3:.1f} |", flush=True)
 
 
+def precisions(args: argparse.Namespace) -> int:
+    """Serving by precision (bench/serve_precision.py): one run, all servers side by side."""
+    from .serve_precision import bench_precisions, print_tables
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the servers (finally)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+        for arch in args.arch:
+            t0 = time.perf_counter()
+            r = bench_precisions(arch, Path(tmp), args.requests, args.rounds, args.threads)
+            print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            rows.append((arch, r))
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
+    print_tables(rows)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", nargs="+", default=["resnet18", "resnet50"], help="ImageNet networks to serve")
@@ -235,7 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (server, raw, naive) per network")
     p.add_argument("--threads", type=int, default=0, help="backend threads for server and raw (0 = all CPUs)")
     p.add_argument("--thread-sweep", action="store_true", help="only measure ORT CPU time per crop vs threads")
+    p.add_argument(
+        "--precisions",
+        action="store_true",
+        help="naive vs ours fp32 ORT vs ours int8 ORT vs ours torch bf16, side by side (bench/serve_precision.py)",
+    )
     args = p.parse_args(argv)
+    if args.precisions:
+        return precisions(args)
     if args.thread_sweep:
         with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
             for arch in args.arch:

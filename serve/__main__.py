@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from resnet import run_cli
 
 from .app import create_app
-from .backends import load_backend_for
 from .logs import JsonFormatter, json_logs, setup_logging
+from .precision import select_backend
 from .server import DrainingServer, make_server
 from .service import check_backend
 from .settings import settings_from
@@ -26,7 +26,7 @@ log = logging.getLogger("serve")
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv)
     setup_logging(settings.log_level)
-    backend = load_backend_for(settings)
+    backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/precision.py)
     took = check_backend(backend)  # card vs graph, by one real inference: CardError (exit 1) when they disagree
     app = create_app(settings, backend)
     server = make_server(app, settings)

@@ -19,11 +19,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from .backends import Backend, load_backend_for
+from .backends import Backend
 from .http import ApiError, error_response, install_error_handlers
 from .kserve import routers as kserve_routers
 from .metrics import Metrics
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, ShutdownGuard
+from .precision import select_backend
 from .routes import classify_router, docs_router, ops_router
 from .service import ClassifyService
 from .settings import Settings
@@ -37,7 +38,7 @@ def _lifespan(settings: Settings, backend: Backend | None):
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = backend
         if loaded is None:
-            loaded = await asyncio.get_running_loop().run_in_executor(None, load_backend_for, settings)
+            loaded = await asyncio.get_running_loop().run_in_executor(None, select_backend, settings)
         app.state.metrics.set_backend(loaded)
         service = ClassifyService(loaded, settings, on_batch=app.state.metrics.observe_batch)
         app.state.service = service

@@ -47,7 +47,7 @@ class Backend(Protocol):
     name: str  # e.g. "onnxruntime:CPUExecutionProvider"
     kind: str  # onnxruntime | tensorrt | torch
     provider: str  # what runs it, as its runtime names it: "CPUExecutionProvider", "TensorRT", "torch:cuda"
-    precision: str  # fp32 | fp16 | bf16
+    precision: str  # fp32 | fp16 | int8 | bf16
     card: ModelCard
     max_batch: int | None  # the engine's hard limit (TensorRT profile), None when any batch works
     min_batch: int
@@ -94,6 +94,8 @@ class OnnxRuntimeBackend:
         self.card = card if card is not None else onnx_session_card(self.session, path)
         fp16_graph = self.card.precision == "fp16"
         self.precision = "fp16" if fp16_graph or (ep == "tensorrt" and trt is not None and trt.fp16) else "fp32"
+        if self.card.precision == "int8":  # a QDQ graph computes in int8 whichever provider runs it
+            self.precision = "int8"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         dim = self.session.get_inputs()[0].shape[0]

@@ -22,6 +22,7 @@ class JsonFormatter(logging.Formatter):
             entry["access"] = json.loads(msg)
         else:
             entry["message"] = msg
+            entry.update(getattr(record, "fields", None) or {})  # structured extras, e.g. the precision table
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

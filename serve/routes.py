@@ -112,6 +112,7 @@ async def classify(
     return ClassifyResponse(
         model=service.card.name,
         backend=service.backend_name,
+        precision=service.precision,
         crops=crops,
         results=[ImageResult(filename=n, topk=r) for n, r in zip(names, out.results)],
         timings=Timings(
@@ -152,7 +153,7 @@ async def readyz(request: Request) -> Any:
     if service is None or not service.ready or service.draining:
         state = "draining" if service is not None and service.draining else "warming_up"
         return JSONResponse(Health(status=state).model_dump(), status_code=503, headers={"Retry-After": "1"})
-    return Health(status="ready", model=service.card.name, backend=service.backend_name)
+    return Health(status="ready", model=service.card.name, backend=service.backend_name, precision=service.precision)
 
 
 @ops_router.get(

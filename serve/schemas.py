@@ -26,6 +26,7 @@ class Timings(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str = Field(description="the model card's name")
     backend: str = Field(description="what ran the model, e.g. onnxruntime:CPUExecutionProvider")
+    precision: str | None = Field(None, description="what the model computes in: fp32, fp16, int8 or bf16")
     crops: str = Field(description="'ten' or 'center'")
     results: list[ImageResult] = Field(description="one entry per image, in request order")
     timings: Timings
@@ -45,4 +46,5 @@ class Health(BaseModel):
     status: str
     model: str | None = None
     backend: str | None = None
+    precision: str | None = None
     detail: str | None = None

@@ -40,6 +40,7 @@ from resnet.preprocess import topk as top_k
 from .backends import Backend, cpu_threads
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
+from .precision import precision_of
 from .settings import Settings
 
 log = logging.getLogger("serve.service")
@@ -76,6 +77,7 @@ class ClassifyService:
         self.card = backend.card
         self.labels: list[str] = list(self.card.labels)
         self.backend_name = backend.name
+        self.precision = precision_of(backend)
         limit = backend.max_batch
         max_batch = settings.max_batch or limit or DEFAULT_MAX_BATCH
         if limit is not None and max_batch > limit:

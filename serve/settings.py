@@ -71,6 +71,13 @@ class Settings:
         "torch backend math: fp32 (default; meets the 1e-4 parity), bf16 or fp16 autocast (faster, looser)",
         choices=("fp32", "bf16", "fp16"),
     )
+    precision: str = _opt(
+        "auto",
+        "auto | fp32 | fp16 | int8 | bf16: with --model DIR (a run or export folder), auto times every artifact "
+        "there whose parity report passed (.onnx, .fp16.onnx, .int8.onnx; the checkpoint with bf16 autocast) at "
+        "start-up and serves the fastest, a precision picks that artifact; with a file it must match the file",
+        choices=("auto", "fp32", "fp16", "int8", "bf16"),
+    )
     api_key: str = _opt(
         "",
         "if set, /classify and /v2 (all but its health routes) need 'Authorization: Bearer KEY' or 'X-API-Key: KEY', "

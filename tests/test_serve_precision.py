@@ -1,0 +1,187 @@
+"""Precision chosen by timing on this machine: ``--model DIR --precision auto|fp32|fp16|int8|bf16`` on real
+artifacts (the digits model exported by ``export.onnx`` and ``export.quantize``), real ONNX Runtime sessions and
+real ``python -m serve`` processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet import UserError
+from resnet.artifacts import report_path
+from serve.precision import choose, find_candidates, precision_of, select_backend
+from serve.settings import Settings
+from tests.serve_support import REPO, Server, encode
+
+GATE_POINTS = 0.5  # the int8 gate: labelled top-1 accuracy drop at most 0.5 points
+
+
+def run_module(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as the tools leave it: model.pt, model.onnx and model.int8.onnx, each with its passed report."""
+    folder = tmp_path_factory.mktemp("precision") / "run"
+    folder.mkdir()
+    shutil.copy(digits_checkpoint, folder / "model.pt")
+    for module, extra in (("export.onnx", []), ("export.quantize", ["--calib", "digits"])):
+        p = run_module(module, str(folder / "model.pt"), *extra)
+        assert p.returncode == 0, p.stderr[-2000:]
+    for name in ("model.onnx", "model.int8.onnx"):
+        assert json.loads(report_path(folder / name).read_text())["passed"] is True
+    return folder
+
+
+def settings(folder: Path, precision: str = "auto") -> Settings:
+    return Settings(model=str(folder), precision=precision, threads=1)
+
+
+def table(records: list[logging.LogRecord]) -> list[dict]:
+    return [r.fields for r in records if r.name == "serve.precision" and hasattr(r, "fields")]
+
+
+def copy_artifacts(src: Path, dst: Path, names: list[str]) -> Path:
+    dst.mkdir()
+    for name in names:
+        shutil.copy(src / name, dst / name)
+        if report_path(src / name).is_file():
+            shutil.copy(report_path(src / name), report_path(dst / name))
+    return dst
+
+
+def test_auto_times_every_gated_artifact_and_serves_the_fastest(run_dir: Path, caplog):
+    caplog.set_level(logging.INFO, logger="serve.precision")
+    backend = choose(settings(run_dir), run_dir)
+    rows = table(caplog.records)
+    assert {r["artifact"] for r in rows} == {"model.onnx", "model.int8.onnx", "model.pt"}
+    assert {r["artifact"]: r["precision"] for r in rows} == {
+        "model.onnx": "fp32",
+        "model.int8.onnx": "int8",
+        "model.pt": "bf16",
+    }
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["precision"] == precision_of(backend)
+    assert all(r["ms_per_batch"] > 0 and r["batch"] == 10 for r in rows)  # one ten-crop, the shape served
+    per_crop = {r["artifact"]: r["ms_per_batch"] / r["batch"] for r in rows}
+    assert per_crop[chosen[0]["artifact"]] == min(per_crop.values())
+    if chosen[0]["artifact"] != "model.pt":
+        assert json.loads(report_path(run_dir / chosen[0]["artifact"]).read_text())["passed"] is True
+
+
+def test_failed_or_missing_report_is_never_considered(run_dir: Path, tmp_path: Path, caplog):
+    folder = copy_artifacts(run_dir, tmp_path / "run", ["model.onnx", "model.int8.onnx"])
+    report = report_path(folder / "model.int8.onnx")
+    report.write_text(json.dumps({**json.loads(report.read_text()), "passed": False}))
+    shutil.copy(run_dir / "model.onnx", folder / "model.fp16.onnx")  # published without any report
+    found = {c.path.name: c.excluded for c in find_candidates(folder)}
+    assert "gate failed" in found["model.int8.onnx"] and "no parity report" in found["model.fp16.onnx"]
+    caplog.set_level(logging.INFO, logger="serve.precision")
+    backend = choose(settings(folder), folder)
+    rows = table(caplog.records)
+    assert [r["artifact"] for r in rows] == ["model.onnx"] and rows[0]["chosen"]
+    assert precision_of(backend) == "fp32"
+    with pytest.raises(UserError, match="no int8 artifact that passed its gate.*model.int8.onnx"):
+        choose(settings(folder, "int8"), folder)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32", "bf16"])
+def test_explicit_precision_picks_that_artifact(run_dir: Path, precision: str, caplog):
+    caplog.set_level(logging.INFO, logger="serve.precision")
+    backend = select_backend(settings(run_dir, precision))
+    assert precision_of(backend) == precision and backend.card.name == "digits-resnet8"
+    assert not table(caplog.records)  # nothing timed: the choice was given
+
+
+def test_single_file_serves_as_is_and_refuses_another_precision(run_dir: Path):
+    assert precision_of(select_backend(settings(run_dir / "model.int8.onnx"))) == "int8"
+    with pytest.raises(UserError, match="computes in int8, not fp32"):
+        select_backend(settings(run_dir / "model.int8.onnx", "fp32"))
+
+
+def test_command_line_errors_are_one_line_with_their_exit_code(run_dir: Path, tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ungated = copy_artifacts(run_dir, tmp_path / "ungated", [])
+    shutil.copy(run_dir / "model.onnx", ungated / "model.onnx")
+    p = run_module("serve", "--model", str(run_dir), "--precision", "fp8", timeout=120)
+    assert p.returncode == 2 and "invalid choice: 'fp8'" in p.stderr and "Traceback" not in p.stderr  # argparse
+    cases = [
+        (["--model", str(run_dir)], {"RESNET_SERVE_PRECISION": "fp8"}, 2, "must be one of auto, fp32"),
+        (["--model", str(run_dir), "--precision", "fp16"], {}, 1, "no fp16 artifact"),
+        (["--model", str(empty)], {}, 1, "nothing servable"),
+        (["--model", str(ungated)], {}, 1, "nothing servable"),
+    ]
+    for argv, env, code, message in cases:
+        p = run_module("serve", *argv, timeout=120, env=env)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+        assert p.returncode == code and len(lines) == 1 and message in lines[0], (argv, p.stderr[-1500:])
+        assert "Traceback" not in p.stderr
+    p = run_module("serve", "--model", str(run_dir), "--precision", "fp16", timeout=120)
+    assert "model.onnx (fp32)" in p.stderr and "model.int8.onnx (int8)" in p.stderr  # lists what the folder has
+
+
+def held_out_accuracy(server: Server, images: np.ndarray, labels: np.ndarray) -> tuple[float, set[str]]:
+    """Top-1 ten-crop accuracy over HTTP, and the precisions the answers reported."""
+    correct, seen = 0, set()
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        for start in range(0, len(images), 32):
+            files = [
+                ("file", (f"{i}.png", encode(Image.fromarray(images[i]), "PNG")))
+                for i in range(start, min(start + 32, len(images)))
+            ]
+            answer = client.post("/classify", files=files, params={"topk": 1})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            seen.add(body["precision"])
+            for i, result in zip(range(start, start + 32), body["results"]):
+                correct += int(result["topk"][0]["label"]) == int(labels[i])
+    return 100.0 * correct / len(images), seen
+
+
+def test_int8_over_http_keeps_the_fp32_accuracy_within_the_gate(run_dir: Path, digits_test_images):
+    images, labels = digits_test_images
+    accuracy = {}
+    for name, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8")):
+        server = Server(["--model", str(run_dir / name)], log_path=run_dir / f"{precision}.log").start()
+        try:
+            ready = httpx.get(server.url + "/readyz", timeout=5).json()
+            assert ready["precision"] == precision, ready
+            accuracy[precision], seen = held_out_accuracy(server, images, labels)
+            assert seen == {precision}
+        finally:
+            assert server.stop() == 0
+    assert accuracy["fp32"] > 90.0, accuracy  # a real trained model, so the comparison means something
+    assert accuracy["int8"] >= accuracy["fp32"] - GATE_POINTS, accuracy
+
+
+def test_auto_server_logs_the_table_and_reports_what_it_serves(run_dir: Path):
+    server = Server(["--model", str(run_dir)], log_path=run_dir.parent / "auto.log").start()
+    try:
+        ready = httpx.get(server.url + "/readyz", timeout=5).json()
+    finally:
+        server.stop()
+    lines = [json.loads(ln) for ln in (run_dir.parent / "auto.log").read_text().splitlines() if ln.startswith("{")]
+    rows = [ln for ln in lines if ln.get("logger") == "serve.precision" and "ms_per_batch" in ln]
+    assert {r["artifact"] for r in rows} == {"model.onnx", "model.int8.onnx", "model.pt"}
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and ready["precision"] == chosen[0]["precision"] and ready["status"] == "ready"
