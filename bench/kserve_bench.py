@@ -55,6 +55,12 @@ async def burst(url: str, make, requests: int, concurrency: int) -> tuple[float,
         return time.perf_counter() - t0, latencies
 
 
+def _binary_body(name: str, shape: list[int], datatype: str, blob: bytes) -> tuple[bytes, dict[str, str]]:
+    """One input in the binary tensor extension: (body, headers)."""
+    entry = {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": len(blob)}}
+    return v2_body([entry], [blob])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.kserve_bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet18", help="ImageNet network (random weights), default resnet18")
@@ -71,34 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = [photos[n].read_bytes() for n in COLOUR_PHOTOS if n in photos]
         crops = [np.ascontiguousarray(resnet.preprocess(img, card, crops="ten")) for img in images]
         name = card.name
-        image_bodies = [
-            v2_body(
-                [
-                    {
-                        "name": "image",
-                        "shape": [1],
-                        "datatype": "BYTES",
-                        "parameters": {"binary_data_size": 4 + len(img)},
-                    }
-                ],
-                [struct.pack("<I", len(img)) + img],
-            )
-            for img in images
-        ]
-        crop_bodies = [
-            v2_body(
-                [
-                    {
-                        "name": "input",
-                        "shape": list(c.shape),
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": c.nbytes},
-                    }
-                ],
-                [c.tobytes()],
-            )
-            for c in crops
-        ]
+        image_bodies = [_binary_body("image", [1], "BYTES", struct.pack("<I", len(img)) + img) for img in images]
+        crop_bodies = [_binary_body("input", list(c.shape), "FP32", c.tobytes()) for c in crops]
         kinds = {
             "classify": lambda c, i: c.post("/classify", files=[("file", ("img", images[i % len(images)]))]),
             "v2 image": lambda c, i: c.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 import resnet
 from resnet.samples import DIGIT_LABELS, digits_images, sample_photo_paths
+from tests.serve_support import Server, export_onnx
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,3 +76,13 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
     """The held-out digits: [N, 32, 32, 3] uint8 images and labels."""
     return digits_images("test")
+
+
+@pytest.fixture(scope="module")
+def onnx_server(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The digits model exported to ONNX, served with the default settings (ONNX Runtime, JPEG draft mode on)."""
+    folder = tmp_path_factory.mktemp("serve_onnx")
+    onnx_path = export_onnx(digits_checkpoint, folder / "digits.onnx")
+    server = Server(["--model", str(onnx_path)], log_path=folder / "server.log").start()
+    yield server
+    assert server.stop() == 0, server.log()

@@ -152,3 +152,29 @@ def until(condition: Any, timeout: float = 20.0, every: float = 0.02) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(every)
+
+
+def png(size: tuple[int, int] = (40, 40), color: str = "red") -> bytes:
+    return encode(Image.new("RGB", size, color), "PNG")
+
+
+def raw_exchange(server: Server, data: bytes, read_s: float = 5.0) -> bytes:
+    """Send bytes on a fresh connection; what came back before the server closed it (or ``read_s`` passed)."""
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.settimeout(read_s)
+        try:
+            s.sendall(data)
+        except OSError:
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+def classify(server: Server, files: list[tuple[str, bytes]], **params) -> httpx.Response:
+    params = {"topk": 10, **params}  # the digits model has 10 classes: all of them
+    return httpx.post(server.url + "/classify", params=params, files=[("file", f) for f in files], timeout=60)

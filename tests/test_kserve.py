@@ -165,211 +165,194 @@ def _binary_request(inputs: list[dict[str, Any]], blobs: list[bytes], **extra: A
     return head + b"".join(blobs), {**AUTH, "Inference-Header-Content-Length": str(len(head))}
 
 
-def test_malformed_inference_requests_get_the_protocols_error_body(server: Any, photo_paths: list[Path]) -> None:
-    url = f"{server.url}/v2/models/{MODEL}/infer"
-    zeros = np.zeros((2, 3, 32, 32), np.float32)
-    jpeg = encode(Image.new("RGB", (40, 40), "red"), "JPEG")
-    fp32 = {"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32"}
-    cases: list[tuple[str, Any, int, str]] = [
-        ("unknown model", {"url": f"{server.url}/v2/models/other/infer", "json": {"inputs": []}}, 404, "unknown model"),
-        (
-            "unknown version",
-            {"url": f"{server.url}/v2/models/{MODEL}/versions/7/infer", "json": {"inputs": []}},
-            404,
-            "no version",
+def _binary(inputs: list[dict[str, Any]], blobs: list[bytes]) -> dict[str, Any]:
+    """Request kwargs (content, headers) for the binary tensor extension."""
+    return dict(zip(("content", "headers"), _binary_request(inputs, blobs)))
+
+
+_ZEROS = np.zeros((2, 3, 32, 32), np.float32)
+_JPEG = encode(Image.new("RGB", (40, 40), "red"), "JPEG")
+_FP32 = {"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32"}
+# Each case: a name, the request (``path`` overrides the infer route; ``headers`` the API key), status, message part.
+MALFORMED: list[tuple[str, dict[str, Any], int, str]] = [
+    ("unknown model", {"path": "/v2/models/other/infer", "json": {"inputs": []}}, 404, "unknown model"),
+    (
+        "unknown version",
+        {"path": f"/v2/models/{MODEL}/versions/7/infer", "json": {"inputs": []}},
+        404,
+        "no version",
+    ),
+    ("not json", {"content": b"{not json"}, 400, "not an inference request"),
+    ("no inputs key", {"json": {"outputs": []}}, 400, "inputs"),
+    ("two inputs", {"json": {"inputs": [{**_FP32, "data": _ZEROS.ravel().tolist()}] * 2}}, 400, "exactly one"),
+    ("unknown input", {"json": {"inputs": [{**_FP32, "name": "pixels", "data": [0]}]}}, 400, "unknown input"),
+    (
+        "wrong datatype",
+        {"json": {"inputs": [{**_FP32, "datatype": "INT32", "data": [0] * _ZEROS.size}]}},
+        400,
+        "must be FP32",
+    ),
+    (
+        "wrong crop size",
+        {"json": {"inputs": [{**_FP32, "shape": [2, 3, 30, 30], "data": [0.0] * 5400}]}},
+        400,
+        "[N, 3, 32, 32]",
+    ),
+    ("too few values", {"json": {"inputs": [{**_FP32, "data": [0.0] * 10}]}}, 400, "needs 6144"),
+    ("non-numeric data", {"json": {"inputs": [{**_FP32, "data": ["a"] * _ZEROS.size}]}}, 400, "not a list of FP32"),
+    (
+        "NaN crops",
+        _binary(
+            [{**_FP32, "parameters": {"binary_data_size": _ZEROS.nbytes}}],
+            [np.full_like(_ZEROS, np.nan).tobytes()],
         ),
-        ("not json", {"content": b"{not json"}, 400, "not an inference request"),
-        ("no inputs key", {"json": {"outputs": []}}, 400, "inputs"),
-        ("two inputs", {"json": {"inputs": [{**fp32, "data": zeros.ravel().tolist()}] * 2}}, 400, "exactly one"),
-        ("unknown input", {"json": {"inputs": [{**fp32, "name": "pixels", "data": [0]}]}}, 400, "unknown input"),
-        (
-            "wrong datatype",
-            {"json": {"inputs": [{**fp32, "datatype": "INT32", "data": [0] * zeros.size}]}},
-            400,
-            "must be FP32",
+        400,
+        "NaN",
+    ),
+    ("no data", {"json": {"inputs": [_FP32]}}, 400, "neither 'data'"),
+    (
+        "binary size past the end",
+        _binary([{**_FP32, "parameters": {"binary_data_size": _ZEROS.nbytes}}], [_ZEROS.tobytes()[:100]]),
+        400,
+        "does not fit",
+    ),
+    (
+        "header length past the end",
+        {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "99"}},
+        400,
+        "outside the body",
+    ),
+    (
+        "header length not a number",
+        {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "x"}},
+        400,
+        "not an integer",
+    ),
+    (
+        "truncated BYTES element",
+        _binary(
+            [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}],
+            [struct.pack("<I", 1000) + b"abcd"],
         ),
-        (
-            "wrong crop size",
-            {"json": {"inputs": [{**fp32, "shape": [2, 3, 30, 30], "data": [0.0] * 5400}]}},
-            400,
-            "[N, 3, 32, 32]",
-        ),
-        ("too few values", {"json": {"inputs": [{**fp32, "data": [0.0] * 10}]}}, 400, "needs 6144"),
-        ("non-numeric data", {"json": {"inputs": [{**fp32, "data": ["a"] * zeros.size}]}}, 400, "not a list of FP32"),
-        (
-            "NaN crops",
-            dict(
-                zip(
-                    ("content", "headers"),
-                    _binary_request(
-                        [{**fp32, "parameters": {"binary_data_size": zeros.nbytes}}],
-                        [np.full_like(zeros, np.nan).tobytes()],
-                    ),
-                )
-            ),
-            400,
-            "NaN",
-        ),
-        ("no data", {"json": {"inputs": [fp32]}}, 400, "neither 'data'"),
-        (
-            "binary size past the end",
-            dict(
-                zip(
-                    ("content", "headers"),
-                    _binary_request(
-                        [{**fp32, "parameters": {"binary_data_size": zeros.nbytes}}], [zeros.tobytes()[:100]]
-                    ),
-                )
-            ),
-            400,
-            "does not fit",
-        ),
-        (
-            "header length past the end",
-            {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "99"}},
-            400,
-            "outside the body",
-        ),
-        (
-            "header length not a number",
-            {"content": b"{}", "headers": {**AUTH, "Inference-Header-Content-Length": "x"}},
-            400,
-            "not an integer",
-        ),
-        (
-            "truncated BYTES element",
-            dict(
-                zip(
-                    ("content", "headers"),
-                    _binary_request(
-                        [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}],
-                        [struct.pack("<I", 1000) + b"abcd"],
-                    ),
-                )
-            ),
-            400,
-            "runs past the end",
-        ),
-        (
-            "BYTES count differs from shape",
-            dict(
-                zip(
-                    ("content", "headers"),
-                    _binary_request(
-                        [
-                            {
-                                "name": "image",
-                                "shape": [2],
-                                "datatype": "BYTES",
-                                "parameters": {"binary_data_size": 4 + len(jpeg)},
-                            }
-                        ],
-                        [struct.pack("<I", len(jpeg)) + jpeg],
-                    ),
-                )
-            ),
-            400,
-            "needs 2",
-        ),
-        (
-            "images as FP32",
-            {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}},
-            400,
-            "must be BYTES",
-        ),
-        (
-            "JSON image not base64",
-            {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}},
-            400,
-            "base64",
-        ),
-        (
-            "corrupt image",
-            dict(
-                zip(
-                    ("content", "headers"),
-                    _binary_request(
-                        [
-                            {
-                                "name": "image",
-                                "shape": [1],
-                                "datatype": "BYTES",
-                                "parameters": {"binary_data_size": 4 + 40},
-                            }
-                        ],
-                        [struct.pack("<I", 40) + jpeg[:40]],
-                    ),
-                )
-            ),
-            400,
-            "image",
-        ),
-        (
-            "not an image",
-            dict(
-                zip(
-                    ("content", "headers"),
-                    _binary_request(
-                        [
-                            {
-                                "name": "image",
-                                "shape": [1],
-                                "datatype": "BYTES",
-                                "parameters": {"binary_data_size": 4 + 11},
-                            }
-                        ],
-                        [struct.pack("<I", 11) + b"hello world"],
-                    ),
-                )
-            ),
-            415,
-            "",
-        ),
-        (
-            "bad crops parameter",
-            {
-                "json": {
-                    "parameters": {"crops": "five"},
-                    "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}],
+        400,
+        "runs past the end",
+    ),
+    (
+        "BYTES count differs from shape",
+        _binary(
+            [
+                {
+                    "name": "image",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 + len(_JPEG)},
                 }
-            },
-            400,
-            "crops must be one of",
+            ],
+            [struct.pack("<I", len(_JPEG)) + _JPEG],
         ),
-        (
-            "output of the other input",
-            {"json": {"inputs": [{**fp32, "data": zeros.ravel().tolist()}], "outputs": [{"name": "probabilities"}]}},
-            400,
-            "needs input 'image'",
-        ),
-        (
-            "bad classification count",
-            {
-                "json": {
-                    "inputs": [{**fp32, "data": zeros.ravel().tolist()}],
-                    "outputs": [{"name": "logits", "parameters": {"classification": 11}}],
+        400,
+        "needs 2",
+    ),
+    (
+        "images as FP32",
+        {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}},
+        400,
+        "must be BYTES",
+    ),
+    (
+        "JSON image not base64",
+        {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}},
+        400,
+        "base64",
+    ),
+    (
+        "corrupt image",
+        _binary(
+            [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 + 40},
                 }
-            },
-            400,
-            "classification must be",
+            ],
+            [struct.pack("<I", 40) + _JPEG[:40]],
         ),
-        (
-            "compressed body",
-            {"content": b"x", "headers": {**AUTH, "Content-Encoding": "gzip"}},
-            415,
-            "Content-Encoding",
+        400,
+        "image",
+    ),
+    (
+        "not an image",
+        _binary(
+            [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 + 11},
+                }
+            ],
+            [struct.pack("<I", 11) + b"hello world"],
         ),
-    ]
-    assert len(cases) >= 20
-    for label, kwargs, status, message in cases:
-        kwargs = dict(kwargs)
-        r = httpx.post(kwargs.pop("url", url), headers=kwargs.pop("headers", AUTH), timeout=30, **kwargs)
-        assert r.status_code == status, (label, r.status_code, r.text)
-        error = r.json()["error"]
-        assert isinstance(error, str) and message in error, (label, error)
-    # The server is still fine, and /metrics counted the protocol's requests by route and status.
-    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
-    assert server.metric("resnet_serve_requests_total", 'route="/v2/models/{name}/infer",status="400"') >= 15
+        415,
+        "",
+    ),
+    (
+        "bad crops parameter",
+        {
+            "json": {
+                "parameters": {"crops": "five"},
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}],
+            }
+        },
+        400,
+        "crops must be one of",
+    ),
+    (
+        "output of the other input",
+        {"json": {"inputs": [{**_FP32, "data": _ZEROS.ravel().tolist()}], "outputs": [{"name": "probabilities"}]}},
+        400,
+        "needs input 'image'",
+    ),
+    (
+        "bad classification count",
+        {
+            "json": {
+                "inputs": [{**_FP32, "data": _ZEROS.ravel().tolist()}],
+                "outputs": [{"name": "logits", "parameters": {"classification": 11}}],
+            }
+        },
+        400,
+        "classification must be",
+    ),
+    (
+        "compressed body",
+        {"content": b"x", "headers": {**AUTH, "Content-Encoding": "gzip"}},
+        415,
+        "Content-Encoding",
+    ),
+]
+
+
+@pytest.mark.parametrize("label, request_kwargs, status, message", MALFORMED, ids=[case[0] for case in MALFORMED])
+def test_malformed_inference_request_gets_the_protocols_error_body(
+    server: Any, label: str, request_kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    kwargs = dict(request_kwargs)
+    url = server.url + kwargs.pop("path", f"/v2/models/{MODEL}/infer")
+    before = server.metric("resnet_serve_requests_total", f'route="/v2/models/{{name}}/infer",status="{status}"')
+    r = httpx.post(url, headers=kwargs.pop("headers", AUTH), timeout=30, **kwargs)
+    assert r.status_code == status, (label, r.status_code, r.text)
+    error = r.json()["error"]
+    assert isinstance(error, str) and message in error, (label, error)
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200  # the server is still fine
+    if "path" not in request_kwargs:  # /metrics counts the protocol's requests by route and status
+        after = server.metric("resnet_serve_requests_total", f'route="/v2/models/{{name}}/infer",status="{status}"')
+        assert after == before + 1
+
+
+def test_there_are_at_least_twenty_malformed_cases() -> None:
+    assert len(MALFORMED) >= 20
 
 
 def test_readiness_goes_503_while_draining_then_the_server_exits(onnx_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import resnet
-from tests.serve_support import REPO, Server, encode, export_onnx, until
+from tests.serve_support import REPO, Server, export_onnx, png, raw_exchange, until
 
 MODEL = "digits-resnet8"
 
@@ -37,27 +37,6 @@ def server(onnx_model: Path):
     ).start()
     yield srv
     srv.stop()
-
-
-def png(size: tuple[int, int] = (40, 40), color: str = "red") -> bytes:
-    return encode(Image.new("RGB", size, color), "PNG")
-
-
-def raw_exchange(server: Server, data: bytes, read_s: float = 5.0) -> bytes:
-    """Send bytes on a fresh connection; what came back before the server closed it (or ``read_s`` passed)."""
-    with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.settimeout(read_s)
-        try:
-            s.sendall(data)
-        except OSError:
-            pass
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except OSError:
-            pass
-        return out
 
 
 # ---- finding 2: KServe validation is a 400 in the protocol's shape, never a 500 -------------------------------------
@@ -230,135 +209,6 @@ def test_drain_timeout_bounds_the_exit_and_late_requests_get_json_503(onnx_model
         assert r.json()["error"]["code"] == "shutting_down"
     log = srv.log()
     assert "CancelledError" not in log and "Traceback" not in log and "Internal Server Error" not in log
-
-
-# ---- finding 5: limits before the app -------------------------------------------------------------------------------
-
-
-def test_huge_header_line_is_refused_at_once_and_does_not_stall_others(server):
-    worst: list[float] = []
-    done = threading.Event()
-
-    def ping() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            while not done.is_set():
-                t = time.perf_counter()
-                c.get("/healthz")
-                worst.append(time.perf_counter() - t)
-
-    pinger = threading.Thread(target=ping)
-    pinger.start()
-    try:
-        started = time.perf_counter()
-        line = b"X-Big: " + b"a" * (64 << 20)
-        answer = raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
-        took = time.perf_counter() - started
-    finally:
-        done.set()
-        pinger.join()
-    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
-    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
-    assert body["error"]["code"] == "header_too_large"
-    assert took < 2.0 and max(worst, default=0.0) < 0.5, (took, worst)
-
-
-def test_too_many_headers_is_431_json(server):
-    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n"
-    answer = raw_exchange(server, head)
-    assert answer.startswith(b"HTTP/1.1 431") and b'"too_many_headers"' in answer, answer[:300]
-
-
-def test_malformed_http_is_a_json_400(server):
-    answer = raw_exchange(server, b"HELLO THERE\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer, answer
-    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "bad_request"
-
-
-def test_connection_that_never_finishes_its_headers_is_closed(server):
-    started = time.monotonic()
-    answer = raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", read_s=10)
-    took = time.monotonic() - started
-    assert answer.startswith(b"HTTP/1.1 408") and 1.0 <= took < 5.0, (answer, took)
-    started = time.monotonic()
-    assert raw_exchange(server, b"", read_s=10) == b""  # connected, said nothing: closed too
-    assert time.monotonic() - started < 5.0
-
-
-def test_idle_keep_alive_connection_is_closed(server):
-    with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.settimeout(10)
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        first = s.recv(65536)
-        assert first.startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
-        assert s.recv(65536) == b""  # closed by the server after --keep-alive-timeout-s 1
-        assert time.monotonic() - started < 5.0
-
-
-# ---- finding 6: per-request pixel budget and fair decoding ----------------------------------------------------------
-
-
-def big_flat_png(side: int = 6000) -> bytes:
-    return encode(Image.new("L", (side, side), 128), "PNG", optimize=True)
-
-
-def test_request_over_the_pixel_budget_is_413_before_decoding(server):
-    big = big_flat_png()
-    assert len(big) < 200_000  # small file, 36 megapixels
-    files = [("file", (f"{i}.png", big)) for i in range(64)]
-    started = time.perf_counter()
-    r = httpx.post(server.url + "/classify", files=files, timeout=60)
-    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
-    assert time.perf_counter() - started < 5.0
-    v2 = {
-        "inputs": [
-            {
-                "name": "image",
-                "shape": [64],
-                "datatype": "BYTES",
-                "data": [__import__("base64").b64encode(big).decode()] * 64,
-            }
-        ]
-    }
-    r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2, timeout=60)
-    assert r.status_code == 413 and "budget" in r.json()["error"], r.text
-
-
-def test_small_request_is_not_starved_by_large_ones(onnx_model):
-    srv = Server(
-        [
-            "--model",
-            str(onnx_model),
-            "--max-request-pixels",
-            "10000000000",
-            "--decode-threads",
-            "2",
-            "--request-timeout-s",
-            "120",
-        ],
-        log_path=onnx_model.parent / "fair.log",
-    ).start()
-    try:
-        big = big_flat_png(4000)
-        results: dict = {}
-
-        def post(key: str, files: list) -> None:
-            t = time.perf_counter()
-            r = httpx.post(srv.url + "/classify", files=files, timeout=120)
-            results[key] = (r.status_code, time.perf_counter() - t)
-
-        heavy = [threading.Thread(target=post, args=(f"big{i}", [("file", ("b.png", big))] * 16)) for i in range(2)]
-        for t in heavy:
-            t.start()
-        time.sleep(0.5)  # both large requests are decoding now
-        post("small", [("file", ("s.png", png()))])
-        for t in heavy:
-            t.join()
-        assert results["small"][0] == 200 and all(results[f"big{i}"][0] == 200 for i in range(2)), results
-        # The small request waited for at most a turn of the pool, not for 32 large decodes.
-        assert results["small"][1] < min(results["big0"][1], results["big1"][1]) / 3, results
-    finally:
-        srv.stop()
 
 
 # ---- finding 8: the card must agree with the graph; /healthz reports a failed backend -------------------------------
