@@ -166,6 +166,8 @@ def test_int8_over_http_keeps_the_fp32_accuracy_within_the_gate(run_dir: Path, d
         try:
             ready = httpx.get(server.url + "/readyz", timeout=5).json()
             assert ready["precision"] == precision, ready
+            info = [ln for ln in httpx.get(server.url + "/metrics").text.splitlines() if "backend_info{" in ln]
+            assert len(info) == 1 and f'precision="{precision}"' in info[0], info  # the backend info gauge
             accuracy[precision], seen = held_out_accuracy(server, images, labels)
             assert seen == {precision}
         finally:
