@@ -1,4 +1,4 @@
-"""Serving benchmark (issue 5, item 7), all ratios measured side by side in one run on this machine.
+"""Serving benchmark: all ratios measured side by side in one run on this machine.
 
 For each network (an ImageNet ResNet with random weights: speed does not depend on the weights), exported to ONNX:
 

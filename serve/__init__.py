@@ -1,4 +1,4 @@
-"""Serving (issue 5): FastAPI ten-crop classification with crop-level dynamic batching.
+"""Serving: FastAPI ten-crop classification with crop-level dynamic batching.
 
 ``python -m serve --model PATH``; ``create_app(settings)`` for embedding. Modules: settings (CLI + env),
 backends (TensorRT / ONNX Runtime / torch), batcher (the crop queue), service (images -> top-k), app (HTTP).

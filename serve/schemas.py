@@ -1,4 +1,4 @@
-"""Pydantic response models: the JSON shapes of DESIGN.md §4, as /docs shows them."""
+"""Pydantic response models: the JSON shapes of docs/DESIGN.md §4, as /docs shows them."""
 
 from __future__ import annotations
 
