@@ -79,10 +79,25 @@ def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def onnx_server(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def onnx_server(digits_onnx_model: Path) -> Iterator[Server]:
     """The digits model exported to ONNX, served with the default settings (ONNX Runtime, JPEG draft mode on)."""
-    folder = tmp_path_factory.mktemp("serve_onnx")
-    onnx_path = export_onnx(digits_checkpoint, folder / "digits.onnx")
-    server = Server(["--model", str(onnx_path)], log_path=folder / "server.log").start()
+    server = Server(["--model", str(digits_onnx_model)], log_path=digits_onnx_model.parent / "server.log").start()
     yield server
     assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def digits_onnx_model(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits model exported to ONNX, once per test module that asks (each module gets its own folder)."""
+    return export_onnx(digits_checkpoint, tmp_path_factory.mktemp("onnx") / "digits.onnx")
+
+
+@pytest.fixture(scope="module")
+def hardened_server(digits_onnx_model: Path) -> Iterator[Server]:
+    """The digits ONNX model served with short header-read and keep-alive timeouts (1.5 s, 1 s)."""
+    srv = Server(
+        ["--model", str(digits_onnx_model), "--header-timeout-s", "1.5", "--keep-alive-timeout-s", "1"],
+        log_path=digits_onnx_model.parent / "server.log",
+    ).start()
+    yield srv
+    srv.stop()

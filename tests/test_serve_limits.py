@@ -7,30 +7,19 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.serve_support import Server, encode, export_onnx, png, raw_exchange
+from tests.serve_support import Server, encode, png, raw_exchange
 
 MODEL = "digits-resnet8"
 
 
 @pytest.fixture(scope="module")
-def onnx_model(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(digits_checkpoint, tmp_path_factory.mktemp("limits") / "digits.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(onnx_model: Path):
-    srv = Server(
-        ["--model", str(onnx_model), "--header-timeout-s", "1.5", "--keep-alive-timeout-s", "1"],
-        log_path=onnx_model.parent / "limits.log",
-    ).start()
-    yield srv
-    srv.stop()
+def server(hardened_server: Server) -> Server:
+    return hardened_server  # conftest: header read and keep-alive timeouts short enough to test
 
 
 # ---- finding 5: limits before the app -------------------------------------------------------------------------------
@@ -125,11 +114,11 @@ def test_request_over_the_pixel_budget_is_413_before_decoding(server):
     assert r.status_code == 413 and "budget" in r.json()["error"], r.text
 
 
-def test_small_request_is_not_starved_by_large_ones(onnx_model):
+def test_small_request_is_not_starved_by_large_ones(digits_onnx_model):
     srv = Server(
         [
             "--model",
-            str(onnx_model),
+            str(digits_onnx_model),
             "--max-request-pixels",
             "10000000000",
             "--decode-threads",
@@ -137,7 +126,7 @@ def test_small_request_is_not_starved_by_large_ones(onnx_model):
             "--request-timeout-s",
             "120",
         ],
-        log_path=onnx_model.parent / "fair.log",
+        log_path=digits_onnx_model.parent / "fair.log",
     ).start()
     try:
         big = big_flat_png(4000)

@@ -19,24 +19,14 @@ import pytest
 from PIL import Image
 
 import resnet
-from tests.serve_support import REPO, Server, export_onnx, png, raw_exchange, until
+from tests.serve_support import REPO, Server, png, raw_exchange, until
 
 MODEL = "digits-resnet8"
 
 
 @pytest.fixture(scope="module")
-def onnx_model(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(digits_checkpoint, tmp_path_factory.mktemp("robust") / "digits.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(onnx_model: Path):
-    srv = Server(
-        ["--model", str(onnx_model), "--header-timeout-s", "1.5", "--keep-alive-timeout-s", "1"],
-        log_path=onnx_model.parent / "robust.log",
-    ).start()
-    yield srv
-    srv.stop()
+def server(hardened_server: Server) -> Server:
+    return hardened_server  # conftest: header read and keep-alive timeouts short enough to test
 
 
 # ---- finding 2: KServe validation is a 400 in the protocol's shape, never a 500 -------------------------------------
@@ -145,9 +135,9 @@ def test_disconnect_mid_body_is_counted_499_and_logs_no_traceback(server):
     assert "Traceback" not in log and '"level": "error"' not in log, log
 
 
-def test_disconnect_while_waiting_for_a_batch_cancels_the_work(onnx_model):
+def test_disconnect_while_waiting_for_a_batch_cancels_the_work(digits_onnx_model):
     srv = Server(
-        ["--model", str(onnx_model), "--max-wait-ms", "5000"], log_path=onnx_model.parent / "cancel.log"
+        ["--model", str(digits_onnx_model), "--max-wait-ms", "5000"], log_path=digits_onnx_model.parent / "cancel.log"
     ).start()
     try:
         with socket.create_connection(("127.0.0.1", srv.port)) as s:
@@ -175,11 +165,11 @@ def test_disconnect_while_waiting_for_a_batch_cancels_the_work(onnx_model):
 # ---- finding 3: the drain timeout bounds the whole exit; late requests get a JSON 503 -------------------------------
 
 
-def test_drain_timeout_bounds_the_exit_and_late_requests_get_json_503(onnx_model):
+def test_drain_timeout_bounds_the_exit_and_late_requests_get_json_503(digits_onnx_model):
     srv = Server(
-        ["--model", str(onnx_model), "--max-wait-ms", "30000", "--max-batch", "128"]
+        ["--model", str(digits_onnx_model), "--max-wait-ms", "30000", "--max-batch", "128"]
         + ["--request-timeout-s", "60", "--drain-timeout-s", "3"],
-        log_path=onnx_model.parent / "drain_deadline.log",
+        log_path=digits_onnx_model.parent / "drain_deadline.log",
     ).start()
     answers: list = []
 
@@ -214,15 +204,15 @@ def test_drain_timeout_bounds_the_exit_and_late_requests_get_json_503(onnx_model
 # ---- finding 8: the card must agree with the graph; /healthz reports a failed backend -------------------------------
 
 
-def _onnx_with_card(onnx_model: Path, out: Path, **changes) -> Path:
+def _onnx_with_card(digits_onnx_model: Path, out: Path, **changes) -> Path:
     import onnx
 
     from resnet.card import ModelCard
     from resnet.onnx_card import read_onnx_card, set_onnx_card
 
-    card = read_onnx_card(onnx_model).to_dict()
+    card = read_onnx_card(digits_onnx_model).to_dict()
     card.update(changes)
-    proto = onnx.load(str(onnx_model))
+    proto = onnx.load(str(digits_onnx_model))
     set_onnx_card(proto, ModelCard.from_dict(card))
     onnx.save(proto, str(out))
     return out
@@ -236,8 +226,8 @@ def _onnx_with_card(onnx_model: Path, out: Path, **changes) -> Path:
     ],
     ids=["input_size", "classes"],
 )
-def test_card_that_disagrees_with_the_graph_exits_1_with_one_line(onnx_model, tmp_path, changes, words):
-    model = _onnx_with_card(onnx_model, tmp_path / "liar.onnx", **changes)
+def test_card_that_disagrees_with_the_graph_exits_1_with_one_line(digits_onnx_model, tmp_path, changes, words):
+    model = _onnx_with_card(digits_onnx_model, tmp_path / "liar.onnx", **changes)
     p = subprocess.run(
         [sys.executable, "-m", "serve", "--model", str(model), "--port", "0"],
         cwd=REPO,
@@ -325,8 +315,10 @@ def test_every_log_line_is_json_even_after_hostile_input(server):
 
 
 @pytest.fixture(scope="module")
-def keyed(onnx_model: Path):
-    srv = Server(["--model", str(onnx_model), "--api-key", "k3y"], log_path=onnx_model.parent / "keyed_robust.log")
+def keyed(digits_onnx_model: Path):
+    srv = Server(
+        ["--model", str(digits_onnx_model), "--api-key", "k3y"], log_path=digits_onnx_model.parent / "keyed_robust.log"
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -351,11 +343,12 @@ def test_api_key_guards_metrics_docs_and_v2_metadata(keyed, path):
     assert httpx.get(keyed.url + path, headers={"Authorization": "Bearer k3y"}).status_code == 200
 
 
-def test_health_stays_open_with_a_key_and_public_metrics_opens_metrics_and_docs(keyed, onnx_model):
+def test_health_stays_open_with_a_key_and_public_metrics_opens_metrics_and_docs(keyed, digits_onnx_model):
     for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
         assert httpx.get(keyed.url + path).status_code == 200, path
     srv = Server(
-        ["--model", str(onnx_model), "--api-key", "k3y", "--public-metrics"], log_path=onnx_model.parent / "pub.log"
+        ["--model", str(digits_onnx_model), "--api-key", "k3y", "--public-metrics"],
+        log_path=digits_onnx_model.parent / "pub.log",
     )
     srv.start()
     try:
@@ -366,9 +359,9 @@ def test_health_stays_open_with_a_key_and_public_metrics_opens_metrics_and_docs(
         srv.stop()
 
 
-def test_card_check_helper_accepts_the_real_model(onnx_model):
+def test_card_check_helper_accepts_the_real_model(digits_onnx_model):
     from serve.backends import load_backend
     from serve.service import check_backend
 
-    assert check_backend(load_backend(onnx_model, "onnxruntime")) >= 0
-    assert resnet.onnx_card.read_onnx_card(onnx_model).input_size == 32
+    assert check_backend(load_backend(digits_onnx_model, "onnxruntime")) >= 0
+    assert resnet.onnx_card.read_onnx_card(digits_onnx_model).input_size == 32
