@@ -279,8 +279,10 @@ def read_sidecar(plan: str | os.PathLike[str]) -> EngineSidecar:
 
 def rebuild_hint(plan: str | os.PathLike[str]) -> str:
     """The command that rebuilds an engine on this machine."""
-    stem = Path(plan).name.rsplit(".", 1)[0]
-    return f"rebuild it here: python -m export.trt {Path(plan).with_name(stem + '.pt')} --require-engine"
+    stem = Path(plan).name.rsplit(".", 1)[0]  # model.plan -> model; model.int8.plan -> model.int8
+    int8 = stem.endswith(".int8")
+    checkpoint = Path(plan).with_name(stem.removesuffix(".int8") + ".pt")
+    return f"rebuild it here: python -m export.trt {checkpoint} --require-engine{' --int8' if int8 else ''}"
 
 
 def check_engine_host(
