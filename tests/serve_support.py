@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +180,25 @@ def raw_exchange(server: Server, data: bytes, read_s: float = 5.0) -> bytes:
 def classify(server: Server, files: list[tuple[str, bytes]], **params) -> httpx.Response:
     params = {"topk": 10, **params}  # the digits model has 10 classes: all of them
     return httpx.post(server.url + "/classify", params=params, files=[("file", f) for f in files], timeout=60)
+
+
+@contextlib.contextmanager
+def healthz_latencies(server: Server) -> Iterator[list[float]]:
+    """While the block runs, another thread GETs /healthz in a loop; yields the list of their latencies (seconds)."""
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def ping() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not done.is_set():
+                t = time.perf_counter()
+                c.get("/healthz")
+                latencies.append(time.perf_counter() - t)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    try:
+        yield latencies
+    finally:
+        done.set()
+        pinger.join()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.serve_support import Server, encode, png, raw_exchange
+from tests.serve_support import Server, encode, healthz_latencies, png, raw_exchange
 
 MODEL = "digits-resnet8"
 
@@ -26,26 +26,11 @@ def server(hardened_server: Server) -> Server:
 
 
 def test_huge_header_line_is_refused_at_once_and_does_not_stall_others(server):
-    worst: list[float] = []
-    done = threading.Event()
-
-    def ping() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            while not done.is_set():
-                t = time.perf_counter()
-                c.get("/healthz")
-                worst.append(time.perf_counter() - t)
-
-    pinger = threading.Thread(target=ping)
-    pinger.start()
-    try:
+    with healthz_latencies(server) as worst:
         started = time.perf_counter()
         line = b"X-Big: " + b"a" * (64 << 20)
         answer = raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
         took = time.perf_counter() - started
-    finally:
-        done.set()
-        pinger.join()
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "header_too_large"

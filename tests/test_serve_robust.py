@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import resnet
-from tests.serve_support import REPO, Server, png, raw_exchange, until
+from tests.serve_support import REPO, Server, healthz_latencies, png, raw_exchange, until
 
 MODEL = "digits-resnet8"
 
@@ -80,26 +80,10 @@ def test_v2_large_json_body_is_parsed_off_the_event_loop(server):
     values = [round(float(x), 6) for x in np.random.default_rng(0).standard_normal(n * 3072 - 1)]
     body = json.dumps({"inputs": [{"name": "input", "shape": [n, 3, 32, 32], "datatype": "FP32", "data": values}]})
     assert len(body) > 6 * 2**20
-    worst: list[float] = []
-    done = threading.Event()
-
-    def ping() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            while not done.is_set():
-                t = time.perf_counter()
-                c.get("/healthz")
-                worst.append(time.perf_counter() - t)
-
-    pinger = threading.Thread(target=ping)
-    pinger.start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            for _ in range(3):
-                r = c.post(f"/v2/models/{MODEL}/infer", content=body, headers={"Content-Type": "application/json"})
-                assert r.status_code == 400 and "needs" in r.json()["error"], r.text
-    finally:
-        done.set()
-        pinger.join()
+    with healthz_latencies(server) as worst, httpx.Client(base_url=server.url, timeout=60) as c:
+        for _ in range(3):
+            r = c.post(f"/v2/models/{MODEL}/infer", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400 and "needs" in r.json()["error"], r.text
     assert max(worst) < 0.5, f"/healthz waited {max(worst):.2f} s while JSON bodies were parsed"
 
 
