@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -230,19 +231,25 @@ def thread_sweep(arch: str, folder: Path) -> None:
         print(f"| {n} | {t10 * 1e3:.1f} | {t64 * 1e3:.1f} |", flush=True)
 
 
+def per_arch(archs: list[str], bench: Callable[[str, Path], Any]) -> list[tuple[str, Any]]:
+    """Run ``bench(arch, folder)`` for each network in one temp folder, logging each; ends with the load average."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+        for arch in archs:
+            t0 = time.perf_counter()
+            r = bench(arch, Path(tmp))
+            print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            rows.append((arch, r))
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
+    return rows
+
+
 def precisions(args: argparse.Namespace) -> int:
     """Serving by precision (bench/serve_precision.py): one run, all servers side by side."""
     from .serve_precision import bench_precisions, print_tables
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the servers (finally)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
-        for arch in args.arch:
-            t0 = time.perf_counter()
-            r = bench_precisions(arch, Path(tmp), args.requests, args.rounds, args.threads)
-            print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-            rows.append((arch, r))
-    print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
+    rows = per_arch(args.arch, lambda arch, tmp: bench_precisions(arch, tmp, args.requests, args.rounds, args.threads))
     print_tables(rows)
     return 0
 
@@ -267,14 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for arch in args.arch:
                 thread_sweep(arch, Path(tmp))
         return 0
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
-        for arch in args.arch:
-            t0 = time.perf_counter()
-            r = bench_arch(arch, Path(tmp), args.requests, args.threads, args.rounds)
-            print(f"{arch}: {r}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-            rows.append((arch, r))
-    print(f"\nload average at end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs\n")
+    rows = per_arch(args.arch, lambda arch, tmp: bench_arch(arch, tmp, args.requests, args.threads, args.rounds))
     print("Wall clock (ratios from interleaved rounds):\n")
     print(
         "| model | server img/s @c8 | raw img/s @ same batch (mean batch) | throughput efficiency | "
