@@ -2,13 +2,14 @@
 
 The reference is the checkpoint in PyTorch FP32 on the CPU (TF32 and reduced-precision matmul off). A candidate is
 an ONNX file run by ONNX Runtime (CPU execution provider) or a TensorRT engine (``*.plan``, on the GPU); each has
-``run(x) -> logits``, ``min_batch``/``max_batch``, ``precision``, ``info`` and ``close()``.
+``run(x) -> logits``, ``min_batch``/``max_batch``, ``spatial`` (the ``(min, max)`` input height/width it takes, or
+None when only the card's S x S), ``precision``, ``info`` and ``close()``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .log import progress
 
 REFERENCE_BATCH = 50  # the reference's batch size does not matter for its result, only for its speed
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+ANY_SIZE = (1, 2**31 - 1)  # ``spatial`` of a graph whose height and width are symbolic
 
 
 def fp32_reference_settings() -> None:
@@ -40,6 +42,7 @@ class Reference:
     card: ModelCard
     logits: np.ndarray
     info: dict[str, Any]
+    view_logits: list[list[np.ndarray]] = field(default_factory=list)  # per image, per side (``ImageSet.views``)
 
     @classmethod
     def from_model(cls, model: Any, card: ModelCard, images: ImageSet, source: str) -> Reference:
@@ -52,6 +55,10 @@ class Reference:
         chunks = range(0, len(x), REFERENCE_BATCH)
         with torch.inference_mode():
             outs = [model(x[i : i + REFERENCE_BATCH]).numpy() for i in progress(chunks, "reference", len(chunks))]
+            views = [
+                [model(torch.from_numpy(v)).numpy().astype(np.float32) for v in per_side]
+                for per_side in progress(images.views, "reference multi-scale", len(images.views))
+            ]
         seconds = time.perf_counter() - start
         info = {
             "backend": "pytorch-fp32-cpu",
@@ -59,7 +66,7 @@ class Reference:
             "torch": torch.__version__,
             "seconds": round(seconds, 3),
         }
-        return cls(card, np.concatenate(outs).astype(np.float32), info)
+        return cls(card, np.concatenate(outs).astype(np.float32), info, views)
 
     @classmethod
     def from_onnx(cls, path: Path, card: ModelCard, images: ImageSet) -> Reference:
@@ -73,10 +80,11 @@ class Reference:
             outs = [
                 graph.run(images.crops[i : i + REFERENCE_BATCH]) for i in progress(starts, "reference", len(starts))
             ]
+            views = [[graph.run(v) for v in per_side] for per_side in images.views] if graph.spatial else []
         finally:
             graph.close()
         info = {**graph.info, "backend": "onnxruntime-fp32-cpu", "seconds": round(time.perf_counter() - start, 3)}
-        return cls(card, np.concatenate(outs), info)
+        return cls(card, np.concatenate(outs), info, views)
 
 
 def graph_precision(proto: Any) -> str:
@@ -111,6 +119,8 @@ class OnnxCandidate:
         self.precision = graph_precision(proto)
         self.input_name = self.session.get_inputs()[0].name
         self.min_batch, self.max_batch = 1, None
+        shape = self.session.get_inputs()[0].shape
+        self.spatial = ANY_SIZE if len(shape) == 4 and not any(isinstance(d, int) for d in shape[2:]) else None
         self.info = {
             "backend": "onnxruntime-cpu",
             "path": str(path),
@@ -141,6 +151,7 @@ class EngineCandidate:
             self.card = card
             self.runner = TensorRTRunner(path)
         self.min_batch, self.max_batch = self.runner.min_batch, self.runner.max_batch
+        self.spatial = getattr(self.runner, "spatial", None)  # the engine profile's (min, max) side, if not fixed
         self.precision = "int8" if self.card.precision == "int8" else "fp16"
         self.info = {
             "backend": "tensorrt",

@@ -1,7 +1,8 @@
 """The parity gate: thresholds and their presets, evaluating a candidate, the report, and stage -> gate -> publish.
 
 The candidate runs all crops at batch 10 (one ten-crop image per batch, as served), the first crops one by one
-(batch 1), and one batch of exactly ``max_batch`` crops, each compared with the reference on the same crops.
+(batch 1), and one batch of exactly ``max_batch`` crops, each compared with the reference on the same crops; a
+candidate that takes any input size also runs the paper's multi-scale test on the first images (``export.views``).
 Reported: image top-1 agreement (ten-crop mean of softmax, as served), top-5 agreement, crop top-1 agreement, logit
 cosine min/mean, max-abs and relative-L2 error, non-finite outputs, labelled accuracy of both, timings, the
 thresholds and ``passed``, written atomically to ``<candidate>.parity.json``. A candidate that fails is renamed to
@@ -31,6 +32,7 @@ from .candidates import Reference, check_same_model, open_candidate
 from .images import ImageSet
 from .log import progress
 from .metrics import crop_metrics, finite_or_none, image_metrics, nonfinite_count, nonfinite_failure
+from .views import multiscale_check
 
 FORMAT, VERSION = "resnet-parity", 1
 SERVE_BATCH = 10  # one ten-crop image: the batch the server sends most
@@ -211,6 +213,12 @@ def evaluate(
         if not bad and not nonfinite_count(ref):
             worst = min(e["cosine_min"] for e in per_batch.values())
             failures += threshold_failures(report["metrics"], worst, thresholds)
+    multiscale, ms_failures = multiscale_check(
+        reference, candidate, images, thresholds.min_top1_agreement, thresholds.min_cosine
+    )
+    if multiscale is not None:
+        report["multiscale"] = multiscale
+        failures += ms_failures
     report["failures"] = failures
     report["passed"] = not failures
     return finite_or_none(report)
@@ -328,4 +336,9 @@ def summary_line(report: dict[str, Any]) -> str:
     if "accuracy" in m:
         a = m["accuracy"]
         parts.append(f"labelled top-1 {a['reference']['top1']:.2f}% -> {a['candidate']['top1']:.2f}%")
+    ms = report.get("multiscale") or {}
+    if ms.get("top1_agreement") is not None:
+        parts.append(
+            f"multi-scale top-1 {ms['top1_agreement']:.2f}% on {ms['images']} images at {len(ms['sizes'])} sizes"
+        )
     return ", ".join(parts)

@@ -1,11 +1,14 @@
 """The gate's images: real images, read once and preprocessed by the shared ten-crop (``resnet.preprocess``).
 
 Sources: the bundled sample photos (default), a flat folder of images, or an ImageFolder ``DIR/<label>/*.png``
-whose folder names are the model's labels (which adds labelled accuracy to the gate).
+whose folder names are the model's labels (which adds labelled accuracy to the gate). The first
+``MULTISCALE_IMAGES`` images are also prepared for the paper's multi-scale test (``resnet.multiscale``): the gate
+runs a candidate that takes any input size on those views too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +19,14 @@ import numpy as np
 import resnet
 from resnet import UsageError, UserError
 from resnet.card import ModelCard
+from resnet.multiscale import multiscale_sides, multiscale_views
 from resnet.preprocess import CROPS, IMAGE_SUFFIXES, folder_label_indices
 from resnet.samples import sample_photo_paths
 
 from .log import log, progress
 
 SAMPLES_SOURCE = "bundled sample photos (scikit-image)"
+MULTISCALE_IMAGES = 4  # images of a gate set also checked at the multi-scale test's sizes (each ~5x a ten-crop)
 
 
 @dataclass
@@ -34,6 +39,9 @@ class ImageSet:
     crops_per_image: int
     labels: np.ndarray | None  # the card's class index of each image, when the folder is a matching ImageFolder
     note: str | None = None
+    # multi-scale views of the first images: views[i][j] is image i at side sides[j], float32 [2, 3, H, W] (+ flip)
+    views: list[list[np.ndarray]] = dataclasses.field(default_factory=list)
+    sides: tuple[int, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -43,6 +51,7 @@ class ImageSet:
             "crops_total": int(len(self.crops)),
             "labelled": self.labels is not None,
             "files": self.files if len(self.files) <= 50 else self.files[:50] + [f"... {len(self.files) - 50} more"],
+            **({"multiscale": {"images": len(self.views), "sides": list(self.sides)}} if self.views else {}),
             **({"note": self.note} if self.note else {}),
         }
 
@@ -118,14 +127,36 @@ def preprocess_all(items: Iterable[Any], names: Sequence[str], card: ModelCard, 
     return np.concatenate(batches)
 
 
-def image_set_from(listing: ImageList, card: ModelCard, crops: str = "ten") -> ImageSet:
-    """Preprocess a listing into the gate's ``ImageSet``."""
+def multiscale_all(items: Sequence[Any], names: Sequence[str], card: ModelCard) -> list[list[np.ndarray]]:
+    """``resnet.multiscale.multiscale_views`` of each image; an unreadable or oversized one is a one-line error."""
+    views = []
+    for item, name in zip(items, names):
+        try:
+            views.append(multiscale_views(item, card))
+        except UserError as e:
+            raise UserError(f"{item if isinstance(item, Path) else name} (multi-scale views): {e}") from None
+    return views
+
+
+def image_set_from(
+    listing: ImageList, card: ModelCard, crops: str = "ten", multiscale: int = MULTISCALE_IMAGES
+) -> ImageSet:
+    """Preprocess a listing into the gate's ``ImageSet``; the first ``multiscale`` images also as multi-scale views."""
     data = preprocess_all(listing.items, listing.names, card, crops)
     labels = np.asarray(listing.labels, dtype=np.int64) if listing.labels is not None else None
-    return ImageSet(listing.source, list(listing.names), data, CROPS[crops], labels, listing.note)
+    k = min(max(multiscale, 0), len(listing.items))
+    views = multiscale_all(listing.items[:k], listing.names[:k], card)
+    sides = multiscale_sides(card) if views else ()
+    return ImageSet(listing.source, list(listing.names), data, CROPS[crops], labels, listing.note, views, sides)
 
 
-def load_image_set(images: Path | None, card: ModelCard, crops: str = "ten", limit: int | None = None) -> ImageSet:
+def load_image_set(
+    images: Path | None,
+    card: ModelCard,
+    crops: str = "ten",
+    limit: int | None = None,
+    multiscale: int = MULTISCALE_IMAGES,
+) -> ImageSet:
     """The gate's images: bundled sample photos, a flat folder, or an ImageFolder (labels from folder names)."""
     listing = list_samples() if images is None else list_folder(images, card)
-    return image_set_from(listing.subset(spread(len(listing.items), limit)), card, crops)
+    return image_set_from(listing.subset(spread(len(listing.items), limit)), card, crops, multiscale)

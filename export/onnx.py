@@ -36,6 +36,8 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 TORCHSCRIPT_OPSET = 17
 TRACE_BATCH = 2  # >= 2, so neither exporter specialises the batch dimension to a constant
+DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}  # of the input; the output's axis 0 is "batch" too
+MIN_SIDE, MAX_SIDE = 8, 16384  # the spatial range torch.export is told (ONNX itself keeps the axes symbolic)
 
 
 class ExportError(UserError):
@@ -52,7 +54,11 @@ def _quiet() -> contextlib.ExitStack:
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor) -> Any:
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=65536),
+        2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+        3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE),
+    }
     with _quiet():
         program = torch.onnx.export(
             model,
@@ -60,7 +66,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor) -> Any:
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dims,),
             optimize=True,
             verbose=False,
         )
@@ -79,7 +85,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor) -> Any:
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: {0: "batch"}},
             opset_version=TORCHSCRIPT_OPSET,
             do_constant_folding=True,
             verbose=False,
@@ -132,7 +138,8 @@ def _dims(value_info: Any) -> list[int | str]:
 
 
 def check_contract(proto: Any, card: ModelCard) -> None:
-    """Names, types and shapes of docs/DESIGN.md §2: ``input`` float32 [N,3,S,S] -> ``logits`` float32 [N,C], N dynamic."""
+    """Names, types and shapes of docs/DESIGN.md §2.3: ``input`` float32 [N,3,H,W] -> ``logits`` float32 [N,C], N
+    symbolic; H and W symbolic (any size: multi-scale) or both the card's input size (a fixed-size graph)."""
     import onnx
 
     graph = proto.graph
@@ -148,8 +155,11 @@ def check_contract(proto: Any, card: ModelCard) -> None:
             raise ExportError(f"graph {vi.name!r} is not float32")
     size, classes = card.input_size, card.num_classes
     din, dout = _dims(inputs[0]), _dims(graph.output[0])
-    if len(din) != 4 or din[1:] != [3, size, size] or len(dout) != 2 or dout[1] != classes:
-        raise ExportError(f"graph shapes {din} -> {dout}, expected [N, 3, {size}, {size}] -> [N, {classes}]")
+    spatial_ok = all(isinstance(d, str) for d in din[2:]) or din[2:] == [size, size]
+    if len(din) != 4 or din[1] != 3 or not spatial_ok or len(dout) != 2 or dout[1] != classes:
+        raise ExportError(
+            f"graph shapes {din} -> {dout}, expected [N, 3, H, W] (or [N, 3, {size}, {size}]) -> [N, {classes}]"
+        )
     if not isinstance(din[0], str) or not isinstance(dout[0], str):
         raise ExportError(f"the batch dimension is frozen ({din[0]} -> {dout[0]}); it must be symbolic")
 

@@ -89,7 +89,7 @@ def quantize_graph(
         src.write_bytes(fp32.SerializeToString())
         try:
             with _quiet():
-                quant_pre_process(str(src), str(pre))
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
                 quantize_static(
                     str(pre),
                     str(out),
