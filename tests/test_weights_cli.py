@@ -1,9 +1,9 @@
-"""``--weights NAME`` wherever a network is built from scratch: export.onnx, export.trt and train.evaluate, all
-through ``resnet.weights.load_model_source``.
+"""``--weights NAME`` wherever a network is built from scratch: export.onnx, export.trt, train.evaluate and serve's
+``torchvision:ARCH[:WEIGHTS]`` model spec, all through ``resnet.weights.load_model_source``.
 
 No network: a random-init resnet18 state dict sits under the file name torch.hub caches IMAGENET1K_V1 as, in a
 temporary ``TORCH_HOME`` (``cached_r18``), so every command needs ``--no-check-hash``. Real exporters, gates,
-and evaluations run on it; nothing is mocked.
+servers and evaluations run on it; nothing is mocked.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -28,8 +29,10 @@ from export import trt as export_trt
 from resnet.errors import UsageError
 from resnet.onnx_card import read_onnx_card
 from resnet.samples import sample_photo_paths
-from resnet.weights import load_model_source
-from tests.serve_support import REPO
+from resnet.weights import load_model_source, load_named
+from serve.backends import load_backend
+from serve.settings import Settings
+from tests.serve_support import REPO, Server, probs_from_answer, reference_probs
 from tests.weights_support import R18_FILE
 
 NAMED = ["resnet18", "--weights", "IMAGENET1K_V1", "--no-check-hash"]
@@ -47,6 +50,11 @@ def _run(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None) 
         timeout=300,
         env={**os.environ, "PYTHONPATH": path, **(env or {})},
     )
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """stderr without the server's JSON log lines."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("{")]
 
 
 def test_export_onnx_builds_the_named_weights_into_a_gated_graph_in_the_current_folder(
@@ -159,3 +167,50 @@ def test_evaluate_scores_the_named_weights_on_an_imagenet_labelled_folder(
     assert 0.0 <= result["top1_err"] <= 100.0 and result["top5_err"] <= result["top1_err"]
     assert train.evaluate.main(argv[:-1]) == 0
     assert "resnet18: top-1 err" in capsys.readouterr().out
+
+
+def test_server_serves_the_named_weights_with_imagenet_labels(cached_r18: tuple, tmp_path: Path) -> None:
+    model, card = load_named("resnet18", "IMAGENET1K_V1", check_hash=False)
+    spec = "torchvision:resnet18:IMAGENET1K_V1"
+    server = Server(["--model", spec, "--no-check-hash", "--threads", "1"], log_path=tmp_path / "server.log")
+    server.start(timeout=180)
+    try:
+        assert httpx.get(server.url + "/readyz", timeout=10).json()["backend"].startswith("torch:")
+        photo = sample_photo_paths()[0]
+        answer = httpx.post(
+            server.url + "/classify", params={"topk": 1000}, files=[("file", (photo.name, photo.read_bytes()))]
+        )
+        assert answer.status_code == 200, answer.text
+        (result,) = answer.json()["results"]
+        assert {e["label"] for e in result["topk"]} == set(card.labels)  # the 1000 ImageNet label names
+        assert result["topk"][0]["label"] == card.labels[result["topk"][0]["index"]]
+        got = probs_from_answer(result, card.num_classes)
+        assert np.abs(got - reference_probs(photo, model, card)).max() <= 1e-4
+    finally:
+        assert server.stop() == 0
+
+
+def test_server_without_the_cached_file_exits_4_before_listening(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    p = _run("serve", "--model", "torchvision:resnet18", "--port", "0", cwd=tmp_path, env={"TORCH_HOME": str(home)})
+    lines = _error_lines(p.stderr)
+    assert p.returncode == 4 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(lines) == 1 and f"put {R18_FILE}" in lines[0] and f"{home}/hub/checkpoints" in lines[0]
+    assert "Uvicorn running" not in p.stderr and "serving" not in p.stderr
+
+
+def test_torchvision_spec_is_checked_and_needs_an_export_for_other_backends(torch_home: Path) -> None:
+    assert Settings(model="torchvision:resnet50").model == "torchvision:resnet50"
+    for bad, message in [
+        ("torchvision:plain18", "only for the ImageNet residual nets"),
+        ("torchvision:resnet18:", "expected torchvision:ARCH or torchvision:ARCH:WEIGHTS"),
+        ("torchvision:resnet7", "unknown architecture"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            Settings(model=bad)
+    with pytest.raises(UsageError, match="go with --model torchvision:ARCH"):
+        Settings(model="model.onnx", check_hash=False)
+    for choice in ("onnxruntime", "cuda", "tensorrt"):
+        with pytest.raises(UsageError, match="python -m export.onnx resnet50 --weights IMAGENET1K_V2"):
+            load_backend("torchvision:resnet50:IMAGENET1K_V2", choice)
+    assert not torch_home.exists()  # refused before looking for the file
