@@ -26,6 +26,7 @@ import resnet
 from resnet import UsageError, UserError, artifacts
 from resnet.card import ModelCard
 from resnet.onnx_card import set_onnx_card
+from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source, source_base
 
 from . import gate
 from .candidates import Reference
@@ -175,15 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a checkpoint to FP32 ONNX (dynamic batch, model card inside) and gate it against "
         "PyTorch FP32 on real images. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 parity gate failed.",
     )
-    p.add_argument("checkpoint", type=Path, help="our checkpoint (*.pt), or a torchvision state dict with --arch")
+    p.add_argument("checkpoint", type=Path, help=SOURCE_HELP)
     p.add_argument(
         "-o",
         "--output",
         type=Path,
         default=None,
-        help="output .onnx path (default: beside the checkpoint, model.pt -> model.onnx)",
+        help="output .onnx path (default: beside the checkpoint, model.pt -> model.onnx; for an architecture name "
+        "with --weights, in the current folder: resnet50 -> ./resnet50.onnx)",
     )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    add_weights_arguments(p)
     p.add_argument(
         "--exporter",
         choices=EXPORTERS,
@@ -201,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def source_name(source: Path | str, card: ModelCard, weights: str | None) -> str:
+    """What the gate report names as the reference: the checkpoint, or the named weights."""
+    return f"{card.name} with {card.provenance['weights']}" if weights else str(source)
+
+
 def export_onnx(
     checkpoint: Path,
     out: Path | None = None,
@@ -212,17 +220,22 @@ def export_onnx(
     max_batch: int | None = None,
     thresholds: gate.Thresholds | None = None,
     run_gate: bool = True,
+    weights: str | None = None,
+    download: bool = False,
+    check_hash: bool = True,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Export ``checkpoint`` to a gated FP32 graph at ``out`` (default beside it); returns it and its report.
 
-    A failed gate raises ``ParityError`` (exit 3) with the graph moved to ``<out>.rejected``; ``run_gate=False``
-    publishes the checked graph ungated (report None).
+    With ``weights`` the ``checkpoint`` argument is an architecture name built with torchvision's named weights
+    (``resnet.weights.load_model_source``), and the default output is ``./<arch>.onnx``. A failed gate raises
+    ``ParityError`` (exit 3) with the graph moved to ``<out>.rejected``; ``run_gate=False`` publishes the checked
+    graph ungated (report None).
     """
-    out = out or artifacts.layout_for(checkpoint).onnx
+    out = out or artifacts.layout_for(source_base(checkpoint, weights)).onnx
     if out.suffix != ".onnx":
         raise UsageError(f"output must end in .onnx, not {out.name}")
     artifacts.ensure_writable(out.parent)
-    model, card = resnet.load_checkpoint(checkpoint, arch=arch)
+    model, card = load_model_source(checkpoint, arch, weights, download=download, check_hash=check_hash)
     proto, used = export_model(model, card, exporter)
     if not run_gate:
         staged = artifacts.staging_path(out)
@@ -234,7 +247,7 @@ def export_onnx(
         log(f"wrote {out} ({used} exporter; parity gate skipped by --no-gate)")
         return out, None
     image_set = load_image_set(images, card, limit=limit)
-    reference = Reference.from_model(model, card, image_set, source=str(checkpoint))
+    reference = Reference.from_model(model, card, image_set, source=source_name(checkpoint, card, weights))
     report = gate.stage_gate_publish(
         reference,
         out,
@@ -260,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch=args.max_batch,
         thresholds=thresholds,
         run_gate=not args.no_gate,
+        weights=args.weights,
+        download=args.download,
+        check_hash=args.check_hash,
     )
     return 0
 

@@ -30,13 +30,14 @@ from resnet import MissingComponentError, UsageError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
 from resnet.trt_runtime import tensorrt_available
+from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source, source_base
 
 from . import calib, gate, quantize
 from .candidates import Reference
 from .fp16 import convert_fp16
 from .images import ImageSet, load_image_set
 from .log import log
-from .onnx import EXPORTERS, export_model, save_proto
+from .onnx import EXPORTERS, export_model, save_proto, source_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
         "each admitted by an accuracy-parity gate on real images. Exit codes: 0 ok (engine step may be skipped), "
         "1 failed, 2 bad usage, 3 a parity gate failed, 4 --require-engine but no CUDA/TensorRT.",
     )
-    p.add_argument("checkpoint", type=Path, help="our checkpoint (*.pt), or a torchvision state dict with --arch")
+    p.add_argument("checkpoint", type=Path, help=SOURCE_HELP)
     p.add_argument(
-        "-o", "--output-dir", type=Path, default=None, help="folder for the artifacts (default: beside the checkpoint)"
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="folder for the artifacts (default: beside the checkpoint; for an architecture name with --weights, "
+        "the current folder: resnet50 -> ./resnet50.onnx, ./resnet50.fp16.onnx, ./resnet50.plan)",
     )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    add_weights_arguments(p)
     p.add_argument(
         "--exporter",
         choices=EXPORTERS,
@@ -112,15 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     fp32_t = gate.thresholds_from_args(args, "fp32", "fp32_thresholds")
     fp16_t = gate.thresholds_from_args(args, "fp16", "fp16_thresholds")
     int8_t = gate.thresholds_from_args(args, "int8", "int8_thresholds")
-    layout = artifacts.layout_for(args.checkpoint, args.output_dir)
-    model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
+    layout = artifacts.layout_for(source_base(args.checkpoint, args.weights), args.output_dir)
+    model, card = load_model_source(
+        args.checkpoint, args.arch, args.weights, download=args.download, check_hash=args.check_hash
+    )
     images = load_image_set(args.images, card, limit=args.limit)
     int8_inputs = calib.prepare(args.calib, card, args.calib_count, args.images, args.limit) if args.int8 else None
     log(
         f"{card.name} ({card.family} {card.arch}{card.depth}, {card.num_classes} classes, "
         f"{card.input_size}px); gates use {len(images.files)} images from {images.source}, ten-crop"
     )
-    reference = Reference.from_model(model, card, images, str(args.checkpoint))
+    reference = Reference.from_model(model, card, images, source_name(args.checkpoint, card, args.weights))
     steps = 4 if args.int8 else 3
 
     t0 = _stage(f"1/{steps} FP32 ONNX")
@@ -164,7 +173,7 @@ def _int8_graph(
     calibration, images = inputs
     log(f"calibrating on {calibration.count} images from {calibration.source}; gate on {len(images.files)} others")
     proto8, card8 = quantize.quantize_graph(proto, card, calibration, args.method, "int8")
-    reference = Reference.from_model(model, card, images, str(args.checkpoint))
+    reference = Reference.from_model(model, card, images, source_name(args.checkpoint, card, args.weights))
     _gate(reference, proto8, final, images, thresholds, args.max_batch, "onnxruntime quantize_static, QDQ", t0)
     return card8, reference, images, thresholds
 

@@ -24,6 +24,11 @@ IMAGENET_STAGES: dict[int, tuple[int, int, int, int]] = {
 # Section 4.2: the CIFAR depths the paper reports (any 6n+2 works).
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
+# Our networks whose state dict is torchvision's key for key (v1.5, shortcut B): the ones named weights fit.
+WEIGHTS_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TORCHVISION_PREFIX = "torchvision:"
+DEFAULT_WEIGHTS = "DEFAULT"
+
 _NAME = re.compile(r"^(?P<cifar>cifar_)?(?P<arch>resnet|plain)(?P<depth>\d+)$")
 
 
@@ -65,3 +70,24 @@ def list_models() -> list[str]:
     names = [f"{arch}{d}" for arch in ("resnet", "plain") for d in IMAGENET_STAGES]
     names += [f"cifar_{arch}{d}" for arch in ("resnet", "plain") for d in CIFAR_DEPTHS]
     return names
+
+
+def is_torchvision_spec(model: str) -> bool:
+    """Whether a serve ``--model`` value is a ``torchvision:ARCH[:WEIGHTS]`` spec rather than a path."""
+    return str(model).strip().lower().startswith(TORCHVISION_PREFIX)
+
+
+def parse_torchvision_spec(model: str) -> tuple[str, str]:
+    """``torchvision:resnet50[:IMAGENET1K_V2]`` -> ``("resnet50", "IMAGENET1K_V2")``; weights default to ``DEFAULT``.
+
+    Only the form and the architecture are checked here (torch-free); the weights name is resolved when loading.
+    """
+    parts = str(model).strip()[len(TORCHVISION_PREFIX) :].split(":")
+    if len(parts) > 2 or not parts[0] or (len(parts) == 2 and not parts[1]):
+        raise UsageError(f"--model {model!r}: expected torchvision:ARCH or torchvision:ARCH:WEIGHTS")
+    arch = parse_model_name(parts[0]).name
+    if arch not in WEIGHTS_ARCHS:
+        raise UsageError(
+            f"--model {model!r}: named weights exist only for the ImageNet residual nets {', '.join(WEIGHTS_ARCHS)}"
+        )
+    return arch, parts[1] if len(parts) == 2 else DEFAULT_WEIGHTS

@@ -13,6 +13,7 @@ in the cache; here ``check_hash=True`` (the default) checks the cached file too,
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 import socket
@@ -23,12 +24,12 @@ import torch
 from torch import nn
 
 from .card import ModelCard, make_card
-from .checkpoint import load_state_dict_strict, read_checkpoint_file
+from .checkpoint import load_checkpoint, load_state_dict_strict, read_checkpoint_file
 from .errors import CheckpointError, MissingComponentError, UsageError
+from .names import WEIGHTS_ARCHS
 from .registry import create_model, parse_model_name
 
-# Our networks whose state dict is torchvision's key for key (v1.5, shortcut B): the ones named weights fit.
-WEIGHTS_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+SOURCE_HELP = "our checkpoint (*.pt), a torchvision state dict with --arch, or an architecture name with --weights"
 DOWNLOAD_TIMEOUT_S = 30.0
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
 
@@ -171,3 +172,80 @@ def load_named(arch: str, name: str, *, download: bool = False, check_hash: bool
     load_state_dict_strict(model, state_dict, f"{card.spec.name} ({full_name(weights)})")
     model.eval()
     return model, card.with_provenance(weights_file=str(path), sha256=sha256, sha256_checked=check_hash)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights NAME``, ``--download`` and ``--no-check-hash``: the same three flags on every command."""
+    parser.add_argument(
+        "--weights",
+        metavar="NAME",
+        default=None,
+        help="build the architecture named by the positional argument with torchvision's named weights: "
+        "IMAGENET1K_V1, IMAGENET1K_V2 or DEFAULT, read from the torch hub cache ($TORCH_HOME/hub/checkpoints)",
+    )
+    parser.add_argument("--download", action="store_true", help="with --weights: download them when not cached")
+    parser.add_argument(
+        "--no-check-hash",
+        dest="check_hash",
+        action="store_false",
+        help="with --weights: skip the SHA-256 check of the cached file against the digits in its name",
+    )
+
+
+def _check_source(source: str, arch: str | None, weights: str | None, download: bool, check_hash: bool) -> None:
+    """``UsageError`` (one line) for a combination of source, ``--arch`` and ``--weights`` flags that makes no sense."""
+    if weights:
+        if arch is not None:
+            raise UsageError("--arch names the network of a state-dict file; with --weights name it instead of a file")
+        try:
+            parse_model_name(source)
+        except UsageError:
+            if Path(source).is_file():
+                raise UsageError(
+                    f"--weights builds a network by name (e.g. resnet50), but {source} is a file: drop --weights"
+                ) from None
+            raise
+        return
+    if download or not check_hash:
+        raise UsageError("--download and --no-check-hash go with --weights NAME")
+    if Path(source).exists():
+        return
+    try:
+        name = parse_model_name(source).name
+    except UsageError:
+        return  # not a name either: loading says the file is missing
+    if name in WEIGHTS_ARCHS:
+        raise UsageError(f"{source} is an architecture name, not a file: add --weights NAME (IMAGENET1K_V1, ...)")
+    raise UsageError(f"{source} is an architecture name, not a file; make one with python -m resnet.new {name} -o F")
+
+
+def load_model_source(
+    source: str | Path,
+    arch: str | None = None,
+    weights: str | None = None,
+    *,
+    download: bool = False,
+    check_hash: bool = True,
+) -> tuple[nn.Module, ModelCard]:
+    """``(model, card)`` from what a command line names: a checkpoint path (``arch``: a plain torchvision state
+    dict's network), or an architecture name with ``weights`` (torchvision's named weights, see ``load_named``).
+
+    Combinations that make no sense (``weights`` with a file, ``arch`` with ``weights``, ``download`` or
+    ``check_hash=False`` without ``weights``, a bare architecture name) are one-line ``UsageError``s.
+    """
+    source = str(source)
+    _check_source(source, arch, weights, download, check_hash)
+    if weights:
+        return load_named(source, weights, download=download, check_hash=check_hash)
+    return load_checkpoint(source, arch=arch)
+
+
+def source_base(source: str | Path, weights: str | None = None) -> Path:
+    """The path whose ``artifacts.layout_for`` names default outputs: the checkpoint itself, or for an architecture
+    name with ``weights`` the name in the current folder (``resnet50`` -> ``./resnet50.onnx``)."""
+    if weights:
+        try:
+            return Path(parse_model_name(str(source)).name)
+        except UsageError:
+            pass  # not a name: load_model_source says why
+    return Path(source)

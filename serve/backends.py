@@ -4,7 +4,8 @@
   sidecar, TensorRT release or GPU does not fit is refused with the rebuild command, exit 4).
 - ``OnnxRuntimeBackend``: an ``.onnx``/``.fp16.onnx`` export on one ONNX Runtime execution provider that is verified
   after the session is made (serve.ort_session); ``auto`` tries TensorRT, then CUDA, then the CPU.
-- ``TorchBackend``: a ``.pt`` checkpoint (card inside); CUDA when present, else CPU; fp32 unless asked otherwise.
+- ``TorchBackend``: a ``.pt`` checkpoint (card inside), or ``torchvision:ARCH[:WEIGHTS]`` (torchvision's named
+  weights from the torch hub cache, ``resnet.weights``); CUDA when present, else CPU; fp32 unless asked otherwise.
   Without torch installed: exit 4 naming the extra to install or the export to run.
 
 Each backend says what runs it: ``kind`` (onnxruntime|tensorrt|torch), ``provider`` (as its runtime names it) and
@@ -25,6 +26,7 @@ import numpy as np
 from resnet import CardError, MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind, read_sidecar, report_path
 from resnet.card import ModelCard
+from resnet.names import is_torchvision_spec, parse_torchvision_spec
 from resnet.onnx_card import CARD_KEY
 
 from .ort_session import (
@@ -116,23 +118,16 @@ def onnx_session_card(session: Any, path: Path) -> ModelCard:
 
 
 class TorchBackend:
-    """A checkpoint on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked."""
+    """A PyTorch network on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked.
+
+    Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them.
+    """
 
     kind = "torch"
 
-    def __init__(self, path: Path, precision: str = "fp32", threads: int = 0) -> None:
-        try:
-            import torch
+    def __init__(self, model: Any, card: ModelCard, precision: str = "fp32", threads: int = 0) -> None:
+        import torch
 
-            from resnet import load_checkpoint
-        except ImportError as e:
-            raise MissingComponentError(
-                f"serving the checkpoint {path.name} needs PyTorch, which is not installed here ({e.name}): "
-                f'pip install "resnet-stack[train]", or export it and serve the ONNX file '
-                f"(python -m export.onnx {path})"
-            ) from None
-
-        model, card = load_checkpoint(path)
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
@@ -151,6 +146,41 @@ class TorchBackend:
         self.provider = f"torch:{self.device.type}"
         self.max_batch = None
         self.min_batch = 1
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, precision: str = "fp32", threads: int = 0) -> TorchBackend:
+        """Our ``.pt`` checkpoint (card inside) through ``resnet.load_checkpoint``."""
+        try:
+            import torch  # noqa: F401
+
+            from resnet import load_checkpoint
+        except ImportError as e:
+            raise MissingComponentError(
+                f"serving the checkpoint {path.name} needs PyTorch, which is not installed here ({e.name}): "
+                f'pip install "resnet-stack[train]", or export it and serve the ONNX file '
+                f"(python -m export.onnx {path})"
+            ) from None
+        model, card = load_checkpoint(path)
+        return cls(model, card, precision, threads)
+
+    @classmethod
+    def from_torchvision(
+        cls, spec: str, precision: str = "fp32", threads: int = 0, *, download: bool = False, check_hash: bool = True
+    ) -> TorchBackend:
+        """``torchvision:ARCH[:WEIGHTS]``: torchvision's named weights from the torch hub cache
+        (``resnet.weights.load_named``; not cached and no ``download``: ``WeightsNotCachedError``, exit 4)."""
+        arch, weights = parse_torchvision_spec(spec)
+        try:
+            import torchvision  # noqa: F401
+
+            from resnet.weights import load_named  # torch + torchvision: imported only for this kind of model
+        except ImportError as e:
+            raise MissingComponentError(
+                f"serving {spec} needs PyTorch and torchvision, which are not installed here ({e.name}): "
+                f'pip install "resnet-stack[train]"'
+            ) from None
+        model, card = load_named(arch, weights, download=download, check_hash=check_hash)
+        return cls(model, card, precision, threads)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -273,6 +303,8 @@ def load_backend_for(settings: Any) -> Backend:
         torch_precision=settings.torch_precision,
         profile=trt_profile(settings),
         trt_cache=getattr(settings, "trt_cache", ""),
+        download_weights=getattr(settings, "download_weights", False),
+        check_hash=getattr(settings, "check_hash", True),
     )
 
 
@@ -284,8 +316,16 @@ def load_backend(
     torch_precision: str = "fp32",
     profile: tuple[int, int, int] = (1, 10, DEFAULT_MAX_BATCH),
     trt_cache: str = "",
+    download_weights: bool = False,
+    check_hash: bool = True,
 ) -> Backend:
-    """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why."""
+    """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why.
+
+    ``model`` is an artifact path or ``torchvision:ARCH[:WEIGHTS]`` (PyTorch only; ``download_weights`` and
+    ``check_hash`` as in ``resnet.weights.load_named``).
+    """
+    if is_torchvision_spec(str(model)):
+        return _torchvision_backend(str(model), choice, torch_precision, threads, download_weights, check_hash)
     path = Path(model)
     if not path.is_file():
         raise UserError(f"no such model file: {path}")
@@ -309,12 +349,34 @@ def load_backend(
             raise UsageError(
                 f"{path} is a checkpoint: --backend {choice} needs an export (python -m export.onnx {path})"
             )
-        backend = TorchBackend(path, torch_precision, threads)
+        backend = TorchBackend.from_checkpoint(path, torch_precision, threads)
         why = (
             f"a checkpoint runs on PyTorch ({backend.device.type}, {torch_precision}); an ONNX export of it serves "
             "faster on CPU (bench/RESULTS.md)"
         )
     log.info(
         "backend %s (provider %s, %s) for %s: %s", backend.name, backend.provider, backend.precision, path.name, why
+    )
+    return backend
+
+
+def _torchvision_backend(
+    spec: str, choice: str, precision: str, threads: int, download: bool, check_hash: bool
+) -> TorchBackend:
+    """``torchvision:ARCH[:WEIGHTS]`` on PyTorch; other backends need an export first."""
+    arch, weights = parse_torchvision_spec(spec)
+    if choice in ("tensorrt", "cuda", "onnxruntime"):
+        raise UsageError(
+            f"{spec} runs on PyTorch only: --backend {choice} needs an export first "
+            f"(python -m export.onnx {arch} --weights {weights}, then serve {arch}.onnx)"
+        )
+    backend = TorchBackend.from_torchvision(spec, precision, threads, download=download, check_hash=check_hash)
+    log.info(
+        "backend %s (provider %s, %s) for %s: torchvision's named weights %s run on PyTorch",
+        backend.name,
+        backend.provider,
+        backend.precision,
+        spec,
+        backend.card.provenance.get("weights"),
     )
     return backend

@@ -25,6 +25,7 @@ import numpy as np
 
 from resnet import UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, report_path
+from resnet.names import is_torchvision_spec
 
 from .backends import Backend, load_backend_for
 from .batcher import batch_shapes
@@ -218,10 +219,12 @@ def select_backend(settings: Settings) -> Backend:
     if path.is_dir():
         return choose(settings, path)
     wanted = settings.precision
-    if path.is_file() and artifact_kind(path) == "checkpoint":
+    named = is_torchvision_spec(settings.model)  # torchvision:ARCH[:WEIGHTS] runs on PyTorch, as a checkpoint does
+    if named or (path.is_file() and artifact_kind(path) == "checkpoint"):
         torch_precision = settings.torch_precision if wanted == "auto" else wanted
         if torch_precision == "int8":
-            raise UserError(f"{path.name} is a checkpoint: it serves in fp32 or bf16 (int8 needs export.quantize)")
+            what = f"{settings.model} runs on PyTorch" if named else f"{path.name} is a checkpoint"
+            raise UserError(f"{what}: it serves in fp32 or bf16 (int8 needs export.quantize)")
         return load_backend_for(dataclasses.replace(settings, torch_precision=torch_precision))
     backend = load_backend_for(settings)
     if wanted != "auto" and precision_of(backend) != wanted:

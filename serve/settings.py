@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet import UsageError
+from resnet.names import is_torchvision_spec, parse_torchvision_spec
 
 ENV_PREFIX = "RESNET_SERVE_"
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
@@ -29,7 +30,18 @@ class Settings:
     """Everything the server can be told. Field name ``x_y`` is flag ``--x-y`` and env ``RESNET_SERVE_X_Y``."""
 
     model: str = _opt(
-        "", "model artifact: a .plan engine (+ .plan.json), an .onnx/.fp16.onnx export or a .pt checkpoint"
+        "",
+        "model artifact: a .plan engine (+ .plan.json), an .onnx/.fp16.onnx export or a .pt checkpoint; or "
+        "torchvision:ARCH[:WEIGHTS] (e.g. torchvision:resnet50:IMAGENET1K_V2; weights DEFAULT when not named) to "
+        "serve torchvision's named weights from the torch hub cache on PyTorch",
+    )
+    download_weights: bool = _opt(
+        False, "with --model torchvision:...: download the named weights when they are not in the torch hub cache"
+    )
+    check_hash: bool = _opt(
+        True,
+        "with --model torchvision:...: check the cached file's SHA-256 against the digits in its name "
+        "(--no-check-hash skips it)",
     )
     backend: str = _opt(
         "auto",
@@ -125,6 +137,10 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
         self.parsed_batch_sizes()
+        if is_torchvision_spec(self.model):
+            parse_torchvision_spec(self.model)
+        elif self.model and (self.download_weights or not self.check_hash):
+            raise UsageError("--download-weights and --no-check-hash go with --model torchvision:ARCH[:WEIGHTS]")
 
     def parsed_batch_sizes(self) -> list[int]:
         """The explicit ``batch_sizes`` as sorted ints (empty list = the default set)."""

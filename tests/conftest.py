@@ -12,6 +12,7 @@ import torch
 import resnet
 from resnet.samples import DIGIT_LABELS, digits_images, sample_photo_paths
 from tests.serve_support import Server, export_onnx
+from tests.weights_support import write_fake_r18
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,3 +102,17 @@ def hardened_server(digits_onnx_model: Path) -> Iterator[Server]:
     ).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture()
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty temporary ``TORCH_HOME`` (the torch hub cache is ``<it>/hub/checkpoints``); subprocesses inherit it."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture()
+def cached_r18(torch_home: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A real resnet18 state dict (random init, seed 0) at the path torch.hub would cache IMAGENET1K_V1 under."""
+    return write_fake_r18(torch_home)

@@ -1,9 +1,10 @@
 """Named torchvision weights from the torch hub cache, and fresh networks whose activations stay in range.
 
 No network: each test puts a real state dict of the right architecture (a random-init torchvision network saved
-with ``torch.save``) under the file name torchvision's URL gives, in a temporary ``TORCH_HOME``. Such a file cannot
-carry the SHA-256 prefix its name promises, so loading it needs ``check_hash=False`` (``--no-check-hash``); the
-hash check itself is tested by the refusal of that same file without the flag.
+with ``torch.save``) under the file name torchvision's URL gives, in a temporary ``TORCH_HOME`` (fixtures
+``torch_home`` and ``cached_r18`` in tests/conftest.py). Such a file cannot carry the SHA-256 prefix its name
+promises, so loading it needs ``check_hash=False`` (``--no-check-hash``); the hash check itself is tested by the
+refusal of that same file without the flag.
 """
 
 from __future__ import annotations
@@ -25,26 +26,7 @@ import resnet.new
 from resnet.errors import CheckpointError, UsageError
 from resnet.samples import sample_photo_paths
 from resnet.weights import WeightsNotCachedError, cache_path, file_sha256, load_named, resolve_weights, weights_card
-
-R18_FILE = "resnet18-f37072fd.pth"
-
-
-@pytest.fixture()
-def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    return home
-
-
-@pytest.fixture()
-def cached_r18(torch_home: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A real resnet18 state dict (random init, seed 0) at the path torch.hub would cache IMAGENET1K_V1 under."""
-    torch.manual_seed(0)
-    state_dict = torchvision.models.resnet18().state_dict()
-    path = torch_home / "hub" / "checkpoints" / R18_FILE
-    path.parent.mkdir(parents=True)
-    torch.save(state_dict, path)
-    return path, state_dict
+from tests.weights_support import R18_FILE
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

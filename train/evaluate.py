@@ -16,6 +16,7 @@ import torch
 
 import resnet
 from resnet import UsageError
+from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source
 
 from . import distributed as D
 from .cli import _Parser
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0].strip("`"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="model checkpoint with a card (model.pt / best.pt), or a torchvision state dict")
+    p.add_argument("checkpoint", help=SOURCE_HELP)
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    add_weights_arguments(p)
     p.add_argument(
         "--data",
         metavar="DIR",
@@ -148,7 +150,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.sides is not None and args.crops not in ("multiscale", "all"):
         raise UsageError("--sides goes with --crops multiscale or all")
-    model, card = resnet.load_checkpoint(args.checkpoint, arch=args.arch)
+    model, card = load_model_source(
+        args.checkpoint, args.arch, args.weights, download=args.download, check_hash=args.check_hash
+    )
     source, what = evaluation_source(args, card)
     if args.limit:
         source = (
