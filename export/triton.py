@@ -140,7 +140,9 @@ def _check_onnx(path: Path, card: ModelCard) -> list[Path]:
         if t.elem_type != TensorProto.FLOAT:
             raise CardError(f"{path}: '{value.name}' is {TensorProto.DataType.Name(t.elem_type)}, expected FLOAT")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if len(dims) != len(want) or dims[1:] != want[1:]:
+        # a graph that takes any height and width (docs/DESIGN.md §2.3) fits the card's S x S that Triton is given
+        spatial_any = value is inputs[0] and len(dims) == 4 and dims[2:] == [None, None]
+        if len(dims) != len(want) or (dims[1:] != want[1:] and not (spatial_any and dims[1] == 3)):
             raise CardError(f"{path}: '{value.name}' has shape {dims}, the card says {want}")
         if dims[0] is not None:
             raise CardError(
