@@ -154,3 +154,36 @@ def test_add_profiles_adds_them_in_order_and_refuses_one_tensorrt_rejects() -> N
     assert [p.shapes["input"] for p in config.profiles] == [s.shapes() for s in specs]
     with pytest.raises(EngineBuildError, match="refused optimisation profile 1"):
         add_profiles(_Builder(), _Config(refuse=1), specs, "input")
+
+
+class _ViewEngine:
+    """Stands in for a TensorRT engine built with ``--max-batch 1 --multiscale``: its ten-crop profile takes one
+    crop at a time, its view profile a view pair; the network itself computes (TensorRT is not here)."""
+
+    precision = "fp32"
+
+    def __init__(self, model: object, card: object) -> None:
+        self.model = model
+        self.profiles = [p.shapes() for p in engine_profiles(card, 1, multiscale=True)]
+        self.min_batch, self.max_batch = 1, 1
+        self.spatial = spatial_range(self.profiles)
+
+    def run(self, x: object) -> object:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x)).numpy()
+
+
+def test_gate_runs_views_on_the_view_profile_even_when_the_ten_crop_batch_is_1() -> None:
+    import resnet
+    from export.candidates import Reference
+    from export.images import load_image_set
+    from export.views import multiscale_check
+
+    model = resnet.create_model("cifar_resnet20", num_classes=10).eval()
+    images = load_image_set(None, R20, limit=2, multiscale=2)
+    reference = Reference.from_model(model, R20, images, "cifar_resnet20")
+    entry, failures = multiscale_check(reference, _ViewEngine(model, R20), images, 99.0, 0.999)
+    assert not failures and entry is not None
+    assert entry["checked"] and entry["images"] == 2 and "views_skipped" not in entry
