@@ -187,7 +187,7 @@ class TensorRTRunner:
         """Every optimisation profile's (min, opt, max) input shape.
 
         ``ICudaEngine.num_optimization_profiles`` and ``get_tensor_profile_shape(name, profile_index)`` (TensorRT
-        Python API, ICudaEngine: https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/Engine.html;
+        Python API, ICudaEngine: https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-1001/api/python_api/infer/Core/Engine.html;
         binding docstrings in NVIDIA/TensorRT v10.8.0 python/docstrings/infer/pyCoreDoc.h).
         """
         profiles = []
