@@ -6,7 +6,10 @@
 Steps: ``digits`` (train the digits ResNet-20 on the device, ten-crop accuracy >= 97%), ``parity_fp32`` (device fp32
 vs CPU fp32 logits on the digits test crops: top-1 agreement 100%, cosine >= 0.9999, TF32 off), ``autocast`` (bf16
 and fp16 autocast: top-1 agreement >= 99% with CPU fp32), ``compile`` (a ``--compile`` training run finishes with a
-checkpoint), ``train_step`` (ResNet-50, 224 px, batch 128: images/s for fp32, channels_last, channels_last + bf16).
+checkpoint), ``train_step`` (ResNet-50, 224 px, batch 128: images/s for fp32, channels_last, channels_last + bf16),
+``trt_multiscale`` (``python -m export.trt --multiscale --require-engine`` on the digits model: the engine passes
+its gate, the multi-scale protocol included, and its sidecar records the multi-scale profile; skipped, with why,
+where CUDA or the ``tensorrt`` package is missing, as in the torch image without TensorRT).
 Writes ``OUT/device_check.json`` (every step: passed, figures, thresholds) and the log goes to stdout; training runs
 go to a temporary folder that is removed. Exit 0 when every step that ran passed, 1 otherwise.
 ``--device cpu`` compares the CPU with itself: it exercises the code and the assertions, never a GPU result (the
@@ -36,12 +39,19 @@ sys.path.insert(0, str(REPO))
 
 import resnet  # noqa: E402
 from resnet.samples import digits_images  # noqa: E402
+from resnet.trt_runtime import tensorrt_available  # noqa: E402
 
-STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step")
+STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step", "trt_multiscale")
+# the sidecar's multi-scale record for a 32-px CIFAR-family net (export.engine.engine_profiles)
+DIGITS_MULTISCALE = {"batch": [1, 2, 8], "min_side": 28, "max_side": 72, "sides": [28, 32, 36]}
 
 
 class CheckFailed(AssertionError):
     """A step's assertion did not hold."""
+
+
+class StepSkipped(Exception):
+    """A step cannot run on this machine (recorded as skipped, with why; not a failure)."""
 
 
 def check(ok: bool, message: str) -> None:
@@ -126,6 +136,43 @@ def step_times(arch: str, size: int, batch: int, device: str, steps: int, warmup
     return table
 
 
+def trt_multiscale_step(py: str, ckpt: Path, out: Path) -> dict[str, Any]:
+    """``export.trt --multiscale --require-engine`` on ``ckpt``: gated engine + sidecar with the multi-scale profile."""
+    cmd = [py, "-m", "export.trt", str(ckpt), "-o", str(out), "--multiscale", "--require-engine", "--max-batch", "32"]
+    print("$", " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
+    check(proc.returncode == 0, f"export.trt exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    side = json.loads((out / f"{ckpt.stem}.plan.json").read_text())
+    check(side.get("multiscale") == DIGITS_MULTISCALE, f"sidecar multiscale {side.get('multiscale')}")
+    ms = side["parity"].get("multiscale") or {}
+    check(side["parity"]["passed"] and ms.get("checked") is True, f"engine gate multi-scale entry {ms}")
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "multiscale": side["multiscale"],
+        "gate_multiscale": {k: ms.get(k) for k in ("top1_agreement", "cosine_min", "images", "views_skipped")},
+        "tensorrt": side["tensorrt"],
+    }
+
+
+def run_step(name: str, func: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One step's record: passed with its figures, skipped with why, or failed with why (a crash included)."""
+    started = time.perf_counter()
+    print(f"== {name}", flush=True)
+    try:
+        result = {"passed": True, **func()}
+    except StepSkipped as e:
+        result = {"passed": None, "skipped": True, "why": str(e)}
+    except CheckFailed as e:
+        result = {"passed": False, "failure": str(e)}
+    except Exception as e:  # a crash is a failed step with its cause, not a lost summary
+        traceback.print_exc()
+        result = {"passed": False, "failure": f"{type(e).__name__}: {e}"[:500]}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
 def run_steps(
     args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]
 ) -> dict[str, dict[str, Any]]:
@@ -139,7 +186,7 @@ def run_steps(
         ckpt = train_digits(py, work / "digits", dev, 4 if args.tiny else None, 8 if args.tiny else 20)
         model, card = resnet.load_checkpoint(ckpt)
         x, labels = test_crops(card, 40 if args.tiny else None)  # fp16 autocast on a CPU is slow
-        state.update(model=model, x=x, labels=labels)
+        state.update(model=model, x=x, labels=labels, ckpt=ckpt)
         acc = ten_crop_accuracy(logits_on(model, x, dev), labels)
         check(acc >= args.min_accuracy, f"ten-crop accuracy {acc:.2f}% < {args.min_accuracy}%")
         return {"ten_crop_accuracy_pct": round(acc, 2), "min_accuracy_pct": args.min_accuracy, "images": len(labels)}
@@ -178,27 +225,26 @@ def run_steps(
         check(all(v > 0 for v in table.values()), f"non-positive throughput in {table}")
         return {"model": arch, "image_size": size, "batch": batch, "images_per_s": table, "timed_steps": steps}
 
+    def trt_multiscale() -> dict[str, Any]:
+        ok, why = tensorrt_available()
+        if not ok:
+            raise StepSkipped(why)
+        check("ckpt" in state, "needs the digits model (its step failed or was skipped)")
+        return trt_multiscale_step(py, state["ckpt"], work / "trt")
+
     funcs: dict[str, Callable[[], dict[str, Any]]] = {
         "digits": digits,
         "parity_fp32": parity_fp32,
         "autocast": autocast,
         "compile": compile_run,
         "train_step": train_step,
+        "trt_multiscale": trt_multiscale,
     }
     for name in STEPS:
         if name in args.skip:
             results[name] = {"passed": None, "skipped": True}
             continue
-        started = time.perf_counter()
-        print(f"== {name}", flush=True)
-        try:
-            results[name] = {"passed": True, **funcs[name]()}
-        except CheckFailed as e:
-            results[name] = {"passed": False, "failure": str(e)}
-        except Exception as e:  # a crash is a failed step with its cause, not a lost summary
-            traceback.print_exc()
-            results[name] = {"passed": False, "failure": f"{type(e).__name__}: {e}"[:500]}
-        results[name]["seconds"] = round(time.perf_counter() - started, 1)
+        results[name] = run_step(name, funcs[name])
         print(f"   {name}: {json.dumps(results[name])}", flush=True)
         save(results)
     return results

@@ -10,7 +10,8 @@
 # Steps: digits ResNet-20 trained on CUDA reaches >= 97% ten-crop accuracy; CUDA fp32 vs CPU fp32 logits on the
 # digits test crops agree on top-1 for 100% of crops with cosine >= 0.9999; bf16 and fp16 autocast agree >= 99%;
 # a --compile training run finishes; the training-step table (ResNet-50, 224 px, batch 128: fp32, channels_last,
-# channels_last + bf16). The TensorRT engine path needs a machine with the tensorrt package (tests/test_export_trt.py).
+# channels_last + bf16); export.trt --multiscale builds a gated engine with the multi-scale profile (skipped, with
+# why, without the tensorrt package, as in the torch image; tests/test_export_trt.py has the other engine tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -152,6 +152,7 @@ class EngineCandidate:
             self.runner = TensorRTRunner(path)
         self.min_batch, self.max_batch = self.runner.min_batch, self.runner.max_batch
         self.spatial = getattr(self.runner, "spatial", None)  # the engine profile's (min, max) side, if not fixed
+        self.profiles = getattr(self.runner, "profiles", None)  # every profile's (min, opt, max) input shape
         self.precision = "int8" if self.card.precision == "int8" else "fp16"
         self.info = {
             "backend": "tensorrt",
@@ -159,6 +160,7 @@ class EngineCandidate:
             "tensorrt": tensorrt_version(),
             "precision": self.precision,
             "profile": {"min": self.min_batch, "max": self.max_batch},
+            **({"spatial": list(self.spatial)} if self.spatial else {}),
         }
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -5,13 +5,16 @@
 - TensorRT 10: by default the FP32 graph with ``BuilderFlag.FP16`` (TensorRT picks FP16 kernels where it likes);
   ``strongly_typed=True`` builds from the FP16 graph with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` instead.
 
-One optimisation profile on the batch dimension: min 1, opt 10 (one ten-crop image), max N. A timing cache file is
-loaded before and saved (atomically) after each build, so rebuilding the same network is fast; a cache from another
-GPU or TensorRT version is not applied (warning) and a new one replaces it.
+Optimisation profiles (``engine_profiles``): profile 0 is the ten-crop path, batch min 1, opt 10 (one ten-crop
+image), max N at the card's fixed S x S. With ``multiscale`` a second profile takes the paper's multi-scale views
+(``resnet.multiscale``): batch 1..``MS_MAX_BATCH``, height and width each in [smallest side, largest side x
+``MAX_ASPECT``]. A timing cache file is loaded before and saved (atomically) after each build, so rebuilding the
+same network is fast; a cache from another GPU or TensorRT version is not applied (warning) and a new one replaces it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +22,73 @@ from typing import Any
 
 from resnet import UserError
 from resnet.atomic import atomic_write
+from resnet.card import ModelCard
+from resnet.multiscale import multiscale_sides
 
 from .log import log
 
 OPT_BATCH = 10  # one ten-crop image
+# Multi-scale profile (profile 1). Views arrive in pairs (a side's view + its mirror, [2, 3, H, W]); 8 is four such
+# pairs of one shape, e.g. four same-shaped images batched by a server. A single 640 x 853 view pair of ResNet-50
+# already fills a GPU, so a bigger batch would buy little throughput and cost activation memory (sized for the max).
+MS_MAX_BATCH = 8
+MS_OPT_BATCH = 2  # one view + its mirror: the unit the gate and resnet.multiscale produce
+# The longest side a multi-scale view may have, as a multiple of the largest shorter side: 2.0 covers every photo
+# from 1:2 to 2:1 (4:3, 3:2, 16:9 included). A more elongated image's views fall outside the profile: the gate skips
+# them (reported as ``views_skipped``) and the server must not send them to this engine (``backend.spatial``).
+MAX_ASPECT = 2.0
+OPT_ASPECT = 4 / 3  # the typical photo: the opt shape is a 4:3 landscape view at the middle side
+
+Shape = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """One optimisation profile of the input tensor: ``[N, 3, H, W]`` shapes (TensorRT's min, opt and max)."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def shapes(self) -> tuple[Shape, Shape, Shape]:
+        """``(min, opt, max)``: the plain tuple ``resnet.trt_runtime`` reads back from an engine."""
+        return self.min, self.opt, self.max
+
+
+def engine_profiles(card: ModelCard, max_batch: int, multiscale: bool = False) -> list[ProfileSpec]:
+    """The engine's optimisation profiles: ``[ten-crop]`` or ``[ten-crop, multi-scale]``.
+
+    Ten-crop: batch 1..``max_batch`` (opt ``OPT_BATCH``) at the card's S x S, exactly as without multi-scale, so
+    that path keeps its kernels. Multi-scale: batch 1..``MS_MAX_BATCH`` (opt a view pair), height and width each in
+    ``[min(sides), ceil(max(sides) * MAX_ASPECT)]``. Its opt is a 4:3 landscape view at the middle side (384 x 512
+    for ResNet-50): TensorRT tunes kernels at opt, and the middle side is the median view while the largest square
+    would tune for the extreme; every size in the range still runs.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+    s = card.input_size
+    ten = ProfileSpec((1, 3, s, s), (min(OPT_BATCH, max_batch), 3, s, s), (max_batch, 3, s, s))
+    if not multiscale:
+        return [ten]
+    sides = multiscale_sides(card)
+    lo, hi = min(sides), math.ceil(max(sides) * MAX_ASPECT)
+    mid = sides[len(sides) // 2]
+    opt_w = min(hi, round(mid * OPT_ASPECT))
+    views = ProfileSpec((1, 3, lo, lo), (MS_OPT_BATCH, 3, mid, opt_w), (MS_MAX_BATCH, 3, hi, hi))
+    return [ten, views]
+
+
+def multiscale_record(card: ModelCard, profiles: list[ProfileSpec]) -> dict[str, Any] | None:
+    """The sidecar's ``multiscale`` object for these profiles; None without a multi-scale profile."""
+    if len(profiles) < 2:
+        return None
+    p = profiles[1]
+    return {
+        "batch": [p.min[0], p.opt[0], p.max[0]],
+        "min_side": p.min[2],
+        "max_side": p.max[2],
+        "sides": list(multiscale_sides(card)),
+    }
 
 
 class EngineBuildError(UserError):
@@ -37,11 +103,12 @@ class EngineBuild:
     tensorrt: str
     mode: str
     source: str
-    profile: dict[str, int]
+    profile: dict[str, int]  # batch range of profile 0 (the ten-crop path)
     seconds: float
     timing_cache: str
     timing_cache_reused: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    profiles: list[tuple[Shape, Shape, Shape]] = field(default_factory=list)  # every profile, (min, opt, max)
 
 
 def choose_mode(trt_version: str, strongly_typed: bool | None) -> bool:
@@ -55,13 +122,13 @@ def choose_mode(trt_version: str, strongly_typed: bool | None) -> bool:
 def build_engine(
     fp32_onnx: Path,
     fp16_onnx: Path,
-    input_size: int,
-    max_batch: int,
+    profiles: list[ProfileSpec],
     timing_cache: Path,
     strongly_typed: bool | None = None,
     input_name: str = "input",
 ) -> EngineBuild:
-    """Parse, configure and build; returns the serialised engine. ``EngineBuildError`` with one line on failure."""
+    """Parse, configure (one optimisation profile per ``profiles`` entry, in order) and build; returns the serialised
+    engine. ``EngineBuildError`` with one line on failure."""
     import tensorrt as trt
 
     typed = choose_mode(trt.__version__, strongly_typed)
@@ -80,11 +147,7 @@ def build_engine(
     config = builder.create_builder_config()
     if not typed:
         config.set_flag(trt.BuilderFlag.FP16)
-    lo, opt, hi = 1, min(OPT_BATCH, max_batch), max_batch
-    shape = (3, input_size, input_size)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, (lo, *shape), (opt, *shape), (hi, *shape))
-    config.add_optimization_profile(profile)
+    add_profiles(builder, config, profiles, input_name)
     cache, reused = attach_timing_cache(config, timing_cache, trt.__version__)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -98,11 +161,28 @@ def build_engine(
         tensorrt=trt.__version__,
         mode=mode,
         source=source.name,
-        profile={"min": lo, "opt": opt, "max": hi},
+        profile={"min": profiles[0].min[0], "opt": profiles[0].opt[0], "max": profiles[0].max[0]},
         seconds=round(seconds, 2),
         timing_cache=str(timing_cache),
         timing_cache_reused=reused,
+        profiles=[p.shapes() for p in profiles],
     )
+
+
+def add_profiles(builder: Any, config: Any, profiles: list[ProfileSpec], input_name: str) -> None:
+    """One ``IOptimizationProfile`` per spec, added in order, so profile ``i`` of the engine is ``profiles[i]``.
+
+    TensorRT Python API, IOptimizationProfile (``set_shape(input, min, opt, max)``) and
+    IBuilderConfig.add_optimization_profile (returns the profile's index, -1 when invalid):
+    https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/OptimizationProfile.html (10.x) and the
+    binding docstrings in NVIDIA/TensorRT v10.8.0 python/docstrings/infer/pyCoreDoc.h
+    """
+    for i, spec in enumerate(profiles):
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, spec.min, spec.opt, spec.max)
+        index = config.add_optimization_profile(profile)
+        if index != i:
+            raise EngineBuildError(f"TensorRT refused optimisation profile {i} {spec.shapes()} (index {index})")
 
 
 def attach_timing_cache(config: Any, path: Path, trt_version: str) -> tuple[Any | None, bool]:

@@ -9,7 +9,9 @@
    build mode, the parity report). With ``--int8`` also ``model.int8.plan`` (+ ``.json``): a strongly typed engine
    from the QDQ graph (explicit quantization), gated with the INT8 thresholds. Without a CUDA device or the
    ``tensorrt`` package, the graphs are still made, one line says the engine step was skipped and why, and the
-   exit code is 0 (4 with ``--require-engine``).
+   exit code is 0 (4 with ``--require-engine``). With ``--multiscale`` each engine gets a second optimisation
+   profile for the paper's multi-scale views (``export.engine.engine_profiles``), its gate also runs the multi-scale
+   protocol, and the sidecar records that profile under ``multiscale``.
 
 The PyTorch reference runs once and serves all three gates. A failed gate exits 3 and leaves the candidate only as
 ``*.rejected`` (see ``export.artifacts``).
@@ -34,6 +36,7 @@ from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source
 
 from . import calib, gate, quantize
 from .candidates import Reference
+from .engine import MAX_ASPECT, MS_MAX_BATCH, build_engine, engine_profiles, gpu_description, multiscale_record
 from .fp16 import convert_fp16
 from .images import ImageSet, load_image_set
 from .log import log
@@ -89,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="TensorRT timing cache file, read before and updated after the build "
         "(default: <output-dir>/<stem>.timing.cache)",
+    )
+    p.add_argument(
+        "--multiscale",
+        action="store_true",
+        help="give each engine a second optimisation profile for the paper's multi-scale test (whole image at "
+        f"every side: height and width each in [smallest side, {MAX_ASPECT:g} x largest side], batch up to "
+        f"{MS_MAX_BATCH}); the ten-crop profile is unchanged. Costs build time and GPU memory for that profile",
     )
     p.add_argument(
         "--strongly-typed",
@@ -151,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.require_engine:
             raise MissingComponentError(f"engine step required but impossible: {reason}")
         graphs = "FP32, FP16 and INT8 graphs" if args.int8 else "FP32 and FP16 graphs"
-        log(f"engine step skipped: {reason}; the {graphs} above are done and gated")
+        note = (
+            " (--multiscale shapes the engine's profiles; the graphs take any size already)" if args.multiscale else ""
+        )
+        log(f"engine step skipped: {reason}; the {graphs} above are done and gated{note}")
         return 0
     _engine(args, layout, card, reference, images, fp16_t)
     if int8_rung is not None:
@@ -206,23 +219,23 @@ def _engine(
     int8: bool = False,
 ) -> None:
     """Build the FP16 engine (or, ``int8``, the INT8 engine from the QDQ graph), gate it, write it + its sidecar."""
-    from .engine import build_engine, gpu_description
-
     t0 = time.perf_counter()
     precision = "int8" if int8 else "fp16"
     plan = int8_plan(layout) if int8 else layout.plan
+    profiles = engine_profiles(card, args.max_batch, args.multiscale)
     build = build_engine(
         layout.onnx,
         layout.int8 if int8 else layout.fp16,
-        card.input_size,
-        args.max_batch,
+        profiles,
         args.timing_cache or layout.timing_cache,
         strongly_typed=True if int8 else (args.strongly_typed or None),
     )
     if int8:  # explicit quantization: the Q/DQ nodes fix what runs in INT8; no precision flags
         build = dataclasses.replace(build, mode=INT8_MODE)
+    multiscale = multiscale_record(card, profiles)
+    views = f" + multi-scale profile {multiscale}" if multiscale else ""
     log(
-        f"built with TensorRT {build.tensorrt}: {build.mode}, profile {build.profile}, {build.seconds} s "
+        f"built with TensorRT {build.tensorrt}: {build.mode}, profile {build.profile}{views}, {build.seconds} s "
         f"(timing cache {'reused' if build.timing_cache_reused else 'new'}: {build.timing_cache})"
     )
     gpu = gpu_description()
@@ -243,6 +256,7 @@ def _engine(
                 "cuda": gpu.get("cuda"),
             },
             parity=report,
+            multiscale=multiscale,
         )
         artifacts.write_sidecar(plan, sidecar)
 

@@ -16,6 +16,7 @@ import numpy as np
 from resnet import UserError
 from resnet.multiscale import multiscale_probabilities
 from resnet.preprocess import topk_indices
+from resnet.trt_runtime import choose_profile
 
 from .candidates import Reference
 from .images import ImageSet
@@ -25,6 +26,9 @@ VIEW_BATCH = 2  # one side of one image: the view and its mirror
 
 
 def _runnable(candidate: Any, view: np.ndarray) -> bool:
+    profiles = getattr(candidate, "profiles", None)
+    if profiles:  # a TensorRT engine: its multi-scale profile has its own batch range, apart from the ten-crop one
+        return choose_profile(profiles, view.shape) is not None
     lo, hi = candidate.spatial
     h, w = view.shape[2:]
     batch_ok = candidate.min_batch <= len(view) <= (candidate.max_batch or len(view))

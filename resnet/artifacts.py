@@ -185,7 +185,7 @@ SIDECAR_VERSION = 2
 
 @dataclass(frozen=True)
 class EngineSidecar:
-    """What a ``*.plan`` cannot say about itself: its card, the TensorRT and GPU it was built for, its profile."""
+    """What a ``*.plan`` cannot say about itself: its card, the TensorRT and GPU it was built for, its profiles."""
 
     card: ModelCard
     tensorrt: str  # TensorRT version that built it; engines do not deserialize across versions
@@ -195,8 +195,11 @@ class EngineSidecar:
     precision: str = "fp16"
     build: dict[str, Any] = field(default_factory=dict)  # mode, source ONNX, seconds, timing cache, CUDA
     parity: dict[str, Any] | None = None  # the gate report that admitted it
+    # the multi-scale profile (profile 1): {"batch": [min, opt, max], "min_side", "max_side", "sides"}; None: none
+    multiscale: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"multiscale": _multiscale(self.multiscale)} if self.multiscale is not None else {}
         return {
             "format": SIDECAR_FORMAT,
             "version": SIDECAR_VERSION,
@@ -207,6 +210,7 @@ class EngineSidecar:
             "precision": self.precision,
             "build": dict(self.build),
             "parity": self.parity,
+            **extra,
         }
 
     @classmethod
@@ -232,6 +236,7 @@ class EngineSidecar:
                 precision=_str(data.get("precision", "fp16")),
                 build=dict(data.get("build") or {}),
                 parity=parity if isinstance(parity, dict) else None,
+                multiscale=_multiscale(data.get("multiscale")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CardError(f"{where} is malformed ({type(e).__name__}: {str(e)[:80]})") from None
@@ -255,6 +260,33 @@ def _batch(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"profile batch sizes must be whole numbers >= 1, got {value!r:.20}")
     return value
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r:.20}")
+    return value
+
+
+def _multiscale(value: Any) -> dict[str, Any] | None:
+    """The validated ``multiscale`` object (None when absent): the engine's profile for multi-scale views."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"multiscale must be an object, not a JSON {type(value).__name__}")
+    batch, sides = value["batch"], value["sides"]
+    if not isinstance(batch, list) or len(batch) != 3:
+        raise ValueError("multiscale batch must be [min, opt, max]")
+    lo, opt, hi = (_whole(b, "multiscale batch") for b in batch)
+    min_side, max_side = _whole(value["min_side"], "min_side"), _whole(value["max_side"], "max_side")
+    if not lo <= opt <= hi or min_side > max_side:
+        raise ValueError(f"multiscale batch {batch} or sides [{min_side}, {max_side}] out of order")
+    if not isinstance(sides, list) or not sides:
+        raise ValueError("multiscale sides must be a non-empty list")
+    sides = [_whole(s, "multiscale side") for s in sides]
+    if not all(min_side <= s <= max_side for s in sides):
+        raise ValueError(f"multiscale sides {sides[:8]} outside [{min_side}, {max_side}]")
+    return {"batch": [lo, opt, hi], "min_side": min_side, "max_side": max_side, "sides": sides}
 
 
 def write_sidecar(plan: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:

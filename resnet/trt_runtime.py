@@ -3,21 +3,25 @@
 Stable interface (export/ and serve/ both rely on it)::
 
     ok, reason = tensorrt_available()          # (True, "TensorRT 10.x on <GPU>") or (False, why not)
-    runner = TensorRTRunner("model.plan")      # deserialises the engine, one execution context
-    logits = runner.run(x)                     # x: float32 [N, 3, H, W], min_batch <= N <= max_batch
-    runner.min_batch, runner.max_batch         # the optimisation profile's batch range
-    runner.input_name, runner.output_name, runner.input_shape  # ("input", "logits", (3, H, W))
-    runner.close()                             # frees the context and the engine (also a context manager)
+    runner = TensorRTRunner("model.plan")      # deserialises the engine, one execution context per profile
+    logits = runner.run(x)                     # x: float32 [N, 3, H, W] inside one of the engine's profiles
+    runner.min_batch, runner.max_batch         # profile 0's batch range (the ten-crop path)
+    runner.input_name, runner.output_name, runner.input_shape  # ("input", "logits", (3, S, S)) of profile 0
+    runner.spatial                             # (min, max) height/width of a multi-scale profile, or None
+    runner.profiles                            # every profile's (min, opt, max) input shapes, as plain tuples
+    runner.close()                             # frees the contexts and the engine (also a context manager)
 
 Buffers are torch CUDA tensors (``data_ptr()`` goes to ``set_tensor_address``), so there is no pycuda dependency.
 The engine is run with ``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3`` on a torch CUDA stream.
-``run`` is not thread-safe: one runner serves one caller at a time (the server's batching queue does that).
+``run`` picks the first profile whose range holds the input's shape (``choose_profile``) and runs it on that
+profile's own execution context. ``run`` is serialised by a lock: one runner serves one caller at a time.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,36 @@ import numpy as np
 from .errors import MissingComponentError, UserError
 
 MIN_TENSORRT_MAJOR = 10
+
+Shape = tuple[int, ...]
+Profile = tuple[Shape, Shape, Shape]  # (min, opt, max) input shape of one optimisation profile
+
+
+def choose_profile(profiles: Sequence[Profile], shape: Sequence[int]) -> int | None:
+    """Index of the first profile whose [min, max] range holds ``shape`` in every dimension, or None."""
+    shape = tuple(int(d) for d in shape)
+    for i, (lo, _opt, hi) in enumerate(profiles):
+        if len(lo) == len(shape) and all(a <= d <= b for a, d, b in zip(lo, shape, hi)):
+            return i
+    return None
+
+
+def spatial_range(profiles: Sequence[Profile]) -> tuple[int, int] | None:
+    """``(min, max)`` that both height and width may take in the first profile with a spatial range (not a fixed
+    S x S), or None when every profile has a fixed size. ``min(h, w) >= min and max(h, w) <= max`` then runs."""
+    for lo, _opt, hi in profiles:
+        if len(lo) == 4 and (lo[2], lo[3]) != (hi[2], hi[3]):
+            return max(lo[2], lo[3]), min(hi[2], hi[3])
+    return None
+
+
+def describe_profiles(profiles: Sequence[Profile]) -> str:
+    """``[1..64]x3x224x224, [1..8]x3x[224..1280]x[224..1280]``: the shapes an engine takes, for error messages."""
+
+    def dim(a: int, b: int) -> str:
+        return str(a) if a == b else f"[{a}..{b}]"
+
+    return ", ".join("x".join(dim(a, b) for a, b in zip(lo, hi)) for lo, _opt, hi in profiles)
 
 
 def tensorrt_version() -> str | None:
@@ -107,7 +141,7 @@ def _major(version: str) -> int:
 
 
 class TensorRTRunner:
-    """One deserialised engine with one execution context; ``run`` maps float32 NCHW crops to float32 logits."""
+    """One deserialised engine, one execution context per profile; ``run`` maps float32 NCHW input to logits."""
 
     def __init__(self, plan_path: str | os.PathLike[str], device: int = 0) -> None:
         ok, reason = tensorrt_available()
@@ -137,39 +171,91 @@ class TensorRTRunner:
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(f"{path}: expected one input and one output tensor, found {inputs} and {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.profiles = self._read_profiles()
+        (lo, _opt, hi) = self.profiles[0]
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.input_shape = tuple(int(d) for d in hi[1:])
+        self.spatial = spatial_range(self.profiles)
         self._in_dtype = _torch_dtype(torch, trt, self.engine.get_tensor_dtype(self.input_name))
         self._out_dtype = _torch_dtype(torch, trt, self.engine.get_tensor_dtype(self.output_name))
-        self.context = self.engine.create_execution_context()
         self._stream = torch.cuda.Stream(device=self.device)
+        self.contexts = self._make_contexts()
+        self.context = self.contexts[0]  # profile 0's context, under its old name
         self._lock = threading.Lock()
 
+    def _read_profiles(self) -> list[Profile]:
+        """Every optimisation profile's (min, opt, max) input shape.
+
+        ``ICudaEngine.num_optimization_profiles`` and ``get_tensor_profile_shape(name, profile_index)`` (TensorRT
+        Python API, ICudaEngine: https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-1001/api/python_api/infer/Core/Engine.html;
+        binding docstrings in NVIDIA/TensorRT v10.8.0 python/docstrings/infer/pyCoreDoc.h).
+        """
+        profiles = []
+        for i in range(int(self.engine.num_optimization_profiles)):
+            shapes = self.engine.get_tensor_profile_shape(self.input_name, i)
+            lo, opt, hi = (tuple(int(d) for d in dims) for dims in shapes)
+            profiles.append((lo, opt, hi))
+        if not profiles or len(profiles[0][0]) != 4:
+            raise UserError(f"{self.path}: expected an NCHW input with an optimisation profile, got {profiles}")
+        return profiles
+
+    def _make_contexts(self) -> list[Any]:
+        """One execution context per optimisation profile, each bound to its profile once.
+
+        A new context starts on profile 0; ``set_optimization_profile_async(index, stream)`` binds it to another
+        before any ``set_input_shape`` (NvInferRuntime.h / IExecutionContext::setOptimizationProfileAsync, TensorRT
+        10.x: https://docs.nvidia.com/deeplearning/tensorrt/api/c_api/classnvinfer1_1_1_i_execution_context.html).
+        With several profiles each context is created with ``ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE``
+        ("reallocate for a profile when it's selected"), so the ten-crop context does not also hold the activation
+        memory of the multi-scale profile (STATIC, the default, allocates the maximum across all profiles):
+        https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/RuntimeConfig.html
+        """
+        trt, torch = self._trt, self._torch
+        several = len(self.profiles) > 1
+        strategy = getattr(trt.ExecutionContextAllocationStrategy, "ON_PROFILE_CHANGE", None) if several else None
+        contexts = []
+        with torch.cuda.device(self.device):
+            for i in range(len(self.profiles)):
+                if strategy is not None:
+                    ctx = self.engine.create_execution_context(strategy)
+                else:
+                    ctx = self.engine.create_execution_context()
+                if ctx is None:
+                    raise RuntimeError(
+                        f"TensorRT could not create an execution context for profile {i} (out of memory?)"
+                    )
+                if i > 0 and not ctx.set_optimization_profile_async(i, self._stream.cuda_stream):
+                    raise RuntimeError(f"TensorRT refused optimisation profile {i}")
+                contexts.append(ctx)
+            self._stream.synchronize()  # the profile switches are done before the first enqueue
+        return contexts
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        """float32 ``[N, 3, H, W]`` (``min_batch <= N <= max_batch``) -> float32 logits ``[N, C]``."""
+        """float32 ``[N, 3, H, W]`` inside one of ``profiles`` -> float32 logits ``[N, C]``; ValueError otherwise."""
         torch = self._torch
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input must be [N, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
-        n = x.shape[0]
-        if not self.min_batch <= n <= self.max_batch:
-            raise ValueError(f"batch {n} is outside the engine's profile [{self.min_batch}, {self.max_batch}]")
+        index = choose_profile(self.profiles, x.shape)
+        if index is None:
+            raise ValueError(
+                f"input shape {list(x.shape)} is outside the engine's profiles ({describe_profiles(self.profiles)})"
+            )
+        context = self.contexts[index]
         with self._lock, torch.cuda.device(self.device), torch.cuda.stream(self._stream):
             inp = torch.from_numpy(x).to(self.device, non_blocking=False).to(self._in_dtype).contiguous()
-            if not self.context.set_input_shape(self.input_name, tuple(inp.shape)):
-                raise RuntimeError(f"TensorRT refused input shape {tuple(inp.shape)}")
-            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+            if not context.set_input_shape(self.input_name, tuple(inp.shape)):
+                raise RuntimeError(f"TensorRT refused input shape {tuple(inp.shape)} on profile {index}")
+            out_shape = tuple(int(d) for d in context.get_tensor_shape(self.output_name))
             out = torch.empty(out_shape, dtype=self._out_dtype, device=self.device)
-            self.context.set_tensor_address(self.input_name, inp.data_ptr())
-            self.context.set_tensor_address(self.output_name, out.data_ptr())
-            if not self.context.execute_async_v3(self._stream.cuda_stream):
+            context.set_tensor_address(self.input_name, inp.data_ptr())
+            context.set_tensor_address(self.output_name, out.data_ptr())
+            if not context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
             self._stream.synchronize()
             return out.float().cpu().numpy()
 
     def close(self) -> None:
-        """Release the execution context and the engine (GPU memory)."""
+        """Release the execution contexts and the engine (GPU memory)."""
+        self.contexts = []
         for attr in ("context", "engine"):
             if getattr(self, attr, None) is not None:
                 setattr(self, attr, None)

@@ -206,6 +206,8 @@ class TensorRTBackend:
         self.name = "tensorrt"
         self.max_batch = int(self.runner.max_batch)
         self.min_batch = int(getattr(self.runner, "min_batch", 1))
+        # (min, max) height/width of the engine's multi-scale profile (export.trt --multiscale), None without one
+        self.spatial = getattr(self.runner, "spatial", None)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.runner.run(np.ascontiguousarray(batch, np.float32)), dtype=np.float32)

@@ -35,6 +35,9 @@ def test_cpu_rehearsal_runs_every_step_asserts_and_writes_two_files(tmp_path: Pa
     assert set(steps["autocast"]) >= {"bf16", "fp16"} and steps["autocast"]["bf16"]["top1_agreement_pct"] >= 99
     assert set(steps["train_step"]["images_per_s"]) == {"fp32", "channels_last", "channels_last_bf16"}
     assert steps["digits"]["images"] == 40  # --tiny: the first 40 held-out digits
+    # no CUDA here: the TensorRT step says why it was skipped instead of failing the check
+    assert steps["trt_multiscale"]["passed"] is None and steps["trt_multiscale"]["skipped"]
+    assert "CUDA" in steps["trt_multiscale"]["why"] or "tensorrt" in steps["trt_multiscale"]["why"]
 
 
 def test_a_failed_step_fails_the_check_and_says_why(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ def test_engine_and_sidecar_are_written_after_the_gate_passes(engine_folder: Pat
 def test_runner_handles_dynamic_batches_like_onnxruntime(engine_folder: Path) -> None:
     runner = TensorRTRunner(engine_folder / "model.plan")
     assert (runner.min_batch, runner.max_batch, runner.input_shape) == (1, 32, (3, 32, 32))
+    assert runner.spatial is None and len(runner.profiles) == 1  # no --multiscale: one profile, as before
     sess = ort.InferenceSession(str(engine_folder / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
     ref = sess.run(None, {"input": x})[0]
@@ -77,3 +78,36 @@ def test_runner_handles_dynamic_batches_like_onnxruntime(engine_folder: Path) ->
 def test_rebuild_reuses_the_timing_cache(engine_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert trt.main([str(engine_folder / "model.pt"), "--max-batch", "32", "--require-engine"]) == 0
     assert "timing cache reused" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def multiscale_folder(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("export_trt_multiscale")
+    shutil.copy(digits_checkpoint, folder / "model.pt")
+    assert trt.main([str(folder / "model.pt"), "--max-batch", "32", "--require-engine", "--multiscale"]) == 0
+    return folder
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_multiscale_engine_has_a_view_profile_recorded_in_its_sidecar(multiscale_folder: Path) -> None:
+    meta = json.loads((multiscale_folder / "model.plan.json").read_text())
+    assert meta["profile"] == {"min": 1, "opt": 10, "max": 32}
+    assert meta["multiscale"] == {"batch": [1, 2, 8], "min_side": 28, "max_side": 72, "sides": [28, 32, 36]}
+    assert meta["parity"]["passed"] and meta["parity"]["multiscale"]["checked"]
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_multiscale_runner_runs_views_on_their_own_profile(multiscale_folder: Path) -> None:
+    runner = TensorRTRunner(multiscale_folder / "model.plan")
+    assert (runner.min_batch, runner.max_batch, runner.input_shape) == (1, 32, (3, 32, 32))
+    assert runner.spatial == (28, 72) and len(runner.profiles) == 2
+    sess = ort.InferenceSession(str(multiscale_folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in ((10, 3, 32, 32), (2, 3, 32, 43), (2, 3, 72, 36), (8, 3, 28, 72), (1, 3, 36, 48)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(runner.run(x), sess.run(None, {"input": x})[0], atol=5e-2, rtol=0)
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        runner.run(np.zeros((2, 3, 80, 80), np.float32))
+    runner.close()
