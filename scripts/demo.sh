@@ -16,8 +16,8 @@ $PY -m resnet.summary --cifar-depths 20 56 110
 step "2/7 train a ResNet-20 on the digits with the paper's CIFAR recipe, shortened ($RUN)"
 $PY -m train.cifar --dataset digits --depth 20 --out "$RUN" --progress lines --log-every 100
 
-step "3/7 evaluate it on the held-out digits (ten-crop, the shared preprocessing)"
-$PY -m train.evaluate "$RUN/model.pt" --dataset digits --crops ten
+step "3/7 evaluate it on the held-out digits: centre crop, ten-crop and the paper's multi-scale test side by side"
+$PY -m train.evaluate "$RUN/model.pt" --dataset digits --crops all
 
 step "4/7 export: FP32 ONNX -> FP16 graph -> TensorRT engine, each behind a parity gate"
 $PY -m export.trt "$RUN/model.pt"
