@@ -122,12 +122,15 @@ class OnnxRuntimeBackend:
                 plain = make_session(path, ep, session_options(threads), spatial_trt)
             self.multi_session = plain
             self.spatial = spatial_trt.spatial if spatial_trt is not None else ANY_SIZE
-            log.info(
-                "multi-scale on: %s takes any height and width; views run in a second, plain session beside the "
-                "S x S one (height and width pinned, as fast as a fixed-size graph): %+.0f MiB resident for it",
-                path.name,
-                rss_mib() - first if plain is not self.session else 0.0,
-            )
+            if plain is self.session:  # unnamed dynamic dimensions cannot be pinned: one session for both
+                log.info("multi-scale on: %s takes any size; one session (its H, W have no names to pin)", path.name)
+            else:
+                log.info(
+                    "multi-scale on: %s takes any height and width; views run in a second, plain session beside the "
+                    "S x S one (height and width pinned, as fast as a fixed-size graph): %+.0f MiB resident for it",
+                    path.name,
+                    rss_mib() - first,
+                )
         elif any_size:
             log.info("multi-scale off (--multiscale off): one session, height and width pinned to the card's size")
         self.provider = self.session.get_providers()[0]

@@ -52,7 +52,9 @@ class Settings:
         "ready); empty = 1,2,4,8,10,16,20,30,32,40,50,60,64 clipped to max-batch",
     )
     max_queue_crops: int = _opt(
-        1024, "bound on crops waiting for a batch; beyond it /classify answers 503 + Retry-After"
+        1024,
+        "bound on crops waiting for a batch (a multi-scale view of H x W counts ceil(H*W / S^2)); beyond it "
+        "/classify answers 503 + Retry-After",
     )
     request_timeout_s: float = _opt(30.0, "per-request deadline (decode + queue + inference); past it 504")
     max_body_bytes: int = _opt(16 * 1024 * 1024, "largest request body, enforced while reading (413)")
