@@ -26,7 +26,9 @@ def format_table(name: str, result: Classification) -> str:
     label_width = max([5] + [len(p.label) for p in result.top])
     total = result.timings.get("total_ms")
     took = f" · {total:.0f} ms" if isinstance(total, (int, float)) else ""
-    lines = [f"{name}  [{result.model or '?'} · {result.backend or '?'} · {result.crops or '?'}-crop{took}]"]
+    how = "multi-scale " + "/".join(map(str, result.sides or [])) if result.crops == "multiscale" else None
+    how = how or f"{result.crops or '?'}-crop"
+    lines = [f"{name}  [{result.model or '?'} · {result.backend or '?'} · {how}{took}]"]
     for rank, p in enumerate(result.top, 1):
         lines.append(f"  {rank}. {p.label:<{label_width}}  {p.probability:7.2%}  {bar(p.probability)}")
     return "\n".join(lines)
@@ -38,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--url", default=DEFAULT_URL, help="server base URL (default: %(default)s)")
     ap.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default: %(default)s)")
     ap.add_argument(
-        "--crops", choices=CROPS, default="ten", help="ten-crop (paper) or centre crop (default: %(default)s)"
+        "--crops",
+        choices=CROPS,
+        default="ten",
+        help="ten-crop (paper), centre crop, or multiscale: the paper's multi-scale test, the whole image at several "
+        "scales with its mirror (the server answers 422 when its model takes only one size) (default: %(default)s)",
     )
     ap.add_argument("--api-key", default=None, help="API key, when the server was started with one")
     ap.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")

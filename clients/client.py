@@ -24,7 +24,7 @@ import httpx
 from resnet import IMAGE_SUFFIXES, UsageError, UserError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-CROPS = ("ten", "center")
+CROPS = ("ten", "center", "multiscale")  # multiscale: the paper's multi-scale test (server must offer it)
 
 # What each status means to the person at the keyboard (the server's own message is appended).
 STATUS_HINTS = {
@@ -72,6 +72,7 @@ class Classification:
     timings: dict[str, float] = field(default_factory=dict)
     crops: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    sides: list[int] | None = None  # multiscale: the shorter sides the image was tested at
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -81,7 +82,7 @@ class Classification:
             "backend": self.backend,
             "crops": self.crops,
             "timings": self.timings,
-        }
+        } | ({"sides": self.sides} if self.sides is not None else {})
 
 
 def sniff_content_type(data: bytes) -> str | None:
@@ -169,6 +170,7 @@ def parse_result(body: dict[str, Any], index: int = 0) -> Classification:
         timings=dict(timings),
         crops=body.get("crops"),
         raw=body,
+        sides=body.get("sides"),
     )
 
 

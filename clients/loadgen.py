@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per request, as multipart file fields (default: %(default)s)",
     )
     ap.add_argument("--topk", type=int, default=5, help="top-k asked of the server (default: %(default)s)")
-    ap.add_argument("--crops", choices=CROPS, default="ten", help="ten-crop or centre crop (default: %(default)s)")
+    ap.add_argument(
+        "--crops", choices=CROPS, default="ten", help="ten-crop, centre crop or multiscale (default: %(default)s)"
+    )
     ap.add_argument("--api-key", default=None, help="API key, when the server was started with one")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default: %(default)s)")
     ap.add_argument(

@@ -17,13 +17,13 @@ import numpy as np
 
 from resnet import UserError, artifacts
 from resnet.card import ModelCard
+from resnet.multiscale import ANY_SIZE
 
 from .images import ImageSet
 from .log import progress
 
 REFERENCE_BATCH = 50  # the reference's batch size does not matter for its result, only for its speed
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-ANY_SIZE = (1, 2**31 - 1)  # ``spatial`` of a graph whose height and width are symbolic
 
 
 def fp32_reference_settings() -> None:

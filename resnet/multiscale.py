@@ -33,6 +33,9 @@ CIFAR_SIDES = (28, 32, 36)
 # Cap on the pixels of all views of one image together (every scale, both flips): about a 6:1 panorama at the
 # paper's scales. A 4:3 photo at the paper's five scales with flips is 2.4 M pixels.
 DEFAULT_MAX_VIEW_PIXELS = 16_000_000
+# The (min, max) height/width of a network that takes any input size (a graph with symbolic H and W, a PyTorch
+# net): what the server's backends and the gate's candidates report as ``spatial``.
+ANY_SIZE = (1, 65535)
 
 
 def multiscale_sides(card: Mapping[str, Any] | Any, sides: Sequence[int] | None = None) -> tuple[int, ...]:

@@ -15,19 +15,21 @@ why. Nothing here imports torch, onnx or TensorRT at module level: an ONNX model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from resnet import CardError, MissingComponentError, UsageError, UserError
+from resnet import MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind, read_sidecar, report_path
 from resnet.card import ModelCard
+from resnet.multiscale import ANY_SIZE, multiscale_sides
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
-from resnet.onnx_card import CARD_KEY
 
 from .ort_session import (
     AUTO_ORDER,
@@ -36,11 +38,19 @@ from .ort_session import (
     TrtOptions,
     conflicting_runtimes,
     make_session,
+    onnx_session_card,
+    peek_onnx,
+    rss_mib,
+    session_options,
     trt_cache_dir,
 )
+from .torch_backend import TorchBackend
 
 log = logging.getLogger("serve.backends")
 OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
+# A TensorRT profile is a box: multi-scale views of images up to this aspect ratio fit it (longer side up to twice
+# the largest multi-scale side); a more elongated image is refused (413) on such a backend.
+TRT_VIEW_ASPECT = 2.0
 
 
 class Backend(Protocol):
@@ -53,47 +63,80 @@ class Backend(Protocol):
     card: ModelCard
     max_batch: int | None  # the engine's hard limit (TensorRT profile), None when any batch works
     min_batch: int
+    # (min_side, max_side) that height and width may each take (multi-scale views); None = only the card's S x S
+    spatial: tuple[int, int] | None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 ``[N, 3, S, S]`` normalised crops -> float32 ``[N, num_classes]`` logits. Not thread-safe."""
+        """float32 ``[N, 3, H, W]`` normalised crops or views -> float32 ``[N, num_classes]`` logits. Not
+        thread-safe. H, W: the card's S x S, or any sides within ``spatial``."""
         ...
-
-
-def cpu_threads() -> int:
-    """CPUs this process may use (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class OnnxRuntimeBackend:
     """An ONNX export in an ONNX Runtime session on one verified execution provider; input ``input``, output
-    ``logits`` (docs/DESIGN.md §2)."""
+    ``logits`` (docs/DESIGN.md §2).
+
+    A graph whose height and width are symbolic gets two sessions when multi-scale is on: one with those dimensions
+    pinned to the card's S x S (``add_free_dimension_override_by_name``: as fast as a fixed-size graph; a plain
+    dynamic session ran ResNet-50 ten-crop batches slower, bench/RESULTS.md) for ten/centre crops, and a plain one
+    for multi-scale views. ``run`` picks by the batch's height and width. Multi-scale off: the pinned one only.
+    """
 
     kind = "onnxruntime"
 
     def __init__(
-        self, path: Path, card: ModelCard | None, ep: str = "cpu", threads: int = 0, trt: TrtOptions | None = None
+        self,
+        path: Path,
+        card: ModelCard | None,
+        ep: str = "cpu",
+        threads: int = 0,
+        trt: TrtOptions | None = None,
+        multiscale: str = "auto",
+        dims: list[Any] | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One batch runs at a time (the batcher serialises them), so all threads go to intra-op parallelism.
-        # `python -m bench.serve_bench --thread-sweep` measures 1..all cores (bench/RESULTS.md): all cores wins.
-        opts.intra_op_num_threads = threads or cpu_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # No busy-waiting after a run: in a server the decode threads and the event loop need those cores between
-        # batches (ONNX Runtime threading docs; a bare session runs as fast either way).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = make_session(path, ep, opts, trt)
+        plain = None
+        if dims is None:  # learn the input's shape from a plain session (kept for multi-scale views if wanted)
+            plain = make_session(path, ep, session_options(threads), trt)
+            dims = list(plain.get_inputs()[0].shape)
+        names = [d for d in dims[2:4] if not isinstance(d, int)]
+        any_size = len(names) == 2
+        if multiscale == "on" and not any_size:
+            raise UsageError(f"--multiscale on: {path.name} {MULTISCALE_FIXED} ({REEXPORT})")
+        if any_size and all(isinstance(n, str) and n for n in names):
+            opts = session_options(threads)
+            for name in dict.fromkeys(names):
+                opts.add_free_dimension_override_by_name(name, _input_size(card, plain, path))
+            first = rss_mib()
+            self.session = make_session(path, ep, opts, trt)
+        else:
+            first = rss_mib()
+            self.session = plain if plain is not None else make_session(path, ep, session_options(threads), trt)
+        self.card = card if card is not None else onnx_session_card(self.session, path)
+        self.multi_session: Any = None
+        self.spatial: tuple[int, int] | None = None
+        if any_size and multiscale != "off":
+            spatial_trt = None
+            if trt is not None:
+                spatial_trt = dataclasses.replace(trt, spatial=trt_spatial_range(self.card))
+            if plain is None:
+                first = rss_mib()
+                plain = make_session(path, ep, session_options(threads), spatial_trt)
+            self.multi_session = plain
+            self.spatial = spatial_trt.spatial if spatial_trt is not None else ANY_SIZE
+            if plain is self.session:  # unnamed dynamic dimensions cannot be pinned: one session for both
+                log.info("multi-scale on: %s takes any size; one session (its H, W have no names to pin)", path.name)
+            else:
+                log.info(
+                    "multi-scale on: %s takes any height and width; views run in a second, plain session beside the "
+                    "S x S one (height and width pinned, as fast as a fixed-size graph): %+.0f MiB resident for it",
+                    path.name,
+                    rss_mib() - first,
+                )
+        elif any_size:
+            log.info("multi-scale off (--multiscale off): one session, height and width pinned to the card's size")
         self.provider = self.session.get_providers()[0]
         self.name = f"onnxruntime:{self.provider}"
         self.providers = self.session.get_providers()
-        self.card = card if card is not None else onnx_session_card(self.session, path)
         fp16_graph = self.card.precision == "fp16"
         self.precision = "fp16" if fp16_graph or (ep == "tensorrt" and trt is not None and trt.fp16) else "fp32"
         if self.card.precision == "int8":  # a QDQ graph computes in int8 whichever provider runs it
@@ -105,90 +148,30 @@ class OnnxRuntimeBackend:
         self.min_batch = self.max_batch or 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        size = self.card.input_size
+        square = batch.shape[2] == size and batch.shape[3] == size
+        session = self.session if square or self.multi_session is None else self.multi_session
+        out = session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         return np.asarray(out, dtype=np.float32)
 
 
-def onnx_session_card(session: Any, path: Path) -> ModelCard:
-    """The card from an open session's model metadata (no ``onnx`` package needed)."""
-    meta = session.get_modelmeta().custom_metadata_map
-    if CARD_KEY not in meta:
-        raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
-    return ModelCard.from_json(meta[CARD_KEY])
+MULTISCALE_FIXED = "takes only its card's S x S input, not any height and width"
+REEXPORT = (
+    "re-export it: python -m export.onnx model.pt makes a graph that takes any size; for a .plan, "
+    "python -m export.trt model.pt --multiscale"
+)
 
 
-class TorchBackend:
-    """A PyTorch network on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked.
+def _input_size(card: ModelCard | None, plain: Any, path: Path) -> int:
+    """The card's input size, from ``card`` or the plain session's metadata."""
+    return (card if card is not None else onnx_session_card(plain, path)).input_size
 
-    Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them.
-    """
 
-    kind = "torch"
-
-    def __init__(self, model: Any, card: ModelCard, precision: str = "fp32", threads: int = 0) -> None:
-        import torch
-
-        self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads or cpu_threads())
-        if self.device.type == "cuda" and precision == "fp32":
-            # TF32 convolutions would move probabilities past the 1e-4 parity with the offline fp32 pipeline.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        if precision == "fp16" and self.device.type == "cpu":
-            raise UsageError("--torch-precision fp16 needs CUDA; on the CPU use bf16 or fp32")
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.precision = precision
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.card = card
-        self.name = f"torch:{self.device.type}:{precision}"
-        self.provider = f"torch:{self.device.type}"
-        self.max_batch = None
-        self.min_batch = 1
-
-    @classmethod
-    def from_checkpoint(cls, path: Path, precision: str = "fp32", threads: int = 0) -> TorchBackend:
-        """Our ``.pt`` checkpoint (card inside) through ``resnet.load_checkpoint``."""
-        try:
-            import torch  # noqa: F401
-
-            from resnet import load_checkpoint
-        except ImportError as e:
-            raise MissingComponentError(
-                f"serving the checkpoint {path.name} needs PyTorch, which is not installed here ({e.name}): "
-                f'pip install "resnet-stack[train]", or export it and serve the ONNX file '
-                f"(python -m export.onnx {path})"
-            ) from None
-        model, card = load_checkpoint(path)
-        return cls(model, card, precision, threads)
-
-    @classmethod
-    def from_torchvision(
-        cls, spec: str, precision: str = "fp32", threads: int = 0, *, download: bool = False, check_hash: bool = True
-    ) -> TorchBackend:
-        """``torchvision:ARCH[:WEIGHTS]``: torchvision's named weights from the torch hub cache
-        (``resnet.weights.load_named``; not cached and no ``download``: ``WeightsNotCachedError``, exit 4)."""
-        arch, weights = parse_torchvision_spec(spec)
-        try:
-            import torchvision  # noqa: F401
-
-            from resnet.weights import load_named  # torch + torchvision: imported only for this kind of model
-        except ImportError as e:
-            raise MissingComponentError(
-                f"serving {spec} needs PyTorch and torchvision, which are not installed here ({e.name}): "
-                f'pip install "resnet-stack[train]"'
-            ) from None
-        model, card = load_named(arch, weights, download=download, check_hash=check_hash)
-        return cls(model, card, precision, threads)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.model(x)
-        return out.float().cpu().numpy()
+def trt_spatial_range(card: ModelCard) -> tuple[int, int]:
+    """Height and width a TensorRT profile for multi-scale views spans: the smallest side of ``multiscale_sides``
+    up to ``TRT_VIEW_ASPECT`` times the largest (views of images up to that aspect ratio)."""
+    sides = multiscale_sides(card)
+    return min(min(sides), card.input_size), max(math.ceil(max(sides) * TRT_VIEW_ASPECT), card.input_size)
 
 
 class TensorRTBackend:
@@ -197,7 +180,7 @@ class TensorRTBackend:
     kind = "tensorrt"
     provider = "TensorRT"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, multiscale: str = "auto") -> None:
         runtime = _trt_runtime()
         sidecar = read_sidecar(path)  # refuses a sidecar of another format or version (exit 4)
         self.card, self.precision = sidecar.card, sidecar.precision
@@ -206,8 +189,11 @@ class TensorRTBackend:
         self.name = "tensorrt"
         self.max_batch = int(self.runner.max_batch)
         self.min_batch = int(getattr(self.runner, "min_batch", 1))
-        # (min, max) height/width of the engine's multi-scale profile (export.trt --multiscale), None without one
-        self.spatial = getattr(self.runner, "spatial", None)
+        # (min_side, max_side) of an engine built with a multi-scale profile (export.trt --multiscale), else None
+        spatial = getattr(self.runner, "spatial", None)
+        if multiscale == "on" and spatial is None:
+            raise UsageError(f"--multiscale on: {path.name} {MULTISCALE_FIXED} ({REEXPORT})")
+        self.spatial = None if multiscale == "off" or spatial is None else (int(spatial[0]), int(spatial[1]))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.runner.run(np.ascontiguousarray(batch, np.float32)), dtype=np.float32)
@@ -229,18 +215,6 @@ def tensorrt_status() -> tuple[bool, str]:
         return False, str(e)
 
 
-def peek_onnx_card(path: Path) -> ModelCard:
-    """The card before a GPU session is made (its input size shapes the TensorRT profile): through the ``onnx``
-    package when installed, else from a plain CPU session's metadata (the ``[serve-gpu]`` install has no ``onnx``)."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return OnnxRuntimeBackend(path, None, "cpu", threads=1).card
-    from resnet.onnx_card import read_onnx_card
-
-    return read_onnx_card(path)
-
-
 def fp16_parity_passed(model: Path) -> bool:
     """Whether the FP16 variant of ``model`` passed its parity gate (``<stem>.fp16.onnx.parity.json``)."""
     name = model.name
@@ -253,7 +227,7 @@ def fp16_parity_passed(model: Path) -> bool:
 
 
 def onnx_backend(
-    path: Path, choice: str, threads: int, profile: tuple[int, int, int], trt_cache: str
+    path: Path, choice: str, threads: int, profile: tuple[int, int, int], trt_cache: str, multiscale: str = "auto"
 ) -> tuple[OnnxRuntimeBackend, str]:
     """An ONNX Runtime backend on the execution provider ``choice`` asks for, verified; ``auto``/``onnxruntime`` try
     TensorRT, then CUDA, then the CPU and say why the faster ones were passed over."""
@@ -263,7 +237,7 @@ def onnx_backend(
     explicit = choice in ("tensorrt", "cuda")
     order = [choice] if explicit else [ep for ep in AUTO_ORDER if PROVIDERS[ep] in available or ep == "cpu"]
     skipped = [f"{PROVIDERS[ep]}: not in this onnxruntime build" for ep in AUTO_ORDER if ep not in order]
-    card = peek_onnx_card(path) if order[0] != "cpu" else None
+    card, dims = peek_onnx(path) if order[0] != "cpu" else (None, None)
     for ep in order:
         trt = None
         if ep == "tensorrt" and card is not None:
@@ -271,7 +245,7 @@ def onnx_backend(
             shape = (3, card.input_size, card.input_size)
             trt = TrtOptions(trt_cache_dir(path, trt_cache), "input", shape, profile, fp16)
         try:
-            backend = OnnxRuntimeBackend(path, card, ep, threads, trt)
+            backend = OnnxRuntimeBackend(path, card, ep, threads, trt, multiscale, dims if ep != "cpu" else None)
         except ProviderUnavailable as e:
             if explicit:
                 raise ProviderUnavailable(f"--backend {choice} cannot run {path.name} here: {e}") from None
@@ -307,6 +281,7 @@ def load_backend_for(settings: Any) -> Backend:
         trt_cache=getattr(settings, "trt_cache", ""),
         download_weights=getattr(settings, "download_weights", False),
         check_hash=getattr(settings, "check_hash", True),
+        multiscale=getattr(settings, "multiscale", "auto"),
     )
 
 
@@ -320,14 +295,18 @@ def load_backend(
     trt_cache: str = "",
     download_weights: bool = False,
     check_hash: bool = True,
+    multiscale: str = "auto",
 ) -> Backend:
     """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why.
 
     ``model`` is an artifact path or ``torchvision:ARCH[:WEIGHTS]`` (PyTorch only; ``download_weights`` and
-    ``check_hash`` as in ``resnet.weights.load_named``).
+    ``check_hash`` as in ``resnet.weights.load_named``). ``multiscale`` (auto|on|off): whether it is made to take
+    multi-scale views too (``spatial``), when it can.
     """
     if is_torchvision_spec(str(model)):
-        return _torchvision_backend(str(model), choice, torch_precision, threads, download_weights, check_hash)
+        return _torchvision_backend(
+            str(model), choice, torch_precision, threads, download_weights, check_hash, multiscale
+        )
     path = Path(model)
     if not path.is_file():
         raise UserError(f"no such model file: {path}")
@@ -339,19 +318,19 @@ def load_backend(
     if kind == "engine":
         if choice not in ("auto", "tensorrt"):
             raise UsageError(f"{path} is a TensorRT engine: only --backend tensorrt (or auto) can run it")
-        backend, why = TensorRTBackend(path), "a .plan engine runs on TensorRT"
+        backend, why = TensorRTBackend(path, multiscale), "a .plan engine runs on TensorRT"
     elif kind == "onnx":
         if choice == "torch":
             raise UsageError(
                 f"{path} is an ONNX export: use --backend onnxruntime, cuda or tensorrt (torch serves .pt)"
             )
-        backend, why = onnx_backend(path, choice, threads, profile, trt_cache)
+        backend, why = onnx_backend(path, choice, threads, profile, trt_cache, multiscale)
     else:
         if choice in ("tensorrt", "cuda", "onnxruntime"):
             raise UsageError(
                 f"{path} is a checkpoint: --backend {choice} needs an export (python -m export.onnx {path})"
             )
-        backend = TorchBackend.from_checkpoint(path, torch_precision, threads)
+        backend = TorchBackend.from_checkpoint(path, torch_precision, threads, multiscale)
         why = (
             f"a checkpoint runs on PyTorch ({backend.device.type}, {torch_precision}); an ONNX export of it serves "
             "faster on CPU (bench/RESULTS.md)"
@@ -363,7 +342,7 @@ def load_backend(
 
 
 def _torchvision_backend(
-    spec: str, choice: str, precision: str, threads: int, download: bool, check_hash: bool
+    spec: str, choice: str, precision: str, threads: int, download: bool, check_hash: bool, multiscale: str
 ) -> TorchBackend:
     """``torchvision:ARCH[:WEIGHTS]`` on PyTorch; other backends need an export first."""
     arch, weights = parse_torchvision_spec(spec)
@@ -372,7 +351,9 @@ def _torchvision_backend(
             f"{spec} runs on PyTorch only: --backend {choice} needs an export first "
             f"(python -m export.onnx {arch} --weights {weights}, then serve {arch}.onnx)"
         )
-    backend = TorchBackend.from_torchvision(spec, precision, threads, download=download, check_hash=check_hash)
+    backend = TorchBackend.from_torchvision(
+        spec, precision, threads, download=download, check_hash=check_hash, multiscale=multiscale
+    )
     log.info(
         "backend %s (provider %s, %s) for %s: torchvision's named weights %s run on PyTorch",
         backend.name,

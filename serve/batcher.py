@@ -1,11 +1,14 @@
 """Crop-level dynamic batching: one queue of crops from every request, one worker feeding the backend.
 
-``submit(crops)`` enqueues one image's crops and returns when their logits are back. The worker takes crops in
-arrival order until a batch holds ``max_batch`` crops or the oldest crop has waited ``max_wait``, pads the batch up
-to the nearest warmed-up batch shape, runs the backend in its own thread (off the event loop), and hands each
-image its rows. Images go whole into a batch unless one alone exceeds ``max_batch`` (then it spans batches). A
-caller that goes away (cancelled: client disconnected, deadline passed) has its not-yet-batched crops dropped from
-the queue. The queue is bounded in crops: ``QueueFull``.
+``submit(crops)`` enqueues one image's crops (``[k, 3, H, W]``: S x S crops, or one scale's multi-scale views) and
+returns when their logits are back. Batches hold one shape only: the worker takes the oldest item's shape and, in
+arrival order, the items of that shape until a batch holds ``max_batch`` rows, or ``max_batch * S * S`` pixels (at
+least one item), or the oldest item has waited ``max_wait``. S x S batches are padded up to the nearest warmed-up
+batch shape; other shapes run unpadded (up to the backend's ``min_batch``). The backend runs in its own thread (off
+the event loop) and each item gets its rows. Items go whole into a batch unless one alone exceeds the batch (then it
+spans batches). A caller that goes away (cancelled: client disconnected, deadline passed) has its not-yet-batched
+rows dropped from the queue. The queue is bounded in crop-equivalents (a row of H x W counts ceil(H*W / S^2)):
+``QueueFull``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,12 +78,18 @@ class Batcher:
         max_queue_crops: int,
         shapes: list[int],
         on_batch: Callable[[int, int, float], None] | None = None,
+        input_size: int | None = None,
+        min_batch: int = 1,
     ) -> None:
+        """``input_size``: the card's S (crops of S x S are padded to ``shapes``, others are bounded by
+        ``max_batch * S * S`` pixels and count ceil(H*W / S^2) each in the queue); None: every shape counts 1."""
         self._run = run
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue_crops = max_queue_crops
         self.shapes = shapes
+        self.input_size = input_size
+        self.min_batch = min_batch
         self._on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._pending = 0  # crops queued and not yet batched
@@ -116,9 +126,31 @@ class Batcher:
                 return s
         return self.shapes[-1]
 
+    def _square(self, shape: tuple[int, ...]) -> bool:
+        return self.input_size is None or (shape[-2] == self.input_size and shape[-1] == self.input_size)
+
+    def row_cost(self, shape: tuple[int, ...]) -> int:
+        """Crop-equivalents of one row of ``shape`` (``[3, H, W]``) in the queue bound: ceil(H*W / S^2)."""
+        if self.input_size is None:
+            return 1
+        return max(1, math.ceil(shape[-2] * shape[-1] / self.input_size**2))
+
+    def cost(self, crops: np.ndarray) -> int:
+        """Crop-equivalents ``crops`` (``[k, 3, H, W]``) take in the queue bound."""
+        return len(crops) * self.row_cost(crops.shape[1:])
+
+    def _row_limit(self, shape: tuple[int, ...], first_rows: int) -> int:
+        """Most rows of ``shape`` in one batch: ``max_batch``, and ``max_batch * S^2`` pixels unless the first
+        item alone is larger (at least one item, never over ``max_batch``)."""
+        if self._square(shape):
+            return self.max_batch
+        assert self.input_size is not None
+        by_pixels = self.max_batch * self.input_size**2 // (shape[-2] * shape[-1])
+        return min(self.max_batch, max(by_pixels, first_rows, 1))
+
     async def submit(self, crops: np.ndarray) -> BatchStats:
-        """Queue ``[k, 3, S, S]`` crops; return their logits when done. Raises ``QueueFull`` at the bound."""
-        k = len(crops)
+        """Queue ``[k, 3, H, W]`` crops or views; return their logits when done. ``QueueFull`` at the bound."""
+        k = self.cost(crops)
         if self._pending + k > self.max_queue_crops:
             raise QueueFull(f"{self._pending} crops queued (bound {self.max_queue_crops})")
         item = _Item(crops, asyncio.get_running_loop().create_future(), time.perf_counter())
@@ -136,36 +168,55 @@ class Batcher:
     def _drop(self, item: _Item) -> None:
         """Forget a cancelled item's crops that no batch has taken yet."""
         if item.taken < len(item.crops):
-            self._pending -= len(item.crops) - item.taken
+            self._pending -= (len(item.crops) - item.taken) * self.row_cost(item.crops.shape[1:])
             item.taken = len(item.crops)
             try:
                 self._queue.remove(item)
             except ValueError:
                 pass
 
-    def _take(self) -> list[tuple[_Item, int, int]]:
-        """Pop up to ``max_batch`` crops in arrival order, as (item, start, stop) slices.
+    def _oldest(self) -> _Item | None:
+        """The oldest item still wanted (cancelled ones at the front are dropped)."""
+        while self._queue and self._queue[0].future.done():
+            self._drop(self._queue[0])
+        return self._queue[0] if self._queue else None
 
-        Whole images only, unless one image alone is larger than the batch (then it is split): ten-crop traffic
+    def _rows_of(self, shape: tuple[int, ...]) -> int:
+        """Rows of ``shape`` queued and not yet batched."""
+        return sum(len(i.crops) - i.taken for i in self._queue if i.crops.shape[1:] == shape and not i.future.done())
+
+    def _take(self) -> list[tuple[_Item, int, int]]:
+        """Pop rows of the oldest item's shape in arrival order, up to the row limit, as (item, start, stop) slices.
+
+        Whole items only, unless one item alone is larger than the batch (then it is split): ten-crop traffic
         gives batches of 10, 20, ... crops, which are batch shapes already, so nothing is wasted on padding.
+        Items of other shapes keep their place in the queue.
         """
         parts: list[tuple[_Item, int, int]] = []
-        room = self.max_batch
-        while self._queue and room > 0:
-            item = self._queue[0]
+        oldest = self._oldest()
+        if oldest is None:
+            return parts
+        shape = oldest.crops.shape[1:]
+        room = self._row_limit(shape, len(oldest.crops) - oldest.taken)
+        cost = self.row_cost(shape)
+        for item in list(self._queue):
+            if room <= 0:
+                break
             if item.future.done():  # cancelled meanwhile
                 self._drop(item)
                 continue
+            if item.crops.shape[1:] != shape:
+                continue
             start = item.taken
             if len(item.crops) - start > room and parts:
-                break  # the next image does not fit whole: start the next batch with it (no ragged sizes to pad)
+                break  # the next item does not fit whole: start the next batch with it (no ragged sizes to pad)
             stop = min(len(item.crops), start + room)
             parts.append((item, start, stop))
             item.taken = stop
             room -= stop - start
-            self._pending -= stop - start
+            self._pending -= (stop - start) * cost
             if stop == len(item.crops):
-                self._queue.popleft()
+                self._queue.remove(item)
         return parts
 
     async def _worker(self) -> None:
@@ -175,9 +226,14 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # Wait for the batch to fill, or the oldest crop's wait to run out.
-            deadline = self._queue[0].enqueued + self.max_wait_s
-            while self._pending < self.max_batch:
+            # Wait for the oldest item's batch to fill, or its wait to run out.
+            oldest = self._oldest()
+            if oldest is None:
+                continue
+            deadline = oldest.enqueued + self.max_wait_s
+            shape = oldest.crops.shape[1:]
+            limit = self._row_limit(shape, len(oldest.crops) - oldest.taken)
+            while self._rows_of(shape) < limit:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
@@ -190,7 +246,8 @@ class Batcher:
             if not parts:
                 continue
             n = sum(stop - start for _, start, stop in parts)
-            size = self.padded_size(n)
+            square = self._square(parts[0][0].crops.shape[1:])
+            size = self.padded_size(n) if square else max(n, self.min_batch)
             batch = np.zeros((size, *parts[0][0].crops.shape[1:]), dtype=np.float32)
             row = 0
             for item, start, stop in parts:

@@ -19,8 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from resnet import MissingComponentError, UserError
+from resnet import CardError, MissingComponentError, UserError
 from resnet.artifacts import ensure_writable
+from resnet.card import ModelCard
+from resnet.onnx_card import CARD_KEY
 
 log = logging.getLogger("serve.backends")
 
@@ -41,16 +43,24 @@ class TrtOptions:
     input_shape: tuple[int, ...]  # (3, H, W)
     profile: tuple[int, int, int]  # batch min, opt, max
     fp16: bool
+    # (min_side, max_side): the profile also spans height and width over that range (multi-scale views); the
+    # optimum stays at input_shape. None = the input's height and width are input_shape's only.
+    spatial: tuple[int, int] | None = None
 
     def provider_options(self) -> dict[str, str]:
-        """Option names as in ONNX Runtime's TensorRT EP documentation (values are strings)."""
+        """Option names and shape format as in ONNX Runtime's TensorRT EP documentation: ``name:d0xd1x...`` per
+        input (comma-separated between inputs), min/opt/max all given, values as strings."""
         shape = "x".join(str(d) for d in self.input_shape)
+        lo_shape = hi_shape = shape
+        if self.spatial is not None:
+            channels, small, large = self.input_shape[0], self.spatial[0], self.spatial[1]
+            lo_shape, hi_shape = f"{channels}x{small}x{small}", f"{channels}x{large}x{large}"
         lo, opt, hi = self.profile
         opts = {
             "trt_fp16_enable": str(self.fp16),
-            "trt_profile_min_shapes": f"{self.input_name}:{lo}x{shape}",
+            "trt_profile_min_shapes": f"{self.input_name}:{lo}x{lo_shape}",
             "trt_profile_opt_shapes": f"{self.input_name}:{opt}x{shape}",
-            "trt_profile_max_shapes": f"{self.input_name}:{hi}x{shape}",
+            "trt_profile_max_shapes": f"{self.input_name}:{hi}x{hi_shape}",
         }
         if self.cache_dir is not None:
             opts |= {
@@ -60,6 +70,70 @@ class TrtOptions:
                 "trt_timing_cache_path": str(self.cache_dir),
             }
         return opts
+
+
+def cpu_threads() -> int:
+    """CPUs this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int) -> Any:
+    """ONNX Runtime session options for serving: one batch at a time, all threads intra-op, no spinning."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One batch runs at a time (the batcher serialises them), so all threads go to intra-op parallelism.
+    # `python -m bench.serve_bench --thread-sweep` measures 1..all cores (bench/RESULTS.md): all cores wins.
+    opts.intra_op_num_threads = threads or cpu_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    # No busy-waiting after a run: in a server the decode threads and the event loop need those cores between
+    # batches (ONNX Runtime threading docs; a bare session runs as fast either way).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def rss_mib() -> float:
+    """This process's resident memory in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return 0.0
+
+
+def onnx_session_card(session: Any, path: Path) -> ModelCard:
+    """The card from an open session's model metadata (no ``onnx`` package needed)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in meta:
+        raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
+    return ModelCard.from_json(meta[CARD_KEY])
+
+
+def peek_onnx(path: Path) -> tuple[ModelCard, list[Any]]:
+    """The card and the input's dimensions (ints, or names of symbolic ones) before a GPU session is made (they shape
+    the TensorRT profiles): through the ``onnx`` package when installed, else from a plain CPU session's metadata
+    (the ``[serve-gpu]`` install has no ``onnx``)."""
+    try:
+        import onnx
+    except ImportError:
+        session = make_session(path, "cpu", session_options(1), None)
+        return onnx_session_card(session, path), list(session.get_inputs()[0].shape)
+    from resnet.onnx_card import read_onnx_card
+
+    card = read_onnx_card(path)  # validates the file and its card first
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in _dims_of(graph.input[0])]
+    return card, dims
+
+
+def _dims_of(value_info: Any) -> Any:
+    return value_info.type.tensor_type.shape.dim
 
 
 def conflicting_runtimes() -> str | None:

@@ -63,7 +63,7 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
     response_model=ClassifyResponse,
     responses=openapi_errors(400, 401, 413, 415, 422, 503, 504),
     dependencies=[Depends(require_api_key)],
-    summary="Classify images: ten-crop (or centre-crop) top-k",
+    summary="Classify images: ten-crop (or centre-crop, or the paper's multi-scale test) top-k",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -90,7 +90,12 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
 async def classify(
     request: Request,
     topk: int = Query(5, ge=1, le=1000, description="how many classes per image"),
-    crops: Literal["ten", "center"] = Query("ten", description="ten-crop (paper) or centre crop"),
+    crops: Literal["ten", "center", "multiscale"] = Query(
+        "ten",
+        description="ten-crop (paper), centre crop, or multiscale: the paper's fully-convolutional multi-scale test "
+        "(whole image at several shorter sides, each with its mirror; 422 multiscale_unavailable on a model that "
+        "takes only its S x S input, 413 request_too_large over --max-multiscale-pixels)",
+    ),
     service: ClassifyService = Depends(admit),
 ) -> ClassifyResponse:
     started = time.perf_counter()
@@ -122,6 +127,7 @@ async def classify(
             total_ms=total * 1e3,
         ),
         batch_sizes=out.batch_sizes,
+        sides=out.sides,
     )
 
 

@@ -8,7 +8,10 @@ from pydantic import BaseModel, Field
 class Prediction(BaseModel):
     index: int = Field(description="class index in the model card's labels")
     label: str = Field(description="class name from the model card")
-    probability: float = Field(description="mean of the per-crop softmax (ten-crop) or the centre crop's softmax")
+    probability: float = Field(
+        description="mean of the per-crop softmax (ten-crop), the centre crop's softmax, or the mean softmax over "
+        "every multi-scale view"
+    )
 
 
 class ImageResult(BaseModel):
@@ -27,10 +30,13 @@ class ClassifyResponse(BaseModel):
     model: str = Field(description="the model card's name")
     backend: str = Field(description="what ran the model, e.g. onnxruntime:CPUExecutionProvider")
     precision: str | None = Field(None, description="what the model computes in: fp32, fp16, int8 or bf16")
-    crops: str = Field(description="'ten' or 'center'")
+    crops: str = Field(description="'ten', 'center' or 'multiscale'")
     results: list[ImageResult] = Field(description="one entry per image, in request order")
     timings: Timings
     batch_sizes: list[int] = Field(description="crops in the backend batch(es) the request's crops rode in")
+    sides: list[int] | None = Field(
+        None, description="multiscale only: the shorter sides (pixels) each image was tested at, with its mirror"
+    )
 
 
 class ErrorBody(BaseModel):

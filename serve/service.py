@@ -1,8 +1,9 @@
-"""The inference service the HTTP layers call: images in, ten-crop top-k out (docs/DESIGN.md §3-4).
+"""The inference service the HTTP layers call: images in, ten-crop (centre, multi-scale) top-k out (docs/DESIGN.md
+§3-4).
 
 This is the narrow interface a protocol router (``/classify`` here, KServe v2 later) uses via ``app.state.service``:
 
-- ``await service.classify(images: list[bytes], crops="ten", topk=5) -> Classified``
+- ``await service.classify(images: list[bytes], crops="ten"|"center"|"multiscale", topk=5) -> Classified``
 - ``await service.infer_crops(batch: np.ndarray) -> np.ndarray`` (normalised float32 ``[N, 3, S, S]`` -> logits)
 - ``service.card``, ``service.backend_name``, ``service.ready``, ``service.draining``
 
@@ -12,7 +13,6 @@ Decoding and resizing run in a thread pool (Pillow releases the GIL); crops go t
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -24,35 +24,22 @@ from PIL import Image
 
 import resnet
 from resnet.artifacts import DEFAULT_MAX_BATCH
-from resnet.preprocess import (
-    ACCEPTED_FORMATS,
-    CROPS,
-    ImageDecodeError,
-    ImageTooLargeError,
-    UnsupportedImageError,
-    crop_probabilities,
-    decode_image,
-    resized_size,
-)
+from resnet.multiscale import multiscale_probabilities, multiscale_sides, view_pixels
+from resnet.preprocess import CROPS, crop_probabilities, resized_size
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import topk as top_k
 
-from .backends import Backend, cpu_threads
+from .backends import MULTISCALE_FIXED, REEXPORT, Backend, cpu_threads
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
+from .images import ImageError, decode_checked, header_sizes, image_errors, multiscale_views_of
 from .precision import precision_of
 from .settings import Settings
 
 log = logging.getLogger("serve.service")
 FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
-
-
-class ImageError(Exception):
-    """One image of a request is bad; ``status`` is the HTTP status, ``code`` the error code (docs/DESIGN.md §4)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+MULTISCALE = "multiscale"
+__all__ = ["MULTISCALE", "Classified", "ClassifyService", "ImageError", "check_backend"]
 
 
 @dataclass
@@ -64,6 +51,7 @@ class Classified:
     queue_s: float
     inference_s: float
     batch_sizes: list[int]
+    sides: list[int] | None = None  # multi-scale: the shorter sides the images were tested at
 
 
 class ClassifyService:
@@ -92,6 +80,13 @@ class ClassifyService:
         self.ready = False
         self.draining = False
         self.warmup_s: float | None = None
+        self.sides = list(multiscale_sides(self.card))
+        self.multiscale_off: str | None = None  # why multi-scale is unavailable, None when it is served
+        if settings.multiscale == "off":
+            self.multiscale_off = "multi-scale testing is turned off on this server (--multiscale off)"
+        elif getattr(backend, "spatial", None) is None:
+            self.multiscale_off = f"the model served {MULTISCALE_FIXED}: {REEXPORT}"
+        log.info("multi-scale (crops=multiscale): %s", self.multiscale_off or f"served at sides {self.sides}")
 
     async def start(self) -> None:
         """Create the batcher on the running loop, then warm up every batch shape off the loop; then ready."""
@@ -102,6 +97,8 @@ class ClassifyService:
             self.settings.max_queue_crops,
             self.shapes,
             self._on_batch,
+            input_size=self.card.input_size,
+            min_batch=self.backend.min_batch,
         )
         self.batcher.start()
         started = time.perf_counter()
@@ -147,49 +144,28 @@ class ClassifyService:
         Decoded once: ``decode_image``, then the resize, then ``resnet.preprocess`` crops the already resized image
         (its own decode and resize steps are no-ops on it), so the result is ``resnet.preprocess``'s exactly.
         """
-        s = self.settings
-        if not data:
-            raise ImageError(400, "empty_image", "the image is empty (0 bytes)")
         size = self.card.resize_size
-        try:
-            img = decode_image(data, size, draft=s.draft, max_pixels=s.max_pixels)
-            w, h = img.size
-            if max(w, h) / min(w, h) > s.max_aspect:
-                raise ImageError(
-                    413,
-                    "image_too_large",
-                    f"image is {w}x{h}: aspect ratio over {s.max_aspect:g} would resize to "
-                    f"{'x'.join(map(str, resized_size(w, h, size)))} pixels",
-                )
-            target = resized_size(w, h, size)
+        with image_errors():
+            img = decode_checked(data, size, self.settings)
+            target = resized_size(*img.size, size)
             if target != img.size:
                 img = img.resize(target, Image.Resampling.BILINEAR)  # what resnet.preprocess does, done once here
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
-        except ImageTooLargeError as e:
-            raise ImageError(413, "image_too_large", str(e)) from None
-        except UnsupportedImageError as e:
-            raise ImageError(415, "unsupported_media_type", str(e)) from None
-        except ImageDecodeError as e:
-            raise ImageError(400, "bad_image", str(e)) from None
-        except Image.DecompressionBombWarning as e:
-            raise ImageError(413, "image_too_large", str(e)) from None
-        except (OSError, ValueError, EOFError) as e:  # lazy decoders may fail late, while resizing
-            log.warning("undecodable upload (%s: %s)", type(e).__name__, e)
-            raise ImageError(400, "bad_image", f"cannot decode image ({type(e).__name__}: {e})") from None
 
-    def check_budget(self, images: list[bytes]) -> int:
+    def views(self, data: bytes) -> list[np.ndarray]:
+        """Bytes -> multi-scale views, one ``[2, 3, H, W]`` array per side, with the server's limits (ImageError)."""
+        spatial = self.backend.spatial
+        assert spatial is not None, "classify() refuses multi-scale on a backend that takes only S x S"
+        return multiscale_views_of(data, self.card, self.sides, self.settings, spatial)
+
+    def check_budget(self, images: list[bytes], crops: str = "ten") -> int:
         """Decoded pixels the request asks for, from the image headers alone (nothing decoded); 413 over the budget.
+        Multi-scale: the pixels of all views too (``view_pixels``), against ``--max-multiscale-pixels``.
 
         Images that cannot be opened, or are over the per-image cap, count 0 here: decoding refuses them anyway.
         """
-        total = 0
-        for data in images:
-            try:
-                with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as im:
-                    pixels = im.width * im.height
-            except Exception:
-                continue
-            total += pixels if pixels <= self.settings.max_pixels else 0
+        sizes = [wh for wh in header_sizes(images, self.settings.max_pixels) if wh is not None]
+        total = sum(w * h for w, h in sizes)
         budget = self.settings.max_request_pixels
         if total > budget:
             raise ImageError(
@@ -198,14 +174,27 @@ class ClassifyService:
                 f"the request's {len(images)} images hold {total} pixels, over the per-request budget of {budget} "
                 "(send fewer or smaller images per request)",
             )
+        if crops == MULTISCALE:
+            views = sum(view_pixels(w, h, self.sides) for w, h in sizes)
+            if views > self.settings.max_multiscale_pixels:
+                raise ImageError(
+                    413,
+                    "request_too_large",
+                    f"the multi-scale views of the request's {len(images)} images (sides {self.sides}, mirrored) "
+                    f"are {views} pixels, over the per-request budget of {self.settings.max_multiscale_pixels} "
+                    "(send fewer or smaller images per request, or crops=ten)",
+                )
         return total
 
-    async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[np.ndarray], float]:
+    async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[Any], float]:
         """Decode a request's images on the fair pool (one job per turn per request), after the pixel budget."""
         started = time.perf_counter()
         owner = object()
-        await self.decode_pool.run(owner, self.check_budget, images)
-        jobs = [asyncio.ensure_future(self.decode_pool.run(owner, self.preprocess, data, crops)) for data in images]
+        await self.decode_pool.run(owner, self.check_budget, images, crops)
+        if crops == MULTISCALE:
+            jobs = [asyncio.ensure_future(self.decode_pool.run(owner, self.views, data)) for data in images]
+        else:
+            jobs = [asyncio.ensure_future(self.decode_pool.run(owner, self.preprocess, data, crops)) for data in images]
         try:
             results = await asyncio.gather(*jobs, return_exceptions=True)
         except BaseException:
@@ -227,12 +216,17 @@ class ClassifyService:
         return (await self.batcher.submit(np.ascontiguousarray(batch, np.float32))).logits
 
     async def classify(self, images: list[bytes], crops: str = "ten", topk: int = 5) -> Classified:
-        """Decode, batch, and score images: per image the ten-crop (or centre) top-k ``{index, label, probability}``."""
+        """Decode, batch, and score images: per image the top-k ``{index, label, probability}`` of the ten-crop,
+        centre-crop or multi-scale mean softmax. Multi-scale unavailable: ``ImageError`` 422."""
         assert self.batcher is not None
-        if crops not in CROPS:
-            raise ValueError(f"crops must be one of {', '.join(CROPS)}")
-        arrays, decode_s = await self.decode_all(images, crops)
-        total = sum(len(a) for a in arrays)
+        if crops not in (*CROPS, MULTISCALE):
+            raise ValueError(f"crops must be one of {', '.join((*CROPS, MULTISCALE))}")
+        if crops == MULTISCALE and self.multiscale_off:
+            raise ImageError(422, "multiscale_unavailable", f"crops=multiscale is not available: {self.multiscale_off}")
+        decoded, decode_s = await self.decode_all(images, crops)
+        # one item per image (crops), or per image and side (multi-scale views): image-major
+        arrays: list[np.ndarray] = [a for views in decoded for a in views] if crops == MULTISCALE else decoded
+        total = sum(self.batcher.cost(a) for a in arrays)
         if self.batcher.pending_crops + total > self.batcher.max_queue_crops:
             raise QueueFull(f"{self.batcher.pending_crops} crops queued (bound {self.batcher.max_queue_crops})")
         tasks = [asyncio.ensure_future(self.batcher.submit(a)) for a in arrays]
@@ -242,16 +236,20 @@ class ClassifyService:
             for t in tasks:
                 t.cancel()
             raise
-        results = []
-        for st in stats:
-            probs = crop_probabilities(st.logits, CROPS[crops])[0]
-            results.append(top_k(probs, topk, self.labels))
+        if crops == MULTISCALE:
+            per = len(self.sides)
+            probs = [
+                multiscale_probabilities([st.logits for st in stats[i : i + per]])[0] for i in range(0, len(stats), per)
+            ]
+        else:
+            probs = [crop_probabilities(st.logits, CROPS[crops])[0] for st in stats]
         return Classified(
-            results=results,
+            results=[top_k(p, topk, self.labels) for p in probs],
             decode_s=decode_s,
             queue_s=max(st.queue_s for st in stats),
             inference_s=max(st.inference_s for st in stats),
             batch_sizes=sorted({b for st in stats for b in st.batch_sizes}),
+            sides=self.sides if crops == MULTISCALE else None,
         )
 
 

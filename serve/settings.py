@@ -64,13 +64,28 @@ class Settings:
         "ready); empty = 1,2,4,8,10,16,20,30,32,40,50,60,64 clipped to max-batch",
     )
     max_queue_crops: int = _opt(
-        1024, "bound on crops waiting for a batch; beyond it /classify answers 503 + Retry-After"
+        1024,
+        "bound on crops waiting for a batch (a multi-scale view of H x W counts ceil(H*W / S^2)); beyond it "
+        "/classify answers 503 + Retry-After",
     )
     request_timeout_s: float = _opt(30.0, "per-request deadline (decode + queue + inference); past it 504")
     max_body_bytes: int = _opt(16 * 1024 * 1024, "largest request body, enforced while reading (413)")
     max_pixels: int = _opt(40_000_000, "largest image in pixels (width x height) before decoding (413)")
     max_aspect: float = _opt(50.0, "most elongated image accepted (long side / short side), bounds the resized size")
     max_images: int = _opt(64, "most images in one request (413)")
+    multiscale: str = _opt(
+        "auto",
+        "auto | on | off: /classify?crops=multiscale (the paper's multi-scale test: whole image at several scales "
+        "and its mirror); auto = on when the model takes any height and width (an .onnx from export.onnx: a second "
+        "ONNX Runtime session for the views, the S x S one keeps its fixed-size speed), on = refuse to start on a "
+        "model that does not (exit 2), off = 422 multiscale_unavailable and one session",
+        choices=("auto", "on", "off"),
+    )
+    max_multiscale_pixels: int = _opt(
+        10_000_000,
+        "most pixels of all multi-scale views in one request (every scale and mirror of every image, from the image "
+        "headers before decoding; 413): about 4 photos of 4:3 at the paper's 5 scales (2.4 M each)",
+    )
     draft: bool = _opt(
         True,
         "JPEG draft mode: DCT-reduce JPEGs >= 4x the resize size while decoding (faster; --no-draft = exact "
@@ -132,7 +147,14 @@ class Settings:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if self.max_queue_crops == 0:
             raise UsageError("--max-queue-crops must be > 0")
-        limits = ("max_request_pixels", "max_header_bytes", "max_headers", "header_timeout_s", "keep_alive_timeout_s")
+        limits = (
+            "max_request_pixels",
+            "max_multiscale_pixels",
+            "max_header_bytes",
+            "max_headers",
+            "header_timeout_s",
+            "keep_alive_timeout_s",
+        )
         for name in limits:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")

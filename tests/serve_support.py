@@ -25,6 +25,7 @@ import resnet
 from resnet.card import ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
+DYNAMIC_INPUT = {0: "batch", 2: "height", 3: "width"}  # as export.onnx writes them
 
 
 def free_port() -> int:
@@ -33,8 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def export_onnx(checkpoint: Path, out: Path) -> Path:
-    """Plain ``torch.onnx.export`` (dynamic batch) + the card in metadata: what the export stage produces."""
+def export_onnx(checkpoint: Path, out: Path, any_size: bool = True) -> Path:
+    """Plain ``torch.onnx.export`` + the card in metadata: what the export stage produces (input ``[N, 3, H, W]``
+    with N, H, W symbolic: "batch", "height", "width"); ``any_size=False``: a fixed-size ``[N, 3, S, S]`` graph."""
     import onnx
 
     from resnet.onnx_card import set_onnx_card
@@ -47,7 +49,7 @@ def export_onnx(checkpoint: Path, out: Path) -> Path:
         str(out),
         input_names=["input"],
         output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamic_axes={"input": DYNAMIC_INPUT if any_size else {0: "batch"}, "logits": {0: "batch"}},
         dynamo=False,
     )
     proto = onnx.load(str(out))

@@ -19,6 +19,7 @@ import resnet
 from clients import Client, ClientError
 from clients.classify import main
 from resnet import run_cli
+from resnet.multiscale import multiscale_probabilities, multiscale_views
 from resnet.samples import DIGIT_LABELS, write_digits_imagefolder
 from tests.clients_server import free_port, shared_server
 
@@ -99,6 +100,24 @@ def test_folder_is_searched_recursively_and_json_lines_name_each_file(server, di
         with torch.no_grad():
             logits = model(torch.as_tensor(resnet.preprocess(Path(r["file"]), card, crops="center")))
         assert r["top"][0]["index"] == int(logits.argmax()), r
+
+
+def test_multiscale_crops_from_the_command_line(server, photo_paths, digits_checkpoint, capsys):
+    """--crops multiscale: the server's multi-scale answer (sides named), equal to resnet.multiscale offline."""
+    code = main([str(photo_paths[0]), "--url", server.url, "--api-key", server.api_key, "--crops", "multiscale"])
+    assert code == 0 and "multi-scale 28/32/36" in capsys.readouterr().out.splitlines()[0]
+    main([str(photo_paths[0]), "--url", server.url, "--api-key", server.api_key, "--crops", "multiscale", "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["crops"] == "multiscale" and record["sides"] == [28, 32, 36]
+    model, card = resnet.load_checkpoint(digits_checkpoint)
+    with torch.no_grad():
+        views = multiscale_views(photo_paths[0].read_bytes(), card)
+        probs = multiscale_probabilities([model(torch.from_numpy(v)).numpy() for v in views])[0]
+    expected = resnet.topk(probs, 5, card.labels)
+    assert [p["index"] for p in record["top"]] == [e["index"] for e in expected]
+    np.testing.assert_allclose(
+        [p["probability"] for p in record["top"]], [e["probability"] for e in expected], atol=1e-4
+    )
 
 
 def test_missing_api_key_is_401_with_one_line_and_exit_1(server, photo_paths, cli):

@@ -90,3 +90,53 @@ def test_cancelled_caller_leaves_the_queue_and_bound_is_enforced(backend):
 
     st = asyncio.run(go())
     assert st.logits.shape == (1, 10)
+
+
+def test_batches_group_by_shape_within_the_pixel_cap_and_count_crop_equivalents():
+    """The real Batcher with a numpy backend that records what it got: one shape per batch, S x S padded to a
+    warmed shape, other shapes unpadded and within max_batch * S * S pixels, each caller its own rows back."""
+    got: list[tuple[int, ...]] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        got.append(batch.shape)
+        return np.stack([batch.reshape(len(batch), -1).mean(1), np.full(len(batch), batch.shape[2])], axis=1)
+
+    def views(seed: int, h: int, w: int, n: int = 2) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal((n, 3, h, w), dtype=np.float32)
+
+    items = [views(0, 28, 36), crops(1, 3), views(2, 28, 36), views(3, 36, 48), views(4, 36, 48), crops(5, 3)]
+
+    async def go():
+        b = Batcher(run, 4, 0.05, 100, [2, 4], input_size=32)
+        b.start()
+        try:
+            jobs = [asyncio.ensure_future(b.submit(x)) for x in items]
+            await asyncio.sleep(0)
+            # 36 x 48 is 1.7 crops of 32 x 32: 2 crop-equivalents per row; 28 x 36 is under one: 1
+            assert b.pending_crops == 2 + 3 + 2 + 2 * 2 + 2 * 2 + 3
+            return await asyncio.gather(*jobs)
+        finally:
+            await b.close()
+
+    results = asyncio.run(go())
+    for x, st in zip(items, results):
+        np.testing.assert_allclose(st.logits[:, 0], x.reshape(len(x), -1).mean(1), rtol=1e-5)
+        assert (st.logits[:, 1] == x.shape[2]).all()  # its rows came from a batch of its own shape
+    # Oldest item's shape first: both 28x36 items (4 rows, unpadded); 32x32: 3 rows padded to 4 (F does not fit
+    # whole); 36x48: 2 rows per batch (the pixel cap 4 * 32 * 32); then F, alone after its wait, padded to 4.
+    assert got == [(4, 3, 28, 36), (4, 3, 32, 32), (2, 3, 36, 48), (2, 3, 36, 48), (4, 3, 32, 32)]
+    assert results[1].batch_sizes == [3] and results[0].batch_sizes == [4]
+
+
+def test_tensorrt_profile_for_multiscale_views_spans_height_and_width() -> None:
+    """The ONNX Runtime TensorRT EP's profile strings (name:NxCxHxW) for the multi-scale session, on the CPU."""
+    from serve.ort_session import TrtOptions
+
+    opts = TrtOptions(None, "input", (3, 224, 224), (1, 10, 64), False, spatial=(224, 1280)).provider_options()
+    assert opts["trt_profile_min_shapes"] == "input:1x3x224x224"
+    assert opts["trt_profile_opt_shapes"] == "input:10x3x224x224"
+    assert opts["trt_profile_max_shapes"] == "input:64x3x1280x1280"
+    cifar = TrtOptions(None, "input", (3, 32, 32), (1, 10, 64), False, spatial=(28, 72)).provider_options()
+    assert (
+        cifar["trt_profile_min_shapes"] == "input:1x3x28x28" and cifar["trt_profile_max_shapes"] == "input:64x3x72x72"
+    )

@@ -1,0 +1,105 @@
+"""``TorchBackend``: a PyTorch network served as is (a ``.pt`` checkpoint, or torchvision's named weights).
+
+torch (and torchvision, for named weights) are imported only when such a backend is made: an ONNX model serves
+without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet import MissingComponentError, UsageError
+from resnet.card import ModelCard
+from resnet.multiscale import ANY_SIZE
+from resnet.names import parse_torchvision_spec
+
+from .ort_session import cpu_threads
+
+
+class TorchBackend:
+    """A PyTorch network on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked.
+
+    Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them.
+    """
+
+    kind = "torch"
+
+    def __init__(
+        self, model: Any, card: ModelCard, precision: str = "fp32", threads: int = 0, multiscale: str = "auto"
+    ) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or cpu_threads())
+        if self.device.type == "cuda" and precision == "fp32":
+            # TF32 convolutions would move probabilities past the 1e-4 parity with the offline fp32 pipeline.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        if precision == "fp16" and self.device.type == "cpu":
+            raise UsageError("--torch-precision fp16 needs CUDA; on the CPU use bf16 or fp32")
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.precision = precision
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.card = card
+        self.name = f"torch:{self.device.type}:{precision}"
+        self.provider = f"torch:{self.device.type}"
+        self.max_batch = None
+        self.min_batch = 1
+        self.spatial = None if multiscale == "off" else ANY_SIZE  # our networks end in adaptive average pooling
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: Path, precision: str = "fp32", threads: int = 0, multiscale: str = "auto"
+    ) -> TorchBackend:
+        """Our ``.pt`` checkpoint (card inside) through ``resnet.load_checkpoint``."""
+        try:
+            import torch  # noqa: F401
+
+            from resnet import load_checkpoint
+        except ImportError as e:
+            raise MissingComponentError(
+                f"serving the checkpoint {path.name} needs PyTorch, which is not installed here ({e.name}): "
+                f'pip install "resnet-stack[train]", or export it and serve the ONNX file '
+                f"(python -m export.onnx {path})"
+            ) from None
+        model, card = load_checkpoint(path)
+        return cls(model, card, precision, threads, multiscale)
+
+    @classmethod
+    def from_torchvision(
+        cls,
+        spec: str,
+        precision: str = "fp32",
+        threads: int = 0,
+        *,
+        download: bool = False,
+        check_hash: bool = True,
+        multiscale: str = "auto",
+    ) -> TorchBackend:
+        """``torchvision:ARCH[:WEIGHTS]``: torchvision's named weights from the torch hub cache
+        (``resnet.weights.load_named``; not cached and no ``download``: ``WeightsNotCachedError``, exit 4)."""
+        arch, weights = parse_torchvision_spec(spec)
+        try:
+            import torchvision  # noqa: F401
+
+            from resnet.weights import load_named  # torch + torchvision: imported only for this kind of model
+        except ImportError as e:
+            raise MissingComponentError(
+                f"serving {spec} needs PyTorch and torchvision, which are not installed here ({e.name}): "
+                f'pip install "resnet-stack[train]"'
+            ) from None
+        model, card = load_named(arch, weights, download=download, check_hash=check_hash)
+        return cls(model, card, precision, threads, multiscale)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(x)
+        return out.float().cpu().numpy()
