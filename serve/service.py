@@ -29,10 +29,11 @@ from resnet.preprocess import CROPS, crop_probabilities, resized_size
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import topk as top_k
 
-from .backends import MULTISCALE_FIXED, REEXPORT, Backend, cpu_threads
+from .backends import MULTISCALE_FIXED, REEXPORT, Backend
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
 from .images import ImageError, decode_checked, header_sizes, image_errors, multiscale_views_of
+from .ort_session import cpu_threads
 from .precision import precision_of
 from .settings import Settings
 
