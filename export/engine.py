@@ -7,14 +7,13 @@
 
 Optimisation profiles (``engine_profiles``): profile 0 is the ten-crop path, batch min 1, opt 10 (one ten-crop
 image), max N at the card's fixed S x S. With ``multiscale`` a second profile takes the paper's multi-scale views
-(``resnet.multiscale``): batch 1..``MS_MAX_BATCH``, height and width each in [smallest side, largest side x
-``MAX_ASPECT``]. A timing cache file is loaded before and saved (atomically) after each build, so rebuilding the
+(``resnet.multiscale.view_profile``): batch 1..``VIEW_MAX_BATCH``, height and width each in [smallest side, largest side x
+``VIEW_MAX_ASPECT``]. A timing cache file is loaded before and saved (atomically) after each build, so rebuilding the
 same network is fast; a cache from another GPU or TensorRT version is not applied (warning) and a new one replaces it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,21 +22,11 @@ from typing import Any
 from resnet import UserError
 from resnet.atomic import atomic_write
 from resnet.card import ModelCard
-from resnet.multiscale import multiscale_sides
+from resnet.multiscale import multiscale_sides, view_profile
 
 from .log import log
 
 OPT_BATCH = 10  # one ten-crop image
-# Multi-scale profile (profile 1). Views arrive in pairs (a side's view + its mirror, [2, 3, H, W]); 8 is four such
-# pairs of one shape, e.g. four same-shaped images batched by a server. A single 640 x 853 view pair of ResNet-50
-# already fills a GPU, so a bigger batch would buy little throughput and cost activation memory (sized for the max).
-MS_MAX_BATCH = 8
-MS_OPT_BATCH = 2  # one view + its mirror: the unit the gate and resnet.multiscale produce
-# The longest side a multi-scale view may have, as a multiple of the largest shorter side: 2.0 covers every photo
-# from 1:2 to 2:1 (4:3, 3:2, 16:9 included). A more elongated image's views fall outside the profile: the gate skips
-# them (reported as ``views_skipped``) and the server must not send them to this engine (``backend.spatial``).
-MAX_ASPECT = 2.0
-OPT_ASPECT = 4 / 3  # the typical photo: the opt shape is a 4:3 landscape view at the middle side
 
 Shape = tuple[int, int, int, int]
 
@@ -59,10 +48,9 @@ def engine_profiles(card: ModelCard, max_batch: int, multiscale: bool = False) -
     """The engine's optimisation profiles: ``[ten-crop]`` or ``[ten-crop, multi-scale]``.
 
     Ten-crop: batch 1..``max_batch`` (opt ``OPT_BATCH``) at the card's S x S, exactly as without multi-scale, so
-    that path keeps its kernels. Multi-scale: batch 1..``MS_MAX_BATCH`` (opt a view pair), height and width each in
-    ``[min(sides), ceil(max(sides) * MAX_ASPECT)]``. Its opt is a 4:3 landscape view at the middle side (384 x 512
-    for ResNet-50): TensorRT tunes kernels at opt, and the middle side is the median view while the largest square
-    would tune for the extreme; every size in the range still runs.
+    that path keeps its kernels. Multi-scale: ``resnet.multiscale.view_profile`` (batch 1..``VIEW_MAX_BATCH``, height and width
+    each in ``[min(sides), ceil(max(sides) * VIEW_MAX_ASPECT)]``, opt a 4:3 view at the middle side), the same
+    profile the server gives ONNX Runtime's TensorRT EP.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, not {max_batch}")
@@ -70,11 +58,7 @@ def engine_profiles(card: ModelCard, max_batch: int, multiscale: bool = False) -
     ten = ProfileSpec((1, 3, s, s), (min(OPT_BATCH, max_batch), 3, s, s), (max_batch, 3, s, s))
     if not multiscale:
         return [ten]
-    sides = multiscale_sides(card)
-    lo, hi = min(sides), math.ceil(max(sides) * MAX_ASPECT)
-    mid = sides[len(sides) // 2]
-    opt_w = min(hi, round(mid * OPT_ASPECT))
-    views = ProfileSpec((1, 3, lo, lo), (MS_OPT_BATCH, 3, mid, opt_w), (MS_MAX_BATCH, 3, hi, hi))
+    views = ProfileSpec(*view_profile(card))
     return [ten, views]
 
 

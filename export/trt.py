@@ -31,12 +31,13 @@ import resnet
 from resnet import MissingComponentError, UsageError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
+from resnet.multiscale import VIEW_MAX_ASPECT, VIEW_MAX_BATCH
 from resnet.trt_runtime import tensorrt_available
 from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source, source_base
 
 from . import calib, gate, quantize
 from .candidates import Reference
-from .engine import MAX_ASPECT, MS_MAX_BATCH, build_engine, engine_profiles, gpu_description, multiscale_record
+from .engine import build_engine, engine_profiles, gpu_description, multiscale_record
 from .fp16 import convert_fp16
 from .images import ImageSet, load_image_set
 from .log import log
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--multiscale",
         action="store_true",
         help="give each engine a second optimisation profile for the paper's multi-scale test (whole image at "
-        f"every side: height and width each in [smallest side, {MAX_ASPECT:g} x largest side], batch up to "
-        f"{MS_MAX_BATCH}); the ten-crop profile is unchanged. Costs build time and GPU memory for that profile",
+        f"every side: height and width each in [smallest side, {VIEW_MAX_ASPECT:g} x largest side], batch up to "
+        f"{VIEW_MAX_BATCH}); the ten-crop profile is unchanged. Costs build time and GPU memory for that profile",
     )
     p.add_argument(
         "--strongly-typed",

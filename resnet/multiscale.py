@@ -10,6 +10,7 @@ by evaluation, export gates and the server.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,18 @@ DEFAULT_MAX_VIEW_PIXELS = 16_000_000
 # net): what the server's backends and the gate's candidates report as ``spatial``.
 ANY_SIZE = (1, 65535)
 
+# The TensorRT optimisation profile for multi-scale views, one definition for export.trt's engines and for ONNX
+# Runtime's TensorRT EP in the server (``view_profile``). Views arrive in pairs (a side's view + its mirror,
+# [2, 3, H, W]); 8 rows are four such pairs of one shape. A single 640 x 853 view pair of ResNet-50 already fills a
+# GPU, so a bigger batch would buy little throughput and cost activation memory (TensorRT sizes it for the max).
+VIEW_MAX_BATCH = 8
+VIEW_OPT_BATCH = 2  # one view + its mirror
+# The longest side a view may have, as a multiple of the largest shorter side: 2.0 covers every photo from 1:2 to
+# 2:1 (4:3, 3:2, 16:9 included); a more elongated image's views fall outside the profile (the gate skips them, the
+# server answers 413 for them on such a backend).
+VIEW_MAX_ASPECT = 2.0
+VIEW_OPT_ASPECT = 4 / 3  # the typical photo: the opt shape is a 4:3 landscape view at the middle side
+
 
 def multiscale_sides(card: Mapping[str, Any] | Any, sides: Sequence[int] | None = None) -> tuple[int, ...]:
     """The shorter sides to test ``card``'s network at, ascending.
@@ -56,6 +69,20 @@ def multiscale_sides(card: Mapping[str, Any] | Any, sides: Sequence[int] | None 
     if not chosen or min(chosen) < 1:
         raise ValueError(f"multi-scale sides must be positive, not {chosen}")
     return tuple(sorted(set(chosen)))
+
+
+def view_profile(card: Mapping[str, Any] | Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The ``(min, opt, max)`` ``[N, 3, H, W]`` shapes of a TensorRT profile for ``card``'s multi-scale views.
+
+    Batch 1..``VIEW_MAX_BATCH`` (opt a view pair); height and width each in ``[min(sides), ceil(max(sides) *
+    VIEW_MAX_ASPECT)]`` (224..1280 for ResNet-50, 28..72 for CIFAR nets); opt a 4:3 landscape view at the middle side
+    (384 x 512 for ResNet-50): TensorRT tunes kernels at opt, and that is the typical view, not the extreme one.
+    """
+    sides = multiscale_sides(card)
+    lo, hi = min(sides), math.ceil(max(sides) * VIEW_MAX_ASPECT)
+    mid = sides[len(sides) // 2]
+    opt_w = min(hi, round(mid * VIEW_OPT_ASPECT))
+    return (1, 3, lo, lo), (VIEW_OPT_BATCH, 3, mid, opt_w), (VIEW_MAX_BATCH, 3, hi, hi)
 
 
 def view_pixels(width: int, height: int, sides: Sequence[int], flip: bool = True) -> int:

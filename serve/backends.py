@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ import numpy as np
 from resnet import MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind, read_sidecar, report_path
 from resnet.card import ModelCard
-from resnet.multiscale import ANY_SIZE, multiscale_sides
+from resnet.multiscale import ANY_SIZE, view_profile
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
 
 from .ort_session import (
@@ -48,9 +47,6 @@ from .torch_backend import TorchBackend
 
 log = logging.getLogger("serve.backends")
 OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
-# A TensorRT profile is a box: multi-scale views of images up to this aspect ratio fit it (longer side up to twice
-# the largest multi-scale side); a more elongated image is refused (413) on such a backend.
-TRT_VIEW_ASPECT = 2.0
 
 
 class Backend(Protocol):
@@ -65,6 +61,7 @@ class Backend(Protocol):
     min_batch: int
     # (min_side, max_side) that height and width may each take (multi-scale views); None = only the card's S x S
     spatial: tuple[int, int] | None
+    max_view_batch: int | None  # most rows of one batch of multi-scale views (a TensorRT view profile), else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 ``[N, 3, H, W]`` normalised crops or views -> float32 ``[N, num_classes]`` logits. Not
@@ -114,15 +111,23 @@ class OnnxRuntimeBackend:
         self.card = card if card is not None else onnx_session_card(self.session, path)
         self.multi_session: Any = None
         self.spatial: tuple[int, int] | None = None
+        self.max_view_batch: int | None = None
         if any_size and multiscale != "off":
             spatial_trt = None
-            if trt is not None:
-                spatial_trt = dataclasses.replace(trt, spatial=trt_spatial_range(self.card))
+            if trt is not None:  # its own cache folder: its engines are built for another profile
+                views_cache = (
+                    trt_cache_dir(trt.cache_dir / "views", str(trt.cache_dir / "views")) if trt.cache_dir else None
+                )
+                spatial_trt = dataclasses.replace(trt, cache_dir=views_cache, views=view_profile(self.card))
             if plain is None:
                 first = rss_mib()
                 plain = make_session(path, ep, session_options(threads), spatial_trt)
             self.multi_session = plain
-            self.spatial = spatial_trt.spatial if spatial_trt is not None else ANY_SIZE
+            if spatial_trt is not None and spatial_trt.views is not None:
+                lo, _opt, hi = spatial_trt.views
+                self.spatial, self.max_view_batch = (lo[2], hi[2]), hi[0]
+            else:
+                self.spatial = ANY_SIZE
             if plain is self.session:  # unnamed dynamic dimensions cannot be pinned: one session for both
                 log.info("multi-scale on: %s takes any size; one session (its H, W have no names to pin)", path.name)
             else:
@@ -167,13 +172,6 @@ def _input_size(card: ModelCard | None, plain: Any, path: Path) -> int:
     return (card if card is not None else onnx_session_card(plain, path)).input_size
 
 
-def trt_spatial_range(card: ModelCard) -> tuple[int, int]:
-    """Height and width a TensorRT profile for multi-scale views spans: the smallest side of ``multiscale_sides``
-    up to ``TRT_VIEW_ASPECT`` times the largest (views of images up to that aspect ratio)."""
-    sides = multiscale_sides(card)
-    return min(min(sides), card.input_size), max(math.ceil(max(sides) * TRT_VIEW_ASPECT), card.input_size)
-
-
 class TensorRTBackend:
     """A serialised TensorRT engine via ``resnet.trt_runtime.TensorRTRunner``; its profile bounds the batch."""
 
@@ -194,6 +192,9 @@ class TensorRTBackend:
         if multiscale == "on" and spatial is None:
             raise UsageError(f"--multiscale on: {path.name} {MULTISCALE_FIXED} ({REEXPORT})")
         self.spatial = None if multiscale == "off" or spatial is None else (int(spatial[0]), int(spatial[1]))
+        profiles = getattr(self.runner, "profiles", None) or []
+        # the multi-scale profile's batch maximum (export.trt --multiscale: profile 1)
+        self.max_view_batch = int(profiles[1][2][0]) if self.spatial is not None and len(profiles) > 1 else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.runner.run(np.ascontiguousarray(batch, np.float32)), dtype=np.float32)

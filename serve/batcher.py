@@ -80,9 +80,11 @@ class Batcher:
         on_batch: Callable[[int, int, float], None] | None = None,
         input_size: int | None = None,
         min_batch: int = 1,
+        max_view_batch: int | None = None,
     ) -> None:
         """``input_size``: the card's S (crops of S x S are padded to ``shapes``, others are bounded by
-        ``max_batch * S * S`` pixels and count ceil(H*W / S^2) each in the queue); None: every shape counts 1."""
+        ``max_batch * S * S`` pixels and count ceil(H*W / S^2) each in the queue); None: every shape counts 1.
+        ``max_view_batch``: most rows of a batch of another shape than S x S (a TensorRT view profile's max)."""
         self._run = run
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -90,6 +92,7 @@ class Batcher:
         self.shapes = shapes
         self.input_size = input_size
         self.min_batch = min_batch
+        self.max_view_batch = max_view_batch
         self._on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._pending = 0  # crops queued and not yet batched
@@ -141,12 +144,12 @@ class Batcher:
 
     def _row_limit(self, shape: tuple[int, ...], first_rows: int) -> int:
         """Most rows of ``shape`` in one batch: ``max_batch``, and ``max_batch * S^2`` pixels unless the first
-        item alone is larger (at least one item, never over ``max_batch``)."""
+        item alone is larger (at least one item, never over ``max_batch`` nor, off S x S, ``max_view_batch``)."""
         if self._square(shape):
             return self.max_batch
         assert self.input_size is not None
         by_pixels = self.max_batch * self.input_size**2 // (shape[-2] * shape[-1])
-        return min(self.max_batch, max(by_pixels, first_rows, 1))
+        return min(self.max_batch, self.max_view_batch or self.max_batch, max(by_pixels, first_rows, 1))
 
     async def submit(self, crops: np.ndarray) -> BatchStats:
         """Queue ``[k, 3, H, W]`` crops or views; return their logits when done. ``QueueFull`` at the bound."""

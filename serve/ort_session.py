@@ -43,24 +43,22 @@ class TrtOptions:
     input_shape: tuple[int, ...]  # (3, H, W)
     profile: tuple[int, int, int]  # batch min, opt, max
     fp16: bool
-    # (min_side, max_side): the profile also spans height and width over that range (multi-scale views); the
-    # optimum stays at input_shape. None = the input's height and width are input_shape's only.
-    spatial: tuple[int, int] | None = None
+    # The profile of a session for multi-scale views instead: ``resnet.multiscale.view_profile``'s (min, opt, max)
+    # [N, 3, H, W] shapes (height and width span a range). None = batches of input_shape only.
+    views: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
     def provider_options(self) -> dict[str, str]:
         """Option names and shape format as in ONNX Runtime's TensorRT EP documentation: ``name:d0xd1x...`` per
         input (comma-separated between inputs), min/opt/max all given, values as strings."""
         shape = "x".join(str(d) for d in self.input_shape)
-        lo_shape = hi_shape = shape
-        if self.spatial is not None:
-            channels, small, large = self.input_shape[0], self.spatial[0], self.spatial[1]
-            lo_shape, hi_shape = f"{channels}x{small}x{small}", f"{channels}x{large}x{large}"
-        lo, opt, hi = self.profile
+        lo, opt, hi = (f"{n}x{shape}" for n in self.profile)
+        if self.views is not None:
+            lo, opt, hi = ("x".join(str(d) for d in dims) for dims in self.views)
         opts = {
             "trt_fp16_enable": str(self.fp16),
-            "trt_profile_min_shapes": f"{self.input_name}:{lo}x{lo_shape}",
-            "trt_profile_opt_shapes": f"{self.input_name}:{opt}x{shape}",
-            "trt_profile_max_shapes": f"{self.input_name}:{hi}x{hi_shape}",
+            "trt_profile_min_shapes": f"{self.input_name}:{lo}",
+            "trt_profile_opt_shapes": f"{self.input_name}:{opt}",
+            "trt_profile_max_shapes": f"{self.input_name}:{hi}",
         }
         if self.cache_dir is not None:
             opts |= {

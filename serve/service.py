@@ -100,6 +100,7 @@ class ClassifyService:
             self._on_batch,
             input_size=self.card.input_size,
             min_batch=self.backend.min_batch,
+            max_view_batch=getattr(self.backend, "max_view_batch", None),
         )
         self.batcher.start()
         started = time.perf_counter()

@@ -51,6 +51,7 @@ class TorchBackend:
         self.max_batch = None
         self.min_batch = 1
         self.spatial = None if multiscale == "off" else ANY_SIZE  # our networks end in adaptive average pooling
+        self.max_view_batch = None
 
     @classmethod
     def from_checkpoint(

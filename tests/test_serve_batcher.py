@@ -128,15 +128,46 @@ def test_batches_group_by_shape_within_the_pixel_cap_and_count_crop_equivalents(
     assert results[1].batch_sizes == [3] and results[0].batch_sizes == [4]
 
 
+def test_view_batches_stay_within_the_backends_view_profile() -> None:
+    """A TensorRT view profile takes at most ``max_view_batch`` rows: small views that the pixel cap would let fill
+    a whole batch are split to fit it, S x S batches are not limited by it, every caller gets its own rows back."""
+    got: list[tuple[int, ...]] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        got.append(batch.shape)
+        return batch.reshape(len(batch), -1).mean(1, keepdims=True)
+
+    small = [np.full((2, 3, 28, 30), float(i), np.float32) for i in range(4)]  # 8 rows, pixel cap allows 8
+
+    async def go():
+        b = Batcher(run, 8, 0.05, 100, [8], input_size=32, max_view_batch=4)
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(x) for x in [*small, crops(9, 8)]))
+        finally:
+            await b.close()
+
+    results = asyncio.run(go())
+    assert got == [(4, 3, 28, 30), (4, 3, 28, 30), (8, 3, 32, 32)]
+    for i, st in enumerate(results[:4]):
+        np.testing.assert_allclose(st.logits[:, 0], float(i))
+
+
 def test_tensorrt_profile_for_multiscale_views_spans_height_and_width() -> None:
-    """The ONNX Runtime TensorRT EP's profile strings (name:NxCxHxW) for the multi-scale session, on the CPU."""
+    """The ONNX Runtime TensorRT EP's profile strings (name:NxCxHxW) for the crop and the view sessions, on the CPU:
+    the view session gets ``resnet.multiscale.view_profile``, the same profile export.trt --multiscale builds."""
+    from resnet.card import make_card
+    from resnet.multiscale import view_profile
     from serve.ort_session import TrtOptions
 
-    opts = TrtOptions(None, "input", (3, 224, 224), (1, 10, 64), False, spatial=(224, 1280)).provider_options()
+    crops_only = TrtOptions(None, "input", (3, 224, 224), (1, 10, 64), False).provider_options()
+    assert crops_only["trt_profile_min_shapes"] == "input:1x3x224x224"
+    assert crops_only["trt_profile_opt_shapes"] == "input:10x3x224x224"
+    assert crops_only["trt_profile_max_shapes"] == "input:64x3x224x224"
+    views = view_profile(make_card("resnet50"))
+    opts = TrtOptions(None, "input", (3, 224, 224), (1, 10, 64), False, views=views).provider_options()
     assert opts["trt_profile_min_shapes"] == "input:1x3x224x224"
-    assert opts["trt_profile_opt_shapes"] == "input:10x3x224x224"
-    assert opts["trt_profile_max_shapes"] == "input:64x3x1280x1280"
-    cifar = TrtOptions(None, "input", (3, 32, 32), (1, 10, 64), False, spatial=(28, 72)).provider_options()
-    assert (
-        cifar["trt_profile_min_shapes"] == "input:1x3x28x28" and cifar["trt_profile_max_shapes"] == "input:64x3x72x72"
-    )
+    assert opts["trt_profile_opt_shapes"] == "input:2x3x384x512"
+    assert opts["trt_profile_max_shapes"] == "input:8x3x1280x1280"
+    cifar = TrtOptions(None, "input", (3, 32, 32), (1, 10, 64), False, views=view_profile(make_card("cifar_resnet20")))
+    assert cifar.provider_options()["trt_profile_max_shapes"] == "input:8x3x72x72"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from export.engine import MAX_ASPECT, MS_MAX_BATCH, ProfileSpec, engine_profiles, multiscale_record
+from export.engine import ProfileSpec, engine_profiles, multiscale_record
 from resnet.card import make_card
+from resnet.multiscale import VIEW_MAX_ASPECT, VIEW_MAX_BATCH
 from resnet.trt_runtime import choose_profile, describe_profiles, spatial_range, tensorrt_available
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def test_without_multiscale_the_engine_has_the_one_ten_crop_profile_as_before() 
 def test_resnet50_multiscale_profile_spans_the_paper_sides_up_to_two_to_one() -> None:
     ten, views = engine_profiles(R50, 64, multiscale=True)
     assert ten == engine_profiles(R50, 64)[0]  # the ten-crop path keeps its profile (and its kernels)
-    assert MAX_ASPECT == 2.0 and MS_MAX_BATCH == 8
+    assert VIEW_MAX_ASPECT == 2.0 and VIEW_MAX_BATCH == 8
     assert views.min == (1, 3, 224, 224)
     assert views.opt == (2, 3, 384, 512)  # a view pair, 4:3 landscape at the middle side
     assert views.max == (8, 3, 1280, 1280)  # 640 x 2.0
@@ -63,7 +64,7 @@ def test_choose_profile_picks_the_profile_that_holds_the_shape() -> None:
     assert choose_profile(profiles, (2, 3, 256, 341)) == 1  # a 4:3 view pair at side 256
     assert choose_profile(profiles, (2, 3, 1280, 640)) == 1  # a 1:2 portrait at side 640
     assert choose_profile(profiles, (2, 3, 4000, 4000)) is None
-    assert choose_profile(profiles, (MS_MAX_BATCH + 1, 3, 256, 341)) is None  # batch over the view profile's max
+    assert choose_profile(profiles, (VIEW_MAX_BATCH + 1, 3, 256, 341)) is None  # batch over the view profile's max
     assert choose_profile(profiles, (65, 3, 224, 224)) is None
     assert choose_profile(profiles, (2, 3, 200, 300)) is None  # shorter side under the smallest
     assert choose_profile(profiles, (2, 1, 256, 341)) is None and choose_profile(profiles, (2, 3, 256)) is None
