@@ -20,6 +20,7 @@ from .errors import UsageError, run_cli
 from .flops import count_multiply_adds, count_parameters
 from .models import SHORTCUTS, VARIANTS
 from .registry import create_model, list_models, parse_model_name
+from .weights import add_weights_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,16 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shortcut", choices=SHORTCUTS, type=str.upper, help="option A, B or C")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-state-dict", metavar="PTH", help="weights from a plain torchvision state dict")
-    source.add_argument(
-        "--weights", metavar="NAME", help="torchvision's named weights: IMAGENET1K_V1, IMAGENET1K_V2 or DEFAULT"
-    )
-    parser.add_argument("--download", action="store_true", help="with --weights: download them when not cached")
-    parser.add_argument(
-        "--no-check-hash",
-        dest="check_hash",
-        action="store_false",
-        help="with --weights: skip the SHA-256 check of the cached file against the digits in its name",
-    )
+    add_weights_arguments(parser, source)
     parser.add_argument("--seed", type=int, default=0, help="seed of the He initialisation")
     parser.add_argument(
         "--no-zero-init-residual",

@@ -174,9 +174,10 @@ def load_named(arch: str, name: str, *, download: bool = False, check_hash: bool
     return model, card.with_provenance(weights_file=str(path), sha256=sha256, sha256_checked=check_hash)
 
 
-def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--weights NAME``, ``--download`` and ``--no-check-hash``: the same three flags on every command."""
-    parser.add_argument(
+def add_weights_arguments(parser: argparse.ArgumentParser, weights_group: Any = None) -> None:
+    """``--weights NAME``, ``--download`` and ``--no-check-hash``: the same three flags on every command.
+    ``weights_group``: a mutually exclusive group of ``parser`` to put ``--weights`` in."""
+    (weights_group or parser).add_argument(
         "--weights",
         metavar="NAME",
         default=None,
