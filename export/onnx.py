@@ -26,7 +26,7 @@ import resnet
 from resnet import UsageError, UserError, artifacts
 from resnet.card import ModelCard
 from resnet.onnx_card import set_onnx_card
-from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source, source_base
+from resnet.weights import add_source_arguments, load_model_source, source_base
 
 from . import gate
 from .candidates import Reference
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a checkpoint to FP32 ONNX (dynamic batch, model card inside) and gate it against "
         "PyTorch FP32 on real images. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 parity gate failed.",
     )
-    p.add_argument("checkpoint", type=Path, help=SOURCE_HELP)
+    add_source_arguments(p)
     p.add_argument(
         "-o",
         "--output",
@@ -185,8 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="output .onnx path (default: beside the checkpoint, model.pt -> model.onnx; for an architecture name "
         "with --weights, in the current folder: resnet50 -> ./resnet50.onnx)",
     )
-    p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    add_weights_arguments(p)
     p.add_argument(
         "--exporter",
         choices=EXPORTERS,

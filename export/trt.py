@@ -33,7 +33,7 @@ from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
 from resnet.multiscale import VIEW_MAX_ASPECT, VIEW_MAX_BATCH
 from resnet.trt_runtime import tensorrt_available
-from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source, source_base
+from resnet.weights import add_source_arguments, load_model_source, source_base
 
 from . import calib, gate, quantize
 from .candidates import Reference
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each admitted by an accuracy-parity gate on real images. Exit codes: 0 ok (engine step may be skipped), "
         "1 failed, 2 bad usage, 3 a parity gate failed, 4 --require-engine but no CUDA/TensorRT.",
     )
-    p.add_argument("checkpoint", type=Path, help=SOURCE_HELP)
+    add_source_arguments(p)
     p.add_argument(
         "-o",
         "--output-dir",
@@ -60,8 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the artifacts (default: beside the checkpoint; for an architecture name with --weights, "
         "the current folder: resnet50 -> ./resnet50.onnx, ./resnet50.fp16.onnx, ./resnet50.plan)",
     )
-    p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    add_weights_arguments(p)
     p.add_argument(
         "--exporter",
         choices=EXPORTERS,

@@ -174,6 +174,14 @@ def load_named(arch: str, name: str, *, download: bool = False, check_hash: bool
     return model, card.with_provenance(weights_file=str(path), sha256=sha256, sha256_checked=check_hash)
 
 
+def add_source_arguments(parser: argparse.ArgumentParser, path: bool = True) -> None:
+    """The network source every loading command takes: positional ``checkpoint`` (a file, or an architecture name
+    with ``--weights``; a ``Path`` unless ``path=False``), ``--arch`` for a plain state dict, and the weights flags."""
+    parser.add_argument("checkpoint", type=Path if path else str, help=SOURCE_HELP)
+    parser.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    add_weights_arguments(parser)
+
+
 def add_weights_arguments(parser: argparse.ArgumentParser, weights_group: Any = None) -> None:
     """``--weights NAME``, ``--download`` and ``--no-check-hash``: the same three flags on every command.
     ``weights_group``: a mutually exclusive group of ``parser`` to put ``--weights`` in."""

@@ -16,7 +16,7 @@ import torch
 
 import resnet
 from resnet import UsageError
-from resnet.weights import SOURCE_HELP, add_weights_arguments, load_model_source
+from resnet.weights import add_source_arguments, load_model_source
 
 from . import distributed as D
 from .cli import _Parser
@@ -47,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0].strip("`"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help=SOURCE_HELP)
-    p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
-    add_weights_arguments(p)
+    add_source_arguments(p, path=False)
     p.add_argument(
         "--data",
         metavar="DIR",
