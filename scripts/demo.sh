@@ -32,10 +32,12 @@ $PY -m serve --model "$RUN/model.onnx" --port "$PORT" --log-level warning &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 
-step "7/7 classify all held-out digits over HTTP and score them; then two with the command-line client"
+step "7/7 classify all held-out digits over HTTP and score them; then two with the command-line client, and one with the multi-scale test"
 $PY -m clients.smoke "$OUT/heldout" --url "http://127.0.0.1:$PORT" --wait 180 --min-accuracy 0.9
 $PY -m clients.classify "$OUT/heldout/3/$(ls "$OUT/heldout/3" | head -1)" "$OUT/heldout/8/$(ls "$OUT/heldout/8" | head -1)" \
   --url "http://127.0.0.1:$PORT" --topk 3
+$PY -m clients.classify "$OUT/heldout/8/$(ls "$OUT/heldout/8" | head -1)" --url "http://127.0.0.1:$PORT" --topk 3 \
+  --crops multiscale
 kill -TERM $SERVER && wait $SERVER || true
 trap - EXIT
 echo

@@ -164,6 +164,7 @@ def test_evaluate_scores_the_named_weights_on_an_imagenet_labelled_folder(
     assert train.evaluate.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["model"] == "resnet18" and result["images"] == 4
+    assert result["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and result["checkpoint"] is None
     assert 0.0 <= result["top1_err"] <= 100.0 and result["top5_err"] <= result["top1_err"]
     assert train.evaluate.main(argv[:-1]) == 0
     assert "resnet18: top-1 err" in capsys.readouterr().out

@@ -163,11 +163,15 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         D.cleanup()
     if info.is_main:
+        # what was evaluated: a checkpoint file, or an architecture with torchvision's named weights
+        head = {"checkpoint": None if args.weights else str(args.checkpoint), "model": card.name}
+        if args.weights:
+            head["weights"] = card.provenance.get("weights")
         if args.json and args.crops == "all":
-            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card.name, "results": results}))
+            print(json.dumps({**head, "results": results}))
         elif args.json:
             res = {k: v for k, v in results[0].items() if k != "crops"}
-            print(json.dumps({"checkpoint": str(args.checkpoint), "model": card.name, **res}))
+            print(json.dumps({**head, **res}))
         elif args.crops == "all":
             _print_table(card, results, what)
         else:
