@@ -125,3 +125,19 @@ def test_evaluate_sides_need_multiscale(digits_checkpoint: Path, capsys: pytest.
     assert evaluate.main([str(digits_checkpoint), "--crops", "ten", "--sides", "32"]) == 2
     assert "--sides goes with" in capsys.readouterr().err
     assert evaluate.main([str(digits_checkpoint), "--crops", "multiscale", "--sides", "a,b"]) == 2
+
+
+@pytest.mark.parametrize("crops", ["multiscale", "ten"])
+def test_evaluate_names_an_unreadable_image_in_one_line(digits_checkpoint: Path, tmp_path: Path, crops: str) -> None:
+    """A damaged file in the folder: exit 1 and one line naming it, also from a DataLoader worker (no traceback)."""
+    data = tmp_path / "data"
+    for label in ("0", "1"):
+        (data / label).mkdir(parents=True)
+        Image.new("RGB", (40, 36), (200, 30 * int(label), 40)).save(data / label / "ok.png")
+    good = (data / "0" / "ok.png").read_bytes()
+    (data / "1" / "broken.png").write_bytes(good[: len(good) // 2])
+    argv = [str(digits_checkpoint), "--data", str(data), "--crops", crops, "--workers", "1", "--device", "cpu"]
+    p = subprocess.run([sys.executable, "-m", "train.evaluate", *argv], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip()
+    assert "broken.png" in err and "Traceback" not in err and len(err.splitlines()) == 1, err

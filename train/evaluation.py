@@ -44,14 +44,19 @@ class CropDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         """``(crops, label, "")``, or ``(empty, label, what was wrong)`` for an image that cannot be read."""
+        crops, err = self._read(i, lambda image: torch.from_numpy(resnet.preprocess(image, self.card, self.crops)))
+        return (torch.zeros(0) if err else crops), int(self.labels[i]), err
+
+    def _read(self, i: int, prepare: Callable[[Any], Any]) -> tuple[Any, str]:
+        """``(prepare(image i), "")``, or ``(None, what was wrong)``: reported in the main process as one line
+        (an exception raised in a DataLoader worker would reach the user with the worker's traceback)."""
         image = Image.fromarray(self.images[i]) if self.images is not None else self.paths[i]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Pillow's warnings about damaged files: the error says it
-                crops = resnet.preprocess(image, self.card, crops=self.crops)
-        except UserError as e:  # reported by evaluate_crops in the main process, as one line
-            return torch.zeros(0), int(self.labels[i]), f"{self.paths[i] if self.paths else f'image {i}'}: {e}"
-        return torch.from_numpy(crops), int(self.labels[i]), ""
+                return prepare(image), ""
+        except UserError as e:
+            return None, f"{self.paths[i] if self.paths else f'image {i}'}: {e}"
 
 
 class EvaluationImageError(UserError):
@@ -75,6 +80,32 @@ def topk_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     return wrong1, wrong5
 
 
+def check_readable(bad: list[str]) -> None:
+    """``EvaluationImageError`` naming the first unreadable image of a batch (and how many more)."""
+    if bad:
+        raise EvaluationImageError(f"{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+
+
+def shard_loader(
+    dataset: Dataset, info: DistInfo, batch_images: int, workers: int, collate: Callable[[list], Any]
+) -> DataLoader:
+    """This rank's share of ``dataset`` (no padding: no image counted twice), in batches of ``batch_images``."""
+    shard = Subset(dataset, shard_indices(len(dataset), info))
+    pin = info.device.type == "cuda"
+    return DataLoader(shard, batch_size=batch_images, num_workers=workers, pin_memory=pin, collate_fn=collate)
+
+
+def error_rates(wrong1: int, wrong5: int, n: int, info: DistInfo) -> dict[str, Any]:
+    """Top-1/top-5 error in percent over every rank (all-reduced), and the image count."""
+    wrong1, wrong5, n = all_reduce_sum([wrong1, wrong5, n], info)
+    n = int(n)
+    return {
+        "top1_err": round(100.0 * wrong1 / max(n, 1), 3),
+        "top5_err": round(100.0 * wrong5 / max(n, 1), 3),
+        "images": n,
+    }
+
+
 @torch.no_grad()
 def evaluate_crops(
     model: torch.nn.Module,
@@ -88,18 +119,9 @@ def evaluate_crops(
 ) -> dict[str, Any]:
     """Top-1/top-5 error (percent) of ``model`` on ``dataset``; every rank gets the same all-reduced numbers."""
     model.eval()
-    shard = Subset(dataset, shard_indices(len(dataset), info))
-    loader = DataLoader(
-        shard,
-        batch_size=batch_images,
-        num_workers=workers,
-        pin_memory=info.device.type == "cuda",
-        collate_fn=collate_crops,
-    )
     wrong1 = wrong5 = n = 0
-    for crops, labels, bad in loader:
-        if bad:
-            raise EvaluationImageError(f"{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    for crops, labels, bad in shard_loader(dataset, info, batch_images, workers, collate_crops):
+        check_readable(bad)
         b, k = crops.shape[:2]
         x = crops.reshape(b * k, *crops.shape[2:]).to(info.device, non_blocking=True)
         if channels_last:
@@ -111,13 +133,7 @@ def evaluate_crops(
         wrong1, wrong5, n = wrong1 + w1, wrong5 + w5, n + b
         if on_batch is not None:
             on_batch(b)
-    wrong1, wrong5, n = all_reduce_sum([wrong1, wrong5, n], info)
-    n = int(n)
-    return {
-        "top1_err": round(100.0 * wrong1 / max(n, 1), 3),
-        "top5_err": round(100.0 * wrong5 / max(n, 1), 3),
-        "images": n,
-    }
+    return error_rates(wrong1, wrong5, n, info)
 
 
 def protocol_name(crops: str, n_images: int, what: str) -> str:
@@ -132,9 +148,10 @@ class MultiScaleDataset(CropDataset):
         super().__init__(source, card, "center")
         self.sides = multiscale_sides(card, sides)
 
-    def __getitem__(self, i: int) -> tuple[list[np.ndarray], int]:  # type: ignore[override]
-        image = Image.fromarray(self.images[i]) if self.images is not None else self.paths[i]
-        return multiscale_views(image, self.card, self.sides), int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[list[np.ndarray], int, str]:  # type: ignore[override]
+        """``(views, label, "")``, or ``(None, label, what was wrong)`` for an image that cannot be read."""
+        views, err = self._read(i, lambda image: multiscale_views(image, self.card, self.sides))
+        return views, int(self.labels[i]), err
 
 
 def _as_list(batch: list) -> list:
@@ -186,22 +203,15 @@ def evaluate_multiscale(
 ) -> dict[str, Any]:
     """Top-1/top-5 error (percent) with the paper's multi-scale test; same sharding and result as ``evaluate_crops``."""
     model.eval()
-    shard = Subset(dataset, shard_indices(len(dataset), info))
-    loader = DataLoader(shard, batch_size=batch_images, num_workers=workers, collate_fn=_as_list)
     wrong1 = wrong5 = n = 0
-    for batch in loader:
+    for batch in shard_loader(dataset, info, batch_images, workers, _as_list):
+        check_readable([err for _, _, err in batch if err])
         probs = multiscale_batch_probabilities(
-            model, [v for v, _ in batch], info.device, 2 * batch_images, autocast, channels_last
+            model, [v for v, _, _ in batch], info.device, 2 * batch_images, autocast, channels_last
         )
-        w1, w5 = topk_errors(probs, np.asarray([y for _, y in batch], dtype=np.int64))
+        w1, w5 = topk_errors(probs, np.asarray([y for _, y, _ in batch], dtype=np.int64))
         wrong1, wrong5, n = wrong1 + w1, wrong5 + w5, n + len(batch)
-    wrong1, wrong5, n = all_reduce_sum([wrong1, wrong5, n], info)
-    n = int(n)
-    return {
-        "top1_err": round(100.0 * wrong1 / max(n, 1), 3),
-        "top5_err": round(100.0 * wrong5 / max(n, 1), 3),
-        "images": n,
-    }
+    return error_rates(wrong1, wrong5, n, info)
 
 
 def multiscale_protocol_name(sides: tuple[int, ...], n_images: int, what: str) -> str:
