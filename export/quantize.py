@@ -28,6 +28,7 @@ from typing import Any
 import resnet
 from resnet import UsageError, UserError, artifacts
 from resnet.card import ModelCard
+from resnet.weights import add_weights_arguments, load_model_source, source_base
 
 from . import calib, gate
 from .candidates import Reference, graph_precision
@@ -113,8 +114,18 @@ def quantize_graph(
     return proto, card
 
 
-def load_source(path: Path, arch: str | None) -> tuple[Any, ModelCard, Any]:
-    """``(model or None, card, FP32 ModelProto)`` from a checkpoint (exported here) or an FP32 ONNX graph of ours."""
+def load_source(
+    path: Path, arch: str | None, weights: str | None = None, *, download: bool = False, check_hash: bool = True
+) -> tuple[Any, ModelCard, Any]:
+    """``(model or None, card, FP32 ModelProto)`` from a checkpoint or an architecture name with ``weights``
+    (exported here), or an FP32 ONNX graph of ours."""
+    from .onnx import export_model
+
+    if weights:  # torchvision's named weights: resnet.weights.load_model_source checks the combination
+        model, card = load_model_source(path, arch, weights, download=download, check_hash=check_hash)
+        return model, card, export_model(model, card)[0]
+    if download or not check_hash:
+        raise UsageError("--download and --no-check-hash go with --weights NAME")
     kind = artifacts.artifact_kind(path)
     if kind == "engine":
         raise UsageError(f"{path}: a TensorRT engine cannot be quantized; pass the checkpoint or its FP32 .onnx")
@@ -133,9 +144,7 @@ def load_source(path: Path, arch: str | None) -> tuple[Any, ModelCard, Any]:
         if graph_precision(proto) != "fp32":
             raise UsageError(f"{path} is already a {graph_precision(proto)} graph; pass the FP32 graph or checkpoint")
         return None, card, proto
-    from .onnx import export_model
-
-    model, card = resnet.load_checkpoint(path, arch=arch)
+    model, card = load_model_source(path, arch, download=download, check_hash=check_hash)
     proto, _ = export_model(model, card)
     return model, card, proto
 
@@ -168,11 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
         "on real images, and gate it against FP32 on other images. Exit codes: 0 ok, 1 failed, 2 bad usage, "
         "3 parity gate failed.",
     )
-    p.add_argument("source", type=Path, metavar="CHECKPOINT_OR_ONNX", help="our checkpoint (*.pt) or FP32 .onnx")
     p.add_argument(
-        "-o", "--output", type=Path, default=None, help="output path (default: beside the input, model.int8.onnx)"
+        "source",
+        type=Path,
+        metavar="SOURCE",
+        help="our checkpoint (*.pt), our FP32 .onnx, or an architecture name with --weights (e.g. resnet50)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="output path (default: beside the input, model.int8.onnx; for an architecture name with --weights, "
+        "in the current folder: resnet50 -> ./resnet50.int8.onnx)",
     )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
+    add_weights_arguments(p)
     add_calib_arguments(p)
     p.add_argument(
         "--activations",
@@ -187,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_path(source: Path, output: Path | None) -> Path:
-    out = output or artifacts.layout_for(source).int8
+def output_path(source: Path, output: Path | None, weights: str | None = None) -> Path:
+    out = output or artifacts.layout_for(source_base(source, weights)).int8
     if out.suffix != ".onnx":
         raise UsageError(f"output must end in .onnx, not {out.name}")
     artifacts.ensure_writable(out.parent)
@@ -198,8 +218,10 @@ def output_path(source: Path, output: Path | None) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     thresholds = gate.thresholds_from_args(args, "int8")
-    out = output_path(args.source, args.output)
-    model, card, fp32 = load_source(args.source, args.arch)
+    out = output_path(args.source, args.output, args.weights)
+    model, card, fp32 = load_source(
+        args.source, args.arch, args.weights, download=args.download, check_hash=args.check_hash
+    )
     calibration, images = calib.prepare(args.calib, card, args.calib_count, args.images, args.limit)
     log(
         f"calibrating on {calibration.count} images from {calibration.source} ({args.method}, {args.activations} "

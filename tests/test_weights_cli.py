@@ -215,3 +215,21 @@ def test_torchvision_spec_is_checked_and_needs_an_export_for_other_backends(torc
         with pytest.raises(UsageError, match="python -m export.onnx resnet50 --weights IMAGENET1K_V2"):
             load_backend("torchvision:resnet50:IMAGENET1K_V2", choice)
     assert not torch_home.exists()  # refused before looking for the file
+
+
+def test_export_quantize_quantizes_the_named_weights_in_the_current_folder(
+    cached_r18: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from export import quantize
+
+    monkeypatch.chdir(tmp_path)
+    argv = [*NAMED, "--calib", "samples", "--calib-count", "4", "--limit", "2"]
+    rc = resnet.run_cli(quantize.main, argv, "export.quantize")
+    # random weights: near-ties may fail the INT8 agreement gate (exit 3, the graph kept as .rejected)
+    assert rc in (0, 3), capsys.readouterr().err
+    out = tmp_path / ("resnet18.int8.onnx" if rc == 0 else "resnet18.int8.onnx.rejected")
+    card = read_onnx_card(out)
+    assert card.precision == "int8" and card.provenance["weights"] == R18_WEIGHTS and len(card.labels) == 1000
+    (tmp_path / "fp32.onnx").write_bytes(b"not read")
+    assert resnet.run_cli(quantize.main, ["fp32.onnx", "--download"], "export.quantize") == 2
+    assert "--download and --no-check-hash go with --weights NAME" in capsys.readouterr().err
