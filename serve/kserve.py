@@ -8,7 +8,8 @@ Routes (``routers``, included by ``serve.app.create_app``):
 - ``POST /v2/models/{name}/infer`` (also under ``/versions/1``) with exactly one input:
     * ``input``  FP32  ``[N, 3, S, S]`` crops already pre-processed (``resnet.preprocess``) -> ``logits`` FP32 [N, C]
     * ``image``  BYTES ``[B]`` encoded images (JPEG, PNG, ...; base64 strings in JSON form) -> ``probabilities``
-      FP32 [B, C], the ten-crop (request parameter ``crops``: ``ten`` default, or ``center``) mean softmax.
+      FP32 [B, C], the ten-crop (request parameter ``crops``: ``ten`` default, ``center``, or ``multiscale``: the
+      paper's multi-scale test, as ``/classify?crops=multiscale``) mean softmax.
 
 Both tensor encodings of the protocol are accepted and produced: JSON ``data`` and the binary tensor extension
 (``Inference-Header-Content-Length``; tritonclient's default). The classification extension works too: ask for an

@@ -37,9 +37,12 @@ class V2Error(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+V2_CROPS = (*CROPS, "multiscale")  # the image path's protocols, as /classify's crops (docs/DESIGN.md §4)
+
+
 def _crops(value: Any) -> Any:
-    if value is not None and (not isinstance(value, str) or value not in CROPS):
-        raise ValueError(f"crops must be one of {sorted(CROPS)}, not {value!r}")
+    if value is not None and (not isinstance(value, str) or value not in V2_CROPS):
+        raise ValueError(f"crops must be one of {sorted(V2_CROPS)}, not {value!r}")
     return value
 
 

@@ -120,12 +120,14 @@ def test_bytes_images_give_the_offline_ten_crop_probabilities(
         np.testing.assert_allclose([float(v) for v, _, _ in parsed], np.sort(row)[::-1][:3], atol=1e-6)
 
 
-def test_center_crop_parameter_and_json_base64_images(server: Any, photo_paths: list[Path]) -> None:
+@pytest.mark.parametrize("crops", ["center", "multiscale"])
+def test_crops_parameter_and_json_base64_images(server: Any, photo_paths: list[Path], crops: str) -> None:
+    """``crops`` center and multiscale (the paper's multi-scale test) answer what /classify answers for them."""
     import base64
 
     png = next(p for p in photo_paths if p.suffix == ".png").read_bytes()
     body = {
-        "parameters": {"crops": "center"},
+        "parameters": {"crops": crops},
         "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}],
     }
     r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body, headers=AUTH, timeout=30)
@@ -134,7 +136,7 @@ def test_center_crop_parameter_and_json_base64_images(server: Any, photo_paths: 
     assert out["name"] == "probabilities" and out["shape"] == [1, 10]
     classify = httpx.post(
         f"{server.url}/classify",
-        params={"topk": 10, "crops": "center"},
+        params={"topk": 10, "crops": crops},
         content=png,
         headers={**AUTH, "Content-Type": "image/png"},
         timeout=30,
