@@ -2,7 +2,7 @@
 
 One ImageNet ResNet (random weights: speed does not depend on them) exported twice with the TorchScript exporter:
 input ``[N, 3, 224, 224]`` (fixed size) and ``[N, 3, H, W]`` (H, W symbolic "height"/"width", as export.onnx
-writes). Three ONNX Runtime CPU sessions, made as the server makes them (``serve.ort_session.session_options``):
+writes). Three ONNX Runtime CPU sessions, made as the server makes them (``resnet.runtime.ort.session_options``):
 
 - ``fixed``: the fixed-size graph;
 - ``dynamic``: the dynamic graph, plain (what multi-scale views run on);
@@ -53,7 +53,7 @@ def sessions(fixed: Path, dynamic: Path, threads: int, size: int) -> dict[str, A
     """The three sessions, with the server's session options."""
     import onnxruntime as ort
 
-    from serve.ort_session import rss_mib, session_options
+    from resnet.runtime.ort import rss_mib, session_options
 
     pinned = session_options(threads)
     pinned.add_free_dimension_override_by_name("height", size)

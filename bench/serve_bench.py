@@ -210,8 +210,8 @@ def _phase_mean_batch(before: str, after: str) -> float:
 
 def thread_sweep(arch: str, folder: Path) -> None:
     """Raw ONNX Runtime CPU time per crop at batch 10 and 64 for each intra-op thread count (1 .. all CPUs)."""
+    from resnet.runtime.ort import cpu_threads
     from serve.backends import load_backend
-    from serve.ort_session import cpu_threads
 
     _, onnx_path = build_artifacts(arch, folder)
     print(f"\n| {arch} ORT CPU intra-op threads | ms/crop @ batch 10 | ms/crop @ batch 64 |\n|---:|---:|---:|")

@@ -1,9 +1,8 @@
-"""What the gate compares: the PyTorch FP32 reference and a candidate (ONNX Runtime graph or TensorRT engine).
+"""What the gate compares: the PyTorch FP32 reference and a candidate, run by ``resnet.runtime`` as it is served.
 
 The reference is the checkpoint in PyTorch FP32 on the CPU (TF32 and reduced-precision matmul off). A candidate is
-an ONNX file run by ONNX Runtime (CPU execution provider) or a TensorRT engine (``*.plan``, on the GPU); each has
-``run(x) -> logits``, ``min_batch``/``max_batch``, ``spatial`` (the ``(min, max)`` input height/width it takes, or
-None when only the card's S x S), ``precision``, ``info`` and ``close()``.
+a ``resnet.runtime.runner.Runner``: an ONNX graph on an ONNX Runtime execution provider (the CPU by default; the
+CUDA or TensorRT EP with ``--ep``) or a TensorRT engine (``*.plan``, on the GPU).
 """
 
 from __future__ import annotations
@@ -15,15 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from resnet import UserError, artifacts
+from resnet import UsageError, UserError, artifacts
+from resnet.artifacts import DEFAULT_MAX_BATCH, ArtifactKind
 from resnet.card import ModelCard
-from resnet.multiscale import ANY_SIZE
+from resnet.runtime.kinds import graph_precision
+from resnet.runtime.ort import TrtOptions, trt_cache_dir
+from resnet.runtime.runner import EngineRunner, OnnxRunner, Runner
 
 from .images import ImageSet
 from .log import progress
 
 REFERENCE_BATCH = 50  # the reference's batch size does not matter for its result, only for its speed
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+SERVE_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum, as the server sets it
+__all__ = ["OnnxCandidate", "Reference", "check_same_model", "graph_precision", "open_candidate"]
 
 
 def fp32_reference_settings() -> None:
@@ -71,7 +74,7 @@ class Reference:
     @classmethod
     def from_onnx(cls, path: Path, card: ModelCard, images: ImageSet) -> Reference:
         """An FP32 graph of ours run by ONNX Runtime, when no checkpoint is at hand (it passed its own FP32 gate)."""
-        graph = OnnxCandidate(path, card)
+        graph = OnnxRunner(path, card)
         if graph.precision != "fp32":
             raise UserError(f"{path}: a {graph.precision} graph cannot be the FP32 reference; pass the FP32 graph")
         start = time.perf_counter()
@@ -87,93 +90,39 @@ class Reference:
         return cls(card, np.concatenate(outs), info, views)
 
 
-def graph_precision(proto: Any) -> str:
-    """``int8`` for a graph with Q/DQ nodes, ``fp16`` for one with FP16 weights, else ``fp32``."""
-    import onnx
-
-    if any(node.op_type in QDQ_OPS for node in proto.graph.node):
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
-class OnnxCandidate:
-    """An ONNX file with our card, run by ONNX Runtime on the CPU."""
-
-    kind = "onnx"
-
-    def __init__(self, path: Path, card: ModelCard | None = None) -> None:
-        import onnx
-        import onnxruntime as ort
-
-        from resnet.onnx_card import read_onnx_card
-
-        self.card = card if card is not None else read_onnx_card(path)
-        try:
-            proto = onnx.load(str(path))
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # a corrupt or unrunnable graph: one line
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({why})") from None
-        self.precision = graph_precision(proto)
-        self.input_name = self.session.get_inputs()[0].name
-        self.min_batch, self.max_batch = 1, None
-        shape = self.session.get_inputs()[0].shape
-        self.spatial = ANY_SIZE if len(shape) == 4 and not any(isinstance(d, int) for d in shape[2:]) else None
-        self.info = {
-            "backend": "onnxruntime-cpu",
-            "path": str(path),
-            "onnxruntime": ort.__version__,
-            "providers": self.session.get_providers(),
-            "precision": self.precision,
-        }
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
-
-    def close(self) -> None:
-        self.session = None
-
-
-class EngineCandidate:
-    """A TensorRT engine (``*.plan``) run through ``resnet.trt_runtime.TensorRTRunner``; card from its sidecar."""
-
-    kind = "plan"
-
-    def __init__(self, path: Path, card: ModelCard | None = None) -> None:
-        from resnet.trt_runtime import TensorRTRunner, open_engine, tensorrt_version
-
-        if card is None:  # a published engine: its sidecar must match this machine
-            self.card = artifacts.read_sidecar(path).card
-            self.runner = open_engine(path)
-        else:  # a staged candidate being gated (its sidecar is written only when it passes)
-            self.card = card
-            self.runner = TensorRTRunner(path)
-        self.min_batch, self.max_batch = self.runner.min_batch, self.runner.max_batch
-        self.spatial = getattr(self.runner, "spatial", None)  # the engine profile's (min, max) side, if not fixed
-        self.profiles = getattr(self.runner, "profiles", None)  # every profile's (min, opt, max) input shape
-        self.precision = "int8" if self.card.precision == "int8" else "fp16"
-        self.info = {
-            "backend": "tensorrt",
-            "path": str(path),
-            "tensorrt": tensorrt_version(),
-            "precision": self.precision,
-            "profile": {"min": self.min_batch, "max": self.max_batch},
-            **({"spatial": list(self.spatial)} if self.spatial else {}),
-        }
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.runner.run(x)
-
-    def close(self) -> None:
-        self.runner.close()
-
-
-def open_candidate(path: Path, kind: str, card: ModelCard | None = None) -> OnnxCandidate | EngineCandidate:
+def open_candidate(
+    path: Path,
+    kind: ArtifactKind,
+    card: ModelCard | None = None,
+    *,
+    ep: str = "cpu",
+    trt_fp16: bool = False,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Runner:
+    """The ``resnet.runtime`` runner that gates the candidate at ``path``, on the runtime and provider that will
+    serve it: an engine on TensorRT, a graph on ONNX Runtime's ``ep`` (``cpu``, ``cuda`` or ``tensorrt``; the
+    TensorRT EP with ``trt_fp16_enable`` when ``trt_fp16``, with the server's batch profile up to ``max_batch``).
+    ``card`` None: read from the artifact (a published engine's sidecar is checked against this machine)."""
     if kind == "engine":
-        return EngineCandidate(path, card)
-    return OnnxCandidate(path, card)
+        if ep != "cpu" or trt_fp16:
+            raise UsageError(f"{path.name} is a TensorRT engine: it runs on TensorRT itself (no --ep / --trt-fp16)")
+        return EngineRunner(path, card)
+    if kind != "onnx":
+        raise UsageError(f"{path.name}: only an ONNX graph or a TensorRT engine can be a candidate")
+    if trt_fp16 and ep != "tensorrt":
+        raise UsageError("--trt-fp16 is a TensorRT EP setting: use it with --ep tensorrt")
+    trt = None
+    if ep != "cpu":
+        card = card if card is not None else artifacts.read_card(path)
+        if ep == "tensorrt":
+            shape = (3, card.input_size, card.input_size)
+            profile = (1, min(SERVE_BATCH, max_batch), max_batch)
+            trt = TrtOptions(trt_cache_dir(path, ""), "input", shape, profile, trt_fp16, card.precision == "int8")
+    return OnnxRunner(path, card, ep, 0, trt)
+
+
+# Older importers' name for the CPU graph runner.
+OnnxCandidate = OnnxRunner
 
 
 def check_same_model(reference: ModelCard, candidate: ModelCard, where: Path) -> None:

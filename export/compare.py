@@ -20,9 +20,10 @@ import numpy as np
 import resnet
 from resnet import UsageError, UserError
 from resnet.preprocess import crop_probabilities
+from resnet.runtime.runner import OnnxRunner
 
 from .calib import list_digits
-from .candidates import OnnxCandidate, check_same_model
+from .candidates import check_same_model
 from .images import ImageSet, image_set_from, list_folder, list_samples, spread
 from .log import log
 
@@ -40,7 +41,7 @@ def load_images(source: str, card: Any, limit: int | None) -> ImageSet:
 
 def measure(path: Path, images: ImageSet) -> dict[str, Any]:
     """Predictions and images/s of one graph over the image set (batch = one ten-crop image)."""
-    candidate = OnnxCandidate(path)
+    candidate = OnnxRunner(path)
     try:
         per = images.crops_per_image
         candidate.run(images.crops[:per])  # warm-up
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for g in args.graphs:
         if not g.is_file():
             raise UserError(f"no such file: {g}")
-    first = OnnxCandidate(args.graphs[0])
+    first = OnnxRunner(args.graphs[0])
     first.close()
     images = load_images(args.images, first.card, args.limit)
     rows = [measure(g, images) for g in args.graphs]

@@ -27,6 +27,8 @@ import numpy as np
 from resnet import ParityError, UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
+from resnet.runtime.report import FORMAT, VERSION, combination_report_path, home_combination
+from resnet.runtime.runner import Runner, combination_of
 
 from .candidates import Reference, check_same_model, open_candidate
 from .images import ImageSet
@@ -34,7 +36,6 @@ from .log import progress
 from .metrics import crop_metrics, finite_or_none, image_metrics, nonfinite_count, nonfinite_failure
 from .views import multiscale_check
 
-FORMAT, VERSION = "resnet-parity", 1
 SERVE_BATCH = 10  # one ten-crop image: the batch the server sends most
 BATCH1_CROPS = 10  # how many crops the batch-1 pass runs
 
@@ -136,12 +137,12 @@ def thresholds_from_args(args: argparse.Namespace, preset: str, attr: str = "thr
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
-def _run_batches(candidate: Any, x: np.ndarray, batch: int, desc: str) -> np.ndarray:
+def _run_batches(candidate: Runner, x: np.ndarray, batch: int, desc: str) -> np.ndarray:
     starts = range(0, len(x), batch)
     return np.concatenate([candidate.run(x[i : i + batch]) for i in progress(starts, desc, len(starts))])
 
 
-def _batch_plan(candidate: Any, n: int, max_batch: int) -> tuple[int, dict[int, np.ndarray]]:
+def _batch_plan(candidate: Runner, n: int, max_batch: int) -> tuple[int, dict[int, np.ndarray]]:
     """The serving batch, and which crops run at which batch size (all at the serving batch, then 1 and max)."""
     lo, hi = candidate.min_batch, candidate.max_batch or max_batch
     if max_batch > hi:
@@ -170,7 +171,7 @@ def threshold_failures(metrics: dict[str, Any], worst_cosine: float, t: Threshol
 
 
 def evaluate(
-    reference: Reference, candidate: Any, images: ImageSet, thresholds: Thresholds, max_batch: int
+    reference: Reference, candidate: Runner, images: ImageSet, thresholds: Thresholds, max_batch: int
 ) -> dict[str, Any]:
     """Run the candidate at batch 10, 1 and ``max_batch``; compare with the reference; apply the thresholds."""
     x, ref = images.crops, reference.logits
@@ -201,7 +202,7 @@ def evaluate(
         per_batch[str(batch)] = entry
     report: dict[str, Any] = {"batch_sizes": per_batch}
     if bad:  # NaN/Inf: the agreement figures mean nothing; say what happened instead
-        failures.insert(0, nonfinite_failure(getattr(candidate, "precision", "fp32"), bad, total))
+        failures.insert(0, nonfinite_failure(candidate.precision, bad, total))
     if nonfinite_count(ref):
         failures.insert(0, f"the FP32 reference itself gave {nonfinite_count(ref)} NaN/Inf logits")
     if main is not None:
@@ -237,26 +238,33 @@ def gate_candidate(
     final: Path | None = None,
     card: ModelCard | None = None,
     on_pass: Callable[[dict[str, Any]], None] | None = None,
+    ep: str = "cpu",
+    trt_fp16: bool = False,
 ) -> dict[str, Any]:
-    """Gate the candidate at ``staged``; publish it as ``final`` or reject it. Writes ``<final>.parity.json``.
+    """Gate the candidate at ``staged``; publish it as ``final`` or reject it. Writes the report of the combination
+    it ran (``resnet.runtime.report``: ``<final>.parity.json`` for a graph on the CPU or an engine).
 
     Raises ``ParityError`` (exit 3) when the gate fails, after moving the candidate to ``<final>.rejected``.
-    ``on_pass(report)`` runs before the candidate is published (the engine writes its sidecar there).
+    ``on_pass(report)`` runs before the candidate is published (the engine writes its sidecar there). ``ep`` /
+    ``trt_fp16``: run a graph on another ONNX Runtime execution provider (``open_candidate``); such a gate of a
+    published graph writes its own report and neither publishes nor rejects the graph (its CPU gate did).
     """
     final = Path(final or staged)
     kind = artifacts.artifact_kind(final)
-    candidate = open_candidate(staged, kind, card)
+    candidate = open_candidate(staged, kind, card, ep=ep, trt_fp16=trt_fp16, max_batch=max_batch or DEFAULT_MAX_BATCH)
     try:
         check_same_model(reference.card, candidate.card, final)
         if max_batch is None:
             max_batch = candidate.max_batch or DEFAULT_MAX_BATCH
         result = evaluate(reference, candidate, images, thresholds, max_batch)
         cand_info = {**candidate.info, "path": str(final)}
+        combination = combination_of(candidate)
     finally:
         candidate.close()
     report = {
         "format": FORMAT,
         "version": VERSION,
+        **combination.as_dict(),  # what it ran: the combination this report admits for serving
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "passed": result["passed"],
         "failures": result["failures"],
@@ -269,6 +277,15 @@ def gate_candidate(
         "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
         **{k: v for k, v in result.items() if k not in ("passed", "failures")},
     }
+    rpath = combination_report_path(final, combination)
+    if combination != home_combination(final, combination.precision):  # another provider's gate of a published graph
+        artifacts.atomic_write_json(rpath, report)
+        if not report["passed"]:
+            raise ParityError(
+                f"{final.name} failed its parity gate on {combination.describe()}: {'; '.join(report['failures'])} "
+                f"(report {rpath.name}; the graph stays, that combination is not served)"
+            )
+        return report
     _publish_or_reject(staged, final, kind, report, on_pass)
     return report
 

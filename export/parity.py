@@ -1,7 +1,9 @@
 """``python -m export.parity REFERENCE CANDIDATE``: do the predictions stay the same on real images?
 
-The reference is the checkpoint in PyTorch FP32 on the CPU; the candidate an ONNX file (ONNX Runtime, CPU) or a
-TensorRT engine (``*.plan``, GPU) -- see ``export.candidates``. Both see the same real images through the shared
+The reference is the checkpoint in PyTorch FP32 on the CPU; the candidate an ONNX file (ONNX Runtime, CPU; or
+``--ep cuda|tensorrt`` [``--trt-fp16``] on the GPU provider that will serve it) or a TensorRT engine (``*.plan``,
+GPU) -- see ``export.candidates``. A graph gated on a GPU provider gets its own report
+(``model.onnx.ort-tensorrt-fp16.parity.json``), which is what lets the server serve that combination. Both see the same real images through the shared
 ten-crop preprocessing (``export.images``): by default the bundled sample photos, or ``--images DIR`` (a flat folder,
 or an ImageFolder whose folder names are the model's labels, which adds labelled top-1/top-5 accuracy of both).
 The gate itself (batch sizes, metrics, thresholds, the report ``<candidate>.parity.json``) is ``export.gate``.
@@ -16,11 +18,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import resnet
 from resnet import UserError, artifacts
+from resnet.runtime.kinds import EP_PROVIDERS, Combination, graph_precision
+from resnet.runtime.report import combination_report_path
 
-from .candidates import Reference, check_same_model, graph_precision
+from .candidates import Reference, check_same_model
 from .gate import PRESETS, add_gate_arguments, fmt_thresholds, gate_candidate, summary_line, thresholds_from_args
 from .images import load_image_set
 from .log import log
@@ -28,9 +33,10 @@ from .log import log
 __all__ = ["PRESETS", "build_parser", "detect_preset", "main"]
 
 
-def detect_preset(candidate: Path) -> str:
+def detect_preset(candidate: Path, trt_fp16: bool = False) -> str:
     """The preset matching the candidate's precision: an engine's from its sidecar card (int8, else fp16), a graph's
-    from its nodes and weights (Q/DQ nodes: int8, FP16 weights: fp16, else fp32)."""
+    from its nodes and weights (Q/DQ nodes: int8, FP16 weights: fp16, else fp32; fp16 for an FP32 graph run with
+    ``--trt-fp16``)."""
     if artifacts.artifact_kind(candidate) == "engine":
         try:
             return "int8" if artifacts.read_sidecar(candidate).card.precision == "int8" else "fp16"
@@ -43,6 +49,8 @@ def detect_preset(candidate: Path) -> str:
     except Exception:
         return "fp32"  # the candidate's loader reports a bad file with a clear line
     precision = graph_precision(proto)
+    if precision == "fp32" and trt_fp16:
+        return "fp16"
     return precision if precision in PRESETS else "fp32"
 
 
@@ -71,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{name}: {fmt_thresholds(t)}" for name, t in PRESETS.items())
         + ")",
     )
+    p.add_argument(
+        "--ep",
+        choices=tuple(EP_PROVIDERS),
+        default="cpu",
+        help="ONNX Runtime execution provider to run a graph on (default cpu). cuda / tensorrt gate the published "
+        "graph on that GPU provider, with no fallback to the CPU, and write its own report, which the server needs "
+        "to serve that combination; the graph itself is neither published nor rejected by such a gate",
+    )
+    p.add_argument(
+        "--trt-fp16",
+        action="store_true",
+        help="with --ep tensorrt: TensorRT builds the FP32 graph in FP16 (trt_fp16_enable), as the server would",
+    )
     add_gate_arguments(p)
     return p
 
@@ -79,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.candidate.is_file():
         raise UserError(f"no such file: {args.candidate}")
-    preset = detect_preset(args.candidate) if args.preset == "auto" else args.preset
+    preset = detect_preset(args.candidate, args.trt_fp16) if args.preset == "auto" else args.preset
     thresholds = thresholds_from_args(args, preset)
     artifacts.ensure_writable(args.candidate.parent)
     model, card = resnet.load_checkpoint(args.reference, arch=args.arch)
@@ -91,10 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = Reference.from_model(model, card, images, str(args.reference))
     # A published engine is opened through its sidecar, which is checked against this machine's TensorRT and GPU.
     card_arg = None if engine else cand_card
-    report = gate_candidate(reference, args.candidate, images, thresholds, args.max_batch, card=card_arg)
-    log(f"{args.candidate} ({preset.upper()} gate): {summary_line(report)}")
-    log(f"report: {artifacts.report_path(args.candidate)}")
+    report = gate_candidate(
+        reference, args.candidate, images, thresholds, args.max_batch, card=card_arg, ep=args.ep, trt_fp16=args.trt_fp16
+    )
+    log(
+        f"{args.candidate} ({preset.upper()} gate, {report['runtime']} on {report['provider']}): {summary_line(report)}"
+    )
+    log(f"report: {combination_report_path(args.candidate, Combination(**_combination_fields(report)))}")
     return 0
+
+
+def _combination_fields(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: report[k] for k in ("runtime", "provider", "precision")}
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import numpy as np
 from resnet import UserError
 from resnet.multiscale import multiscale_probabilities
 from resnet.preprocess import topk_indices
-from resnet.trt_runtime import choose_profile
+from resnet.runtime.runner import Runner
+from resnet.runtime.tensorrt import choose_profile
 
 from .candidates import Reference
 from .images import ImageSet
@@ -25,8 +26,8 @@ from .metrics import crop_metrics, nonfinite_count, nonfinite_failure
 VIEW_BATCH = 2  # one side of one image: the view and its mirror
 
 
-def _runnable(candidate: Any, view: np.ndarray) -> bool:
-    profiles = getattr(candidate, "profiles", None)
+def _runnable(candidate: Runner, view: np.ndarray) -> bool:
+    profiles = candidate.profiles
     if profiles:  # a TensorRT engine: its multi-scale profile has its own batch range, apart from the ten-crop one
         return choose_profile(profiles, view.shape) is not None
     lo, hi = candidate.spatial
@@ -47,12 +48,12 @@ def _agreement(ref: list[np.ndarray], cand: list[np.ndarray]) -> tuple[float, fl
 
 
 def multiscale_check(
-    reference: Reference, candidate: Any, images: ImageSet, min_top1_agreement: float, min_cosine: float
+    reference: Reference, candidate: Runner, images: ImageSet, min_top1_agreement: float, min_cosine: float
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """``(report entry or None, failures)`` of the multi-scale protocol; None when the set has no views."""
     if not images.views or not reference.view_logits:
         return None, []
-    if getattr(candidate, "spatial", None) is None:
+    if candidate.spatial is None:
         return {"checked": False, "why": "the candidate takes only the card's input size"}, []
     refs: list[list[np.ndarray]] = []
     cands: list[list[np.ndarray]] = []
@@ -86,7 +87,7 @@ def multiscale_check(
         entry["views_skipped"] = skipped  # outside an engine profile's spatial range
     bad = nonfinite_count(cand_all)
     if bad:
-        return entry, [f"multi-scale: {nonfinite_failure(getattr(candidate, 'precision', 'fp32'), bad, cand_all.size)}"]
+        return entry, [f"multi-scale: {nonfinite_failure(candidate.precision, bad, cand_all.size)}"]
     entry["top1_agreement"], entry["top5_agreement"] = _agreement(refs, cands)
     failures = []
     if entry["top1_agreement"] < min_top1_agreement:

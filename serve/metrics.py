@@ -55,9 +55,7 @@ class Metrics:
     def set_backend(self, backend: Any) -> None:
         """Report the loaded backend (``kind``, ``provider``, ``precision``) as the one series of the info gauge."""
         self.backend_info.clear()
-        kind = getattr(backend, "kind", backend.name.split(":")[0])
-        provider = getattr(backend, "provider", backend.name)
-        self.backend_info.labels(kind, provider, getattr(backend, "precision", backend.card.precision)).set(1)
+        self.backend_info.labels(backend.kind, backend.provider, backend.precision).set(1)
 
     def observe_batch(self, n: int, padded: int, seconds: float) -> None:
         self.batch_size.observe(n)

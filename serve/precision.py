@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from resnet import UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, report_path
 from resnet.names import is_torchvision_spec
+from resnet.runtime.kinds import PRECISIONS
+from resnet.runtime.report import ParityReport, ReportError
 
 from .backends import Backend, load_backend_for
 from .batcher import batch_shapes
@@ -33,7 +33,7 @@ from .settings import Settings
 
 log = logging.getLogger("serve.precision")
 
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8", "bf16")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 TIMING_BUDGET_S = 10.0  # all candidates together, warm-up runs included
 MAX_ROUNDS = 20  # timed runs per candidate at most
 TEN_CROP = 10  # crops of one ten-crop image: the batch a single request fills
@@ -48,26 +48,18 @@ class Candidate:
     excluded: str = ""
 
 
-def precision_of(backend: Any) -> str:
-    """What ``backend`` computes in: a reduced-precision graph's own (int8/fp16 card), else the runtime's math."""
-    card_precision = backend.card.precision
-    if card_precision != "fp32":
-        return card_precision
-    return str(getattr(backend, "precision", None) or card_precision)
+def precision_of(backend: Backend) -> str:
+    """What ``backend`` computes in: its runner's declared precision (``resnet.runtime.kinds.ort_precision`` for a
+    graph: a reduced-precision graph's own, else the runtime's math)."""
+    return backend.precision
 
 
 def gate_verdict(artifact: Path) -> str:
     """Empty when ``artifact``'s parity report says it passed, else why it may not be served."""
-    report = report_path(artifact)
-    if not report.is_file():
-        return f"no parity report {report.name}"
     try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError, RecursionError):
-        return f"{report.name} is not readable JSON"
-    if not isinstance(data, dict) or data.get("passed") is not True:
-        return f"{report.name} says its gate failed"
-    return ""
+        return ParityReport.read(report_path(artifact)).verdict()
+    except ReportError as e:
+        return str(e)
 
 
 def _onnx_candidate(path: Path) -> Candidate:

@@ -159,7 +159,13 @@ async def readyz(request: Request) -> Any:
     if service is None or not service.ready or service.draining:
         state = "draining" if service is not None and service.draining else "warming_up"
         return JSONResponse(Health(status=state).model_dump(), status_code=503, headers={"Retry-After": "1"})
-    return Health(status="ready", model=service.card.name, backend=service.backend_name, precision=service.precision)
+    return Health(
+        status="ready",
+        model=service.card.name,
+        backend=service.backend_name,
+        precision=service.precision,
+        report=service.report,
+    )
 
 
 @ops_router.get(

@@ -53,4 +53,5 @@ class Health(BaseModel):
     model: str | None = None
     backend: str | None = None
     precision: str | None = None
+    report: str | None = None  # the parity report that admitted what is served; None when none was needed
     detail: str | None = None

@@ -28,12 +28,12 @@ from resnet.multiscale import multiscale_probabilities, multiscale_sides, view_p
 from resnet.preprocess import CROPS, crop_probabilities, resized_size
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import topk as top_k
+from resnet.runtime.ort import cpu_threads
 
 from .backends import MULTISCALE_FIXED, REEXPORT, Backend
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
 from .images import ImageError, decode_checked, header_sizes, image_errors, multiscale_views_of
-from .ort_session import cpu_threads
 from .precision import precision_of
 from .settings import Settings
 
@@ -67,6 +67,7 @@ class ClassifyService:
         self.labels: list[str] = list(self.card.labels)
         self.backend_name = backend.name
         self.precision = precision_of(backend)
+        self.report = backend.report  # the parity report that admitted what is served (None: none was needed)
         limit = backend.max_batch
         max_batch = settings.max_batch or limit or DEFAULT_MAX_BATCH
         if limit is not None and max_batch > limit:
@@ -85,7 +86,7 @@ class ClassifyService:
         self.multiscale_off: str | None = None  # why multi-scale is unavailable, None when it is served
         if settings.multiscale == "off":
             self.multiscale_off = "multi-scale testing is turned off on this server (--multiscale off)"
-        elif getattr(backend, "spatial", None) is None:
+        elif backend.spatial is None:
             self.multiscale_off = f"the model served {MULTISCALE_FIXED}: {REEXPORT}"
         log.info("multi-scale (crops=multiscale): %s", self.multiscale_off or f"served at sides {self.sides}")
 
@@ -100,7 +101,7 @@ class ClassifyService:
             self._on_batch,
             input_size=self.card.input_size,
             min_batch=self.backend.min_batch,
-            max_view_batch=getattr(self.backend, "max_view_batch", None),
+            max_view_batch=self.backend.max_view_batch,
         )
         self.batcher.start()
         started = time.perf_counter()

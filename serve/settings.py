@@ -16,6 +16,7 @@ from typing import Any
 
 from resnet import UsageError
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
+from resnet.runtime.kinds import PRECISIONS, TORCH_PRECISIONS
 
 ENV_PREFIX = "RESNET_SERVE_"
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
@@ -96,14 +97,14 @@ class Settings:
     torch_precision: str = _opt(
         "fp32",
         "torch backend math: fp32 (default; meets the 1e-4 parity), bf16 or fp16 autocast (faster, looser)",
-        choices=("fp32", "bf16", "fp16"),
+        choices=TORCH_PRECISIONS,
     )
     precision: str = _opt(
         "auto",
         "auto | fp32 | fp16 | int8 | bf16: with --model DIR (a run or export folder), auto times every artifact "
         "there whose parity report passed (.onnx, .fp16.onnx, .int8.onnx; the checkpoint with bf16 autocast) at "
         "start-up and serves the fastest, a precision picks that artifact; with a file it must match the file",
-        choices=("auto", "fp32", "fp16", "int8", "bf16"),
+        choices=("auto", *PRECISIONS),
     )
     api_key: str = _opt(
         "",

@@ -15,8 +15,8 @@ from resnet import MissingComponentError, UsageError
 from resnet.card import ModelCard
 from resnet.multiscale import ANY_SIZE
 from resnet.names import parse_torchvision_spec
-
-from .ort_session import cpu_threads
+from resnet.runtime.kinds import Precision, Runtime
+from resnet.runtime.ort import cpu_threads
 
 
 class TorchBackend:
@@ -25,7 +25,9 @@ class TorchBackend:
     Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them.
     """
 
-    kind = "torch"
+    kind: Runtime = "torch"
+    profiles = None  # engines only
+    report: str | None = None  # a checkpoint is its own reference: no parity report admits it
 
     def __init__(
         self, model: Any, card: ModelCard, precision: str = "fp32", threads: int = 0, multiscale: str = "auto"
@@ -43,7 +45,7 @@ class TorchBackend:
         if precision == "fp16" and self.device.type == "cpu":
             raise UsageError("--torch-precision fp16 needs CUDA; on the CPU use bf16 or fp32")
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.precision = precision
+        self.precision: Precision = precision  # type: ignore[assignment]
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.card = card
         self.name = f"torch:{self.device.type}:{precision}"
@@ -52,6 +54,7 @@ class TorchBackend:
         self.min_batch = 1
         self.spatial = None if multiscale == "off" else ANY_SIZE  # our networks end in adaptive average pooling
         self.max_view_batch = None
+        self.info = {"backend": f"torch-{self.device.type}", "torch": torch.__version__, "precision": precision}
 
     @classmethod
     def from_checkpoint(
@@ -104,3 +107,6 @@ class TorchBackend:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             out = self.model(x)
         return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None

@@ -11,7 +11,7 @@ import torch
 import resnet
 from export import onnx as export_onnx
 from export import parity, trt
-from resnet.trt_runtime import TensorRTRunner, tensorrt_available
+from resnet.runtime.tensorrt import TensorRTRunner, tensorrt_available
 from tests.engine_support import write_test_sidecar
 
 

@@ -19,8 +19,8 @@ import torch
 import resnet
 from export import parity, trt
 from resnet.onnx_card import read_onnx_card
+from resnet.runtime.tensorrt import tensorrt_available
 from resnet.samples import write_digits_imagefolder
-from resnet.trt_runtime import tensorrt_available
 
 HAS_ENGINE, NO_ENGINE_REASON = tensorrt_available()
 

@@ -13,7 +13,7 @@ import pytest
 import resnet
 from export import trt
 from export.engine import choose_mode
-from resnet.trt_runtime import TensorRTRunner, tensorrt_available
+from resnet.runtime.tensorrt import TensorRTRunner, tensorrt_available
 
 HAS_ENGINE, REASON = tensorrt_available()
 needs_engine = pytest.mark.skipif(not HAS_ENGINE, reason=f"TensorRT engine tests need CUDA + tensorrt: {REASON}")

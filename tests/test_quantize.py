@@ -21,8 +21,8 @@ from export import calib, compare, parity, quantize, trt
 from export.gate import PRESETS
 from export.onnx import export_onnx
 from resnet.onnx_card import read_onnx_card
+from resnet.runtime.tensorrt import tensorrt_available
 from resnet.samples import digits_images, sample_photo_paths, write_digits_imagefolder
-from resnet.trt_runtime import tensorrt_available
 
 FAST = ["--calib-count", "20", "--limit", "40", "--max-batch", "12"]
 

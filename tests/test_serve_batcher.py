@@ -158,7 +158,7 @@ def test_tensorrt_profile_for_multiscale_views_spans_height_and_width() -> None:
     the view session gets ``resnet.multiscale.view_profile``, the same profile export.trt --multiscale builds."""
     from resnet.card import make_card
     from resnet.multiscale import view_profile
-    from serve.ort_session import TrtOptions
+    from resnet.runtime.ort import TrtOptions
 
     crops_only = TrtOptions(None, "input", (3, 224, 224), (1, 10, 64), False).provider_options()
     assert crops_only["trt_profile_min_shapes"] == "input:1x3x224x224"

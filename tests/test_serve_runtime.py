@@ -20,8 +20,8 @@ import pytest
 
 import resnet
 from resnet import artifacts
-from serve.backends import fp16_parity_passed, trt_profile
-from serve.ort_session import TrtOptions, conflicting_runtimes, trt_cache_dir
+from resnet.runtime.ort import TrtOptions, conflicting_runtimes, trt_cache_dir
+from serve.backends import trt_profile
 from serve.settings import Settings
 from tests.engine_support import write_test_sidecar
 from tests.serve_support import REPO, Server
@@ -145,19 +145,6 @@ def test_tensorrt_provider_options_use_onnx_runtimes_names(tmp_path: Path) -> No
     assert no_cache["trt_fp16_enable"] == "False" and not any("cache" in k for k in no_cache)
 
 
-def test_fp16_only_when_the_fp16_parity_report_passed(tmp_path: Path) -> None:
-    model = tmp_path / "model.onnx"
-    report = artifacts.report_path(tmp_path / "model.fp16.onnx")
-    assert report.name == "model.fp16.onnx.parity.json"
-    assert not fp16_parity_passed(model)  # no report
-    report.write_text(json.dumps({"passed": False}))
-    assert not fp16_parity_passed(model)
-    report.write_text("{not json")
-    assert not fp16_parity_passed(model)
-    report.write_text(json.dumps({"passed": True}))
-    assert fp16_parity_passed(model) and fp16_parity_passed(tmp_path / "model.fp16.onnx")
-
-
 def test_tensorrt_cache_folder_beside_the_model_or_none_when_unwritable(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     assert (
@@ -242,7 +229,7 @@ def test_engine_of_the_same_tensorrt_release_is_not_refused_for_its_version(tiny
 
 def test_older_onnx_runtimes_log_is_captured_from_file_descriptor_2() -> None:
     """onnxruntime without ``set_default_logger_callback`` (before 1.32) logs to fd 2: that is what is captured."""
-    from serve.ort_session import _stderr_lines
+    from resnet.runtime.ort import _stderr_lines
 
     messages: list[str] = []
     with _stderr_lines(messages):

@@ -16,7 +16,7 @@ import pytest
 from export.engine import ProfileSpec, engine_profiles, multiscale_record
 from resnet.card import make_card
 from resnet.multiscale import VIEW_MAX_ASPECT, VIEW_MAX_BATCH
-from resnet.trt_runtime import choose_profile, describe_profiles, spatial_range, tensorrt_available
+from resnet.runtime.tensorrt import choose_profile, describe_profiles, spatial_range, tensorrt_available
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_ENGINE, NO_ENGINE_REASON = tensorrt_available()

@@ -1,0 +1,89 @@
+"""The vocabularies of running an artifact: which runtime runs it, in which precision, on which provider.
+
+One definition each (docs/DESIGN.md §2): ``Runtime`` (what runs an artifact; the artifact kinds
+``checkpoint|onnx|engine`` stay ``resnet.artifacts.ArtifactKind``), ``Precision`` (the model card's ``precision``,
+``serve --precision``, ``--torch-precision``), and ``Combination``: the runtime + provider + precision a parity
+report ran and a server serves. No imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+Runtime = Literal["onnxruntime", "tensorrt", "torch"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+
+Precision = Literal["fp32", "fp16", "int8", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+# What PyTorch autocast can compute in (serve --torch-precision): fp32 is no autocast.
+TORCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+# ONNX Runtime execution providers by their short names (``--backend`` / ``export.parity --ep``).
+EP_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+CPU_PROVIDER = EP_PROVIDERS["cpu"]
+ENGINE_PROVIDER = "TensorRT"  # a .plan engine runs on TensorRT itself, not through ONNX Runtime
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class Combination:
+    """What computes a model's logits: a runtime, its provider (as the runtime names it) and a precision."""
+
+    runtime: Runtime
+    provider: (
+        str  # "CPUExecutionProvider", "TensorrtExecutionProvider", "CUDAExecutionProvider", "TensorRT", "torch:cuda"
+    )
+    precision: Precision
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider not in (CPU_PROVIDER, "torch:cpu")
+
+    @property
+    def slug(self) -> str:
+        """A file-name part: ``ort-tensorrt-fp16``, ``ort-cuda-fp32``, ``tensorrt-int8``."""
+        if self.runtime == "onnxruntime":
+            short = next((k for k, v in EP_PROVIDERS.items() if v == self.provider), self.provider.lower())
+            return f"ort-{short}-{self.precision}"
+        return f"{self.runtime}-{self.provider.replace(':', '-').lower()}-{self.precision}"
+
+    def describe(self) -> str:
+        return f"{self.runtime} on {self.provider} in {self.precision}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"runtime": self.runtime, "provider": self.provider, "precision": self.precision}
+
+
+def check_precision(value: Any, what: str = "precision") -> Precision:
+    """``value`` when it is one of ``PRECISIONS``, else ``ValueError`` naming them."""
+    if value not in PRECISIONS:
+        raise ValueError(f"unknown {what} {value!r} (known: {', '.join(PRECISIONS)})")
+    return value  # type: ignore[no-any-return]
+
+
+def check_runtime(value: Any) -> Runtime:
+    if value not in RUNTIMES:
+        raise ValueError(f"unknown runtime {value!r} (known: {', '.join(RUNTIMES)})")
+    return value  # type: ignore[no-any-return]
+
+
+def graph_precision(proto: Any) -> Precision:
+    """What an ONNX graph computes in, from its nodes and weights: ``int8`` with Q/DQ nodes, ``fp16`` with FP16
+    weights, else ``fp32``. The one place a graph's precision is inferred (its card says the same for our exports)."""
+    import onnx
+
+    if any(node.op_type in QDQ_OPS for node in proto.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def ort_precision(card_precision: str, trt_fp16: bool = False) -> Precision:
+    """What an ONNX Runtime session of a graph computes in: a reduced-precision graph's own (its card's int8 or
+    fp16, whichever provider runs it), else fp16 when the TensorRT EP is told ``trt_fp16_enable``, else fp32."""
+    if card_precision in ("int8", "fp16"):
+        return card_precision  # type: ignore[return-value]
+    return "fp16" if trt_fp16 else "fp32"
