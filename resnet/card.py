@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import CardError, UsageError
 from .names import SHORTCUTS, VARIANTS, ModelSpec, parse_model_name
+from .runtime.kinds import PRECISIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +30,6 @@ CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 
 FAMILIES = ("imagenet", "cifar")
 ARCHS = ("resnet", "plain")
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
+from .runtime.crops import FIXED_CROPS
 
-Crops = Literal["center", "ten"]
-CROPS: dict[str, int] = {"center": 1, "ten": 10}
+Crops = Literal["center", "ten"]  # the fixed-crop protocols of resnet.runtime.crops
+CROPS: dict[str, int] = FIXED_CROPS
 # Formats recognised from the bytes (never from a file name or a declared content type).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # File names every stage treats as images (folders of images for evaluation, calibration, gates and clients).

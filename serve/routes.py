@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
+
+from resnet.runtime.crops import CropName
 
 from .http import (
     ApiError,
@@ -90,7 +92,7 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
 async def classify(
     request: Request,
     topk: int = Query(5, ge=1, le=1000, description="how many classes per image"),
-    crops: Literal["ten", "center", "multiscale"] = Query(
+    crops: CropName = Query(
         "ten",
         description="ten-crop (paper), centre crop, or multiscale: the paper's fully-convolutional multi-scale test "
         "(whole image at several shorter sides, each with its mirror; 422 multiscale_unavailable on a model that "

@@ -28,6 +28,7 @@ from resnet.multiscale import multiscale_probabilities, multiscale_sides, view_p
 from resnet.preprocess import CROPS, crop_probabilities, resized_size
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import topk as top_k
+from resnet.runtime.crops import MULTISCALE
 from resnet.runtime.ort import cpu_threads
 
 from .backends import MULTISCALE_FIXED, REEXPORT, Backend
@@ -39,7 +40,6 @@ from .settings import Settings
 
 log = logging.getLogger("serve.service")
 FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
-MULTISCALE = "multiscale"
 __all__ = ["MULTISCALE", "Classified", "ClassifyService", "ImageError", "check_backend"]
 
 

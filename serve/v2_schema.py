@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
-from resnet.preprocess import CROPS
+from resnet.runtime.crops import CROP_NAMES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TENSOR_INPUT, IMAGE_INPUT = "input", "image"
@@ -37,7 +37,7 @@ class V2Error(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-V2_CROPS = (*CROPS, "multiscale")  # the image path's protocols, as /classify's crops (docs/DESIGN.md §4)
+V2_CROPS = CROP_NAMES  # the image path's protocols, as /classify's crops (docs/DESIGN.md §4)
 
 
 def _crops(value: Any) -> Any:
