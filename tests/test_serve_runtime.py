@@ -8,8 +8,10 @@ path, which is exactly what ``importlib.metadata`` reads."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +22,9 @@ import pytest
 
 import resnet
 from resnet import artifacts
+from resnet.runtime.kinds import Combination
 from resnet.runtime.ort import TrtOptions, conflicting_runtimes, trt_cache_dir
+from resnet.runtime.report import combination_report_path, write_report
 from serve.backends import trt_profile
 from serve.settings import Settings
 from tests.engine_support import write_test_sidecar
@@ -59,18 +63,41 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("backend", ["cuda", "tensorrt"])
-def test_gpu_backend_that_ends_on_the_cpu_exits_4_with_onnx_runtimes_reason(
-    backend: str, tiny_model: tuple[Path, Path]
+def test_gpu_backend_without_its_parity_report_exits_4_naming_the_report(
+    backend: str, tiny_model: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    started = time.monotonic()
-    proc = run_cli(["-m", "serve", "--model", str(tiny_model[1]), "--backend", backend, "--port", "0"])
+    graph = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_model[1], graph)
+    proc = run_cli(["-m", "serve", "--model", str(graph), "--backend", backend, "--port", "0"])
     assert proc.returncode == 4, proc.stderr
     line = one_line(proc)
-    wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[backend]
-    assert f"--backend {backend} cannot run tiny.onnx" in line and f"asked for {wanted}" in line
-    assert "loaded ['CPUExecutionProvider']" in line
-    # ONNX Runtime's own words, captured while the session was made
-    assert f"Specified provider '{wanted}' is not in available provider names" in line
+    slug = {"cuda": "ort-cuda-fp32", "tensorrt": "ort-tensorrt-fp16"}[backend]
+    assert (
+        f"--backend {backend} cannot run tiny.onnx" in line and f"no parity report tiny.onnx.{slug}.parity.json" in line
+    )
+
+
+@pytest.mark.parametrize("backend", ["cuda", "tensorrt"])
+def test_gpu_backend_that_would_end_on_the_cpu_exits_4_with_the_reason(
+    backend: str, tiny_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Admitted by a (hand-written) passing report, the session itself is refused on this CPU-only onnxruntime:
+    for CUDA by ONNX Runtime (no node may fall back to the CPU), for TensorRT before that (no libnvinfer)."""
+    graph = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_model[1], graph)
+    provider = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[backend]
+    combination = Combination("onnxruntime", provider, "fp32")
+    report = {"passed": True, "failures": [], "candidate": {"backend": f"onnxruntime-{backend}"}}
+    write_report(combination_report_path(graph, combination), report, combination)
+    started = time.monotonic()
+    proc = run_cli(["-m", "serve", "--model", str(graph), "--backend", backend, "--port", "0"])
+    assert proc.returncode == 4, proc.stderr
+    line = one_line(proc)
+    assert f"--backend {backend} cannot run tiny.onnx" in line
+    if backend == "cuda":
+        assert "fallback to CPU EP has been explicitly disabled" in line
+    elif importlib.util.find_spec("tensorrt") is None:
+        assert "needs TensorRT's libnvinfer.so.10" in line and "tensorrt-cu13" in line
     assert time.monotonic() - started < 60
 
 
@@ -133,6 +160,7 @@ def test_tensorrt_provider_options_use_onnx_runtimes_names(tmp_path: Path) -> No
     opts = TrtOptions(tmp_path, "input", (3, 224, 224), (1, 10, 64), fp16=True).provider_options()
     assert opts == {
         "trt_fp16_enable": "True",
+        "trt_int8_enable": "False",
         "trt_profile_min_shapes": "input:1x3x224x224",
         "trt_profile_opt_shapes": "input:10x3x224x224",
         "trt_profile_max_shapes": "input:64x3x224x224",
