@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet.artifacts import rejected_path, report_path
+from resnet.runtime.report import ParityReport
 from resnet.samples import sample_photo_paths
 
 from .serve_bench import COLOUR_PHOTOS, REPO, build_artifacts, free_port, load, raw_seconds, start, stop
@@ -36,7 +37,7 @@ def build_int8(pt: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if p.returncode not in (0, 3):
         raise RuntimeError(f"export.quantize failed ({p.returncode}): {p.stderr[-1500:]}")
-    report = json.loads(report_path(out).read_text())
+    report = ParityReport.read(report_path(out)).data
     if p.returncode == 3:  # random weights: the gate may refuse it; the graph (what we time) is the same
         shutil.copy(rejected_path(out), out)
     return out, report

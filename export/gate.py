@@ -27,12 +27,14 @@ import numpy as np
 from resnet import ParityError, UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
+from resnet.runtime.kinds import EP_PROVIDERS, ep_combinations
+from resnet.runtime.ort import ProviderUnavailable
 from resnet.runtime.report import FORMAT, VERSION, combination_report_path, home_combination
 from resnet.runtime.runner import Runner, combination_of
 
 from .candidates import Reference, check_same_model, open_candidate
 from .images import ImageSet
-from .log import progress
+from .log import log, progress
 from .metrics import crop_metrics, finite_or_none, image_metrics, nonfinite_count, nonfinite_failure
 from .views import multiscale_check
 
@@ -329,9 +331,47 @@ def stage_gate_publish(
     staged = artifacts.staging_path(final)
     try:
         write(staged)
-        return gate_candidate(reference, staged, images, thresholds, max_batch, final=final, card=card, on_pass=on_pass)
+        report = gate_candidate(
+            reference, staged, images, thresholds, max_batch, final=final, card=card, on_pass=on_pass
+        )
     finally:
         staged.unlink(missing_ok=True)
+    if artifacts.artifact_kind(final) == "onnx":
+        gate_gpu_providers(reference, final, images, thresholds, max_batch)
+    return report
+
+
+def gate_gpu_providers(
+    reference: Reference, graph: Path, images: ImageSet, thresholds: Thresholds, max_batch: int | None
+) -> dict[str, str]:
+    """Gate a published graph on each GPU execution provider this onnxruntime build has (the TensorRT EP in FP16
+    and FP32 for an FP32 graph, in the graph's own precision otherwise; the CUDA EP), so that the server may serve
+    exactly those combinations. Each writes its own report; a failure or a provider that does not load is logged
+    and neither rejects the graph nor stops the export. Returns ``{combination slug: passed|failed|not run: why}``;
+    empty on a CPU-only onnxruntime."""
+    import onnxruntime as ort
+
+    gpu = [ep for ep in ("tensorrt", "cuda") if EP_PROVIDERS[ep] in ort.get_available_providers()]
+    results: dict[str, str] = {}
+    card = artifacts.read_card(graph) if gpu else None
+    for ep in gpu:
+        assert card is not None
+        for combination, trt_fp16 in ep_combinations(ep, card.precision):
+            # an FP32 graph built in FP16 by TensorRT is held to the FP16 preset, otherwise the graph's own
+            preset = PRESETS["fp16"] if trt_fp16 and card.precision == "fp32" else thresholds
+            try:
+                gate_candidate(reference, graph, images, preset, max_batch, card=card, ep=ep, trt_fp16=trt_fp16)
+                results[combination.slug] = "passed"
+            except ProviderUnavailable as e:
+                results[combination.slug] = f"not run: {e}"
+                log(f"{graph.name}: not gated on {EP_PROVIDERS[ep]} ({e})")
+                break  # the provider does not load here: its other combinations would not either
+            except ParityError as e:
+                results[combination.slug] = "failed"
+                log(str(e))
+            else:
+                log(f"{graph.name}: gated on {combination.describe()}: passed")
+    return results
 
 
 def summary_line(report: dict[str, Any]) -> str:

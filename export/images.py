@@ -21,6 +21,7 @@ from resnet import UsageError, UserError
 from resnet.card import ModelCard
 from resnet.multiscale import multiscale_sides, multiscale_views
 from resnet.preprocess import CROPS, IMAGE_SUFFIXES, folder_label_indices
+from resnet.runtime.crops import FIXED_CROPS
 from resnet.samples import sample_photo_paths
 
 from .log import log, progress
@@ -47,7 +48,7 @@ class ImageSet:
         return {
             "source": self.source,
             "count": len(self.files),
-            "crops": "ten" if self.crops_per_image == 10 else "center",
+            "crops": next(name for name, n in FIXED_CROPS.items() if n == self.crops_per_image),
             "crops_total": int(len(self.crops)),
             "labelled": self.labels is not None,
             "files": self.files if len(self.files) <= 50 else self.files[:50] + [f"... {len(self.files) - 50} more"],

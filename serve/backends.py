@@ -24,7 +24,7 @@ from resnet import MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind
 from resnet.card import ModelCard
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
-from resnet.runtime.kinds import Combination, Precision, ort_precision
+from resnet.runtime.kinds import ep_combinations
 from resnet.runtime.ort import (
     AUTO_ORDER,
     PROVIDERS,
@@ -66,20 +66,6 @@ def engine_backend(path: Path, multiscale: str) -> tuple[EngineRunner, str]:
         raise MissingComponentError(f"{path.name} is not admitted for serving: {why_not}")
     backend.report = str(report.path)
     return backend, f"a .plan engine runs on TensorRT (admitted by {report.path.name})"
-
-
-def ep_combinations(ep: str, card: ModelCard) -> list[tuple[Combination, bool]]:
-    """The combinations an execution provider may serve ``card``'s graph in, fastest first, each with whether the
-    TensorRT EP is told ``trt_fp16_enable``: an FP32 graph on the TensorRT EP in FP16, then FP32; otherwise the
-    graph's own precision."""
-    provider = PROVIDERS[ep]
-    if ep == "tensorrt" and card.precision == "fp32":
-        return [
-            (Combination("onnxruntime", provider, "fp16"), True),
-            (Combination("onnxruntime", provider, "fp32"), False),
-        ]
-    own: Precision = ort_precision(card.precision)
-    return [(Combination("onnxruntime", provider, own), own == "fp16")]
 
 
 def onnx_backend(
@@ -129,7 +115,7 @@ def _onnx_on(
         return backend, (f"admitted by {report.path.name}" if report else "no parity report beside it (CPU serving)")
     assert card is not None
     refusals = []
-    for combination, fp16 in ep_combinations(ep, card):
+    for combination, fp16 in ep_combinations(ep, card.precision):
         report, why_not = admitting_report(path, combination)
         if report is None:
             refusals.append(why_not)

@@ -56,6 +56,21 @@ class Combination:
         return {"runtime": self.runtime, "provider": self.provider, "precision": self.precision}
 
 
+def ep_combinations(ep: str, card_precision: str) -> list[tuple[Combination, bool]]:
+    """The combinations an ONNX Runtime execution provider may run a graph in, fastest first, each with whether the
+    TensorRT EP is told ``trt_fp16_enable``: an FP32 graph on the TensorRT EP in FP16, then FP32; otherwise the
+    graph's own precision. The gate runs each (``export.gate.gate_gpu_providers``), the server serves the first one
+    a passing report admits (``serve.backends``)."""
+    provider = EP_PROVIDERS[ep]
+    if ep == "tensorrt" and card_precision == "fp32":
+        return [
+            (Combination("onnxruntime", provider, "fp16"), True),
+            (Combination("onnxruntime", provider, "fp32"), False),
+        ]
+    own = ort_precision(card_precision)
+    return [(Combination("onnxruntime", provider, own), ep == "tensorrt" and own == "fp16")]
+
+
 def check_precision(value: Any, what: str = "precision") -> Precision:
     """``value`` when it is one of ``PRECISIONS``, else ``ValueError`` naming them."""
     if value not in PRECISIONS:
