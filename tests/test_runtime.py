@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 import resnet
@@ -26,6 +27,7 @@ from resnet.runtime.ort import (
 )
 from resnet.runtime.report import ParityReport, ReportError, admitting_report, combination_report_path
 from serve.backends import load_backend
+from tests.serve_support import Server
 from tests.test_torch_free_serve import make_tiny_model
 
 CPU = Combination("onnxruntime", "CPUExecutionProvider", "fp32")
@@ -168,3 +170,14 @@ def test_a_gpu_gate_on_a_cpu_machine_exits_4_and_leaves_the_graph(
     assert code == 4 and graph.is_file() and not list(tmp_path.glob("*.rejected"))
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "CUDAExecutionProvider" in errors[0] and "Traceback" not in errors[0]
+
+
+def test_readyz_names_the_report_the_server_relied_on(gated: tuple[Path, Path], tmp_path: Path) -> None:
+    _, graph = gated
+    server = Server(["--model", str(graph)], log_path=tmp_path / "server.log").start()
+    try:
+        ready = httpx.get(server.url + "/readyz", timeout=10).json()
+    finally:
+        assert server.stop() == 0
+    assert ready["status"] == "ready" and ready["report"] == str(report_path(graph))
+    assert ready["backend"] == "onnxruntime:CPUExecutionProvider" and ready["precision"] == "fp32"

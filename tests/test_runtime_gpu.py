@@ -88,3 +88,10 @@ def test_tensorrt_ep_runs_an_int8_qdq_graph_with_int8_enabled(graph: tuple[Path,
     report = ParityReport.read(combination_report_path(int8, combination))
     assert report.data["candidate"]["trt_options"]["trt_int8_enable"] == "True"
     _served(int8, "tensorrt", combination)
+
+
+@needs_cuda_ep
+def test_export_gates_the_graph_on_the_gpu_providers_too(graph: tuple[Path, Path]) -> None:
+    _, onnx_path = graph  # the fixture's export.onnx ran gate.gate_gpu_providers after the CPU gate
+    cuda = Combination("onnxruntime", "CUDAExecutionProvider", "fp32")
+    assert ParityReport.read(combination_report_path(onnx_path, cuda)).passed
