@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import resnet  # noqa: E402
+from resnet.runtime.tensorrt import tensorrt_available  # noqa: E402
 from resnet.samples import digits_images  # noqa: E402
-from resnet.trt_runtime import tensorrt_available  # noqa: E402
 
 STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step", "trt_multiscale")
 # the sidecar's multi-scale record for a 32-px CIFAR-family net (export.engine.engine_profiles)

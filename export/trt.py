@@ -32,7 +32,7 @@ from resnet import MissingComponentError, UsageError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
 from resnet.multiscale import VIEW_MAX_ASPECT, VIEW_MAX_BATCH
-from resnet.trt_runtime import tensorrt_available
+from resnet.runtime.tensorrt import tensorrt_available
 from resnet.weights import add_source_arguments, load_model_source, source_base
 
 from . import calib, gate, quantize

@@ -1,4 +1,4 @@
-"""TensorRT engines: built, run through resnet.trt_runtime.TensorRTRunner and gated (GPU + tensorrt only)."""
+"""TensorRT engines: built, run through resnet.runtime.tensorrt.TensorRTRunner and gated (GPU + tensorrt only)."""
 
 from __future__ import annotations
 
