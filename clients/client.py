@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 
 from resnet import IMAGE_SUFFIXES, UsageError, UserError
+from resnet.runtime.crops import CROP_NAMES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-CROPS = ("ten", "center", "multiscale")  # multiscale: the paper's multi-scale test (server must offer it)
+CROPS = CROP_NAMES  # ten, center, multiscale (resnet.runtime.crops; the server must offer multiscale)
 
 # What each status means to the person at the keyboard (the server's own message is appended).
 STATUS_HINTS = {

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from resnet import IMAGE_SUFFIXES, UsageError, UserError, run_cli
+from resnet.runtime.crops import FIXED_CROPS
 
 
 def labelled_images(root: Path) -> list[tuple[Path, str]]:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m clients.smoke", description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="ImageFolder: one sub-folder per label, named as the model's labels")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (default: %(default)s)")
-    p.add_argument("--crops", choices=("ten", "center"), default="ten", help="ten-crop or centre crop")
+    p.add_argument("--crops", choices=tuple(FIXED_CROPS), default="ten", help="ten-crop or centre crop")
     p.add_argument("--per-request", type=int, default=16, help="images per /classify request (default: %(default)s)")
     p.add_argument("--api-key", default=None, help="API key, if the server needs one")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for /readyz (default: %(default)s)")
