@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 import resnet
-from bench.serve_bench import COLOUR_PHOTOS, build_artifacts, free_port, start, stop
+from bench.serve_support import COLOUR_PHOTOS, build_artifacts, free_port, start, stop
 from resnet.samples import sample_photo_paths
 
 

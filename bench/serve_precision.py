@@ -24,7 +24,7 @@ from resnet.artifacts import rejected_path, report_path
 from resnet.runtime.report import ParityReport
 from resnet.samples import sample_photo_paths
 
-from .serve_bench import COLOUR_PHOTOS, REPO, build_artifacts, free_port, load, raw_seconds, start, stop
+from .serve_support import COLOUR_PHOTOS, REPO, build_artifacts, free_port, load, raw_seconds, start, stop
 
 GATE_KEYS = ("images", "top1_agreement", "top5_agreement", "cosine_min")
 KINDS = ("naive torch fp32", "ours fp32 ORT", "ours int8 ORT", "ours torch bf16")

@@ -29,7 +29,7 @@ from .preprocess import (
 PAPER_SIDES = (224, 256, 384, 480, 640)
 PAPER_INPUT_SIZE = 224
 # Shorter sides for the 32-px CIFAR-family nets: the training size and one 4-px step (the nets' total stride)
-# either side. See multiscale_sides and the README's figures on the digits model.
+# either side. See multiscale_sides and docs/networks.md's figures on the digits model.
 CIFAR_SIDES = (28, 32, 36)
 # Cap on the pixels of all views of one image together (every scale, both flips): about a 6:1 panorama at the
 # paper's scales. A 4:3 photo at the paper's five scales with flips is 2.4 M pixels.

@@ -1,4 +1,4 @@
-"""``python -m serve --model PATH [--backend auto|tensorrt|onnxruntime|torch] [--host] [--port] ...``
+"""``python -m serve --model PATH [--backend auto|tensorrt|cuda|onnxruntime|torch] [--host] [--port] ...``
 
 Loads the model and checks that its card agrees with the graph by one real inference (a bad artifact is one clear
 line and a non-zero exit, before any port is opened), then runs uvicorn (``serve.server``) with every log line

@@ -1,7 +1,8 @@
 """The inference service the HTTP layers call: images in, ten-crop (centre, multi-scale) top-k out (docs/DESIGN.md
 §3-4).
 
-This is the narrow interface a protocol router (``/classify`` here, KServe v2 later) uses via ``app.state.service``:
+This is the narrow interface the protocol routers (``/classify`` in ``serve/app.py``, KServe v2 in ``serve/kserve.py``) use
+via ``app.state.service``:
 
 - ``await service.classify(images: list[bytes], crops="ten"|"center"|"multiscale", topk=5) -> Classified``
 - ``await service.infer_crops(batch: np.ndarray) -> np.ndarray`` (normalised float32 ``[N, 3, S, S]`` -> logits)

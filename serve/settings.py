@@ -1,6 +1,6 @@
 """Server settings: one dataclass filled from the command line, then ``RESNET_SERVE_*`` environment variables.
 
-Each field's help text is the single source for ``--help`` and the README's table; a command-line flag wins over
+Each field's help text is the single source for ``--help`` and docs/serving.md's table; a command-line flag wins over
 its environment variable, which wins over the default (12-factor).
 """
 
@@ -249,7 +249,7 @@ def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
 
 
 def settings_table() -> str:
-    """A Markdown table of every setting (flag, environment variable, default, meaning) for the README."""
+    """A Markdown table of every setting (flag, environment variable, default, meaning), as in docs/serving.md."""
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Settings):
         if f.name == "web_dir":

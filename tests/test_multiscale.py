@@ -101,7 +101,7 @@ def test_evaluate_all_prints_the_three_protocols_on_digits(
     assert set(results) == {"center", "ten", "multiscale"}
     assert all(r["images"] == 360 for r in results.values())
     assert results["multiscale"]["protocol"].startswith("multi-scale 28/32/36 + flips, digits test split")
-    # the trained digits net: all three protocols are good (the README records the figures)
+    # the trained digits net: all three protocols are good (docs/networks.md records the figures)
     assert all(r["top1_err"] < 5.0 for r in results.values()), results
     assert evaluate.main([str(digits_checkpoint), "--crops", "multiscale", "--workers", "0", "--limit", "40"]) == 0
     assert "(multi-scale 28/32/36 + flips, digits test split (40 images))" in capsys.readouterr().out

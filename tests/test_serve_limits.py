@@ -22,7 +22,7 @@ def server(hardened_server: Server) -> Server:
     return hardened_server  # conftest: header read and keep-alive timeouts short enough to test
 
 
-# ---- finding 5: limits before the app -------------------------------------------------------------------------------
+# ---- limits before the app -------------------------------------------------------------------------------------------
 
 
 def test_huge_header_line_is_refused_at_once_and_does_not_stall_others(server):
@@ -88,7 +88,7 @@ def test_idle_keep_alive_connection_is_closed(server):
         assert time.monotonic() - started < 5.0
 
 
-# ---- finding 6: per-request pixel budget and fair decoding ----------------------------------------------------------
+# ---- per-request pixel budget and fair decoding ----------------------------------------------------------------------
 
 
 def big_flat_png(side: int = 6000) -> bytes:

@@ -29,7 +29,7 @@ def server(hardened_server: Server) -> Server:
     return hardened_server  # conftest: header read and keep-alive timeouts short enough to test
 
 
-# ---- finding 2: KServe validation is a 400 in the protocol's shape, never a 500 -------------------------------------
+# ---- KServe validation is a 400 in the protocol's shape, never a 500 -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_v2_large_json_body_is_parsed_off_the_event_loop(server):
     assert max(worst) < 0.5, f"/healthz waited {max(worst):.2f} s while JSON bodies were parsed"
 
 
-# ---- finding 4: a client that disconnects mid-body is a 499, without a traceback ------------------------------------
+# ---- a client that disconnects mid-body is a 499, without a traceback ------------------------------------------------
 
 
 def test_disconnect_mid_body_is_counted_499_and_logs_no_traceback(server):
@@ -146,7 +146,7 @@ def test_disconnect_while_waiting_for_a_batch_cancels_the_work(digits_onnx_model
         srv.stop()
 
 
-# ---- finding 3: the drain timeout bounds the whole exit; late requests get a JSON 503 -------------------------------
+# ---- the drain timeout bounds the whole exit; late requests get a JSON 503 -------------------------------------------
 
 
 def test_drain_timeout_bounds_the_exit_and_late_requests_get_json_503(digits_onnx_model):
@@ -185,7 +185,7 @@ def test_drain_timeout_bounds_the_exit_and_late_requests_get_json_503(digits_onn
     assert "CancelledError" not in log and "Traceback" not in log and "Internal Server Error" not in log
 
 
-# ---- finding 8: the card must agree with the graph; /healthz reports a failed backend -------------------------------
+# ---- the card must agree with the graph; /healthz reports a failed backend -------------------------------------------
 
 
 def _onnx_with_card(digits_onnx_model: Path, out: Path, **changes) -> Path:
@@ -280,7 +280,7 @@ def _get(url: str) -> int:
         return 0
 
 
-# ---- finding 9: JSON logs; the API key guards /metrics, /docs and /v2 metadata --------------------------------------
+# ---- JSON logs; the API key guards /metrics, /docs and /v2 metadata --------------------------------------------------
 
 
 def test_every_log_line_is_json_even_after_hostile_input(server):

@@ -1,4 +1,4 @@
-"""TensorRT optimisation profiles for the paper's multi-scale test (#14), everything around TensorRT on the CPU:
+"""TensorRT optimisation profiles for the paper's multi-scale test, everything around TensorRT on the CPU:
 the profiles ``export.trt --multiscale`` builds, how the runner picks one, and the CLI on a machine without CUDA.
 The sidecar's ``multiscale`` record is in tests/test_artifacts.py; building and running such an engine (GPU +
 tensorrt) in tests/test_export_trt.py and bench/device_check.py."""
