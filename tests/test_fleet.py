@@ -142,3 +142,14 @@ def test_a_replica_answering_500_fails_the_fleet_check(models: tuple[Path, Path]
     steady = report.phases[0]
     assert steady.failures.get("500", 0) > 0 and steady.ok > 0  # the healthy replica still answered
     assert any("failed request(s) seen by the client" in p for p in report.problems)
+
+
+def test_the_drill_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fleet.main(["--model", str(tmp_path / "missing.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.onnx'}: no such file"
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    assert fleet.main(["--model", str(model), "--replicas", "1"]) == 2
+    assert fleet.main(["--model", str(model), "--images", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--replicas must be >= 2" in err and "Traceback" not in err

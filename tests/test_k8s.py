@@ -181,8 +181,14 @@ def test_the_container_settings_parse_with_the_servers_own_parser(
 ) -> None:
     if "model_repository" not in {f for f in Settings.__dataclass_fields__}:
         pytest.skip("serve has no --model-repository flag yet (Settings.model_repository): the args cannot parse")
-    deployments = [r for r in rendered if r.name != check.KSERVE]
-    assert check.check_settings_parse(deployments, facts) == []
+    assert check.check_settings_parse(rendered, facts) == []
+    # ...and would refuse the image's own RESNET_SERVE_MODEL next to --model-repository, had it not been blanked.
+    unblanked = _mutate(
+        rendered,
+        "overlays/cpu",
+        lambda o: _container(o)["env"].remove({"name": "RESNET_SERVE_MODEL", "value": ""}),
+    )
+    assert any("--model" in p for p in check.check_settings_parse([unblanked], facts))
 
 
 def test_the_docs_create_the_secret_under_the_variables_name() -> None:

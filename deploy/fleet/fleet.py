@@ -82,8 +82,22 @@ class Replica:
         self.model: Path | None = None
 
     def argv(self, model: Path) -> list[str]:
-        return [sys.executable, "-m", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                *REPLICA_FLAGS, "--drain-timeout-s", str(DRAIN_TIMEOUT_S), "--log-level", "warning"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *REPLICA_FLAGS,
+            "--drain-timeout-s",
+            str(DRAIN_TIMEOUT_S),
+            "--log-level",
+            "warning",
+        ]
 
     def start(self, model: Path) -> Replica:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -161,7 +175,16 @@ class Nginx:
         )
 
     def command(self, *extra: str) -> list[str]:
-        return [self.exe, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-e", str(self.prefix / "error.log"), *extra]  # fmt: skip
+        return [
+            self.exe,
+            "-p",
+            str(self.prefix),
+            "-c",
+            str(self.prefix / "nginx.conf"),
+            "-e",
+            str(self.prefix / "error.log"),
+            *extra,
+        ]
 
     def test_config(self) -> None:
         proc = subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=30)
@@ -348,8 +371,12 @@ class FleetReport:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"replicas": self.replicas, "concurrency": self.concurrency, "ok": self.ok,
-                "phases": [asdict(p) for p in self.phases]}  # fmt: skip
+        return {
+            "replicas": self.replicas,
+            "concurrency": self.concurrency,
+            "ok": self.ok,
+            "phases": [asdict(p) for p in self.phases],
+        }
 
 
 def model_name(url: str) -> str | None:
@@ -438,14 +465,22 @@ def drill(
     return FleetReport(results, len(replicas), CONCURRENCY)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def format_table(report: FleetReport) -> str:
-    rows = ["| phase | seconds | requests | failed | retried by nginx | p50 ms | p99 ms | p99 / steady | answers by model |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    """The report as a Markdown table, one row per phase."""
+    rows = [
+        "| phase | seconds | requests | failed | retried by nginx | p50 ms | p99 ms | p99 / steady | answers by model |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for p in report.phases:
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         models = ", ".join(f"{k}: {v}" for k, v in sorted(p.models.items()))
-        rows.append(f"| {p.name} | {p.seconds:.1f} | {p.requests} | {sum(p.failures.values())} | {p.retried_by_nginx} "
-                    f"| {fmt(p.p50_ms)} | {fmt(p.p99_ms)} | {'-' if p.p99_vs_steady is None else f'{p.p99_vs_steady:.2f}x'} | {models} |")  # fmt: skip
+        rows.append(
+            f"| {p.name} | {p.seconds:.1f} | {p.requests} | {sum(p.failures.values())} | {p.retried_by_nginx} "
+            f"| {_ms(p.p50_ms)} | {_ms(p.p99_ms)} | {'-' if p.p99_vs_steady is None else f'{p.p99_vs_steady:.2f}x'} | {models} |"
+        )
     return "\n".join(rows)
 
 
@@ -485,16 +520,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.images:
         from clients.loadgen import load_payloads
+        from resnet import UserError
 
-        payloads = load_payloads(args.images)
+        try:
+            payloads = load_payloads(args.images)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         payloads = digits_payloads()
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         work = Path(tmp)
         replicas = [Replica(f"replica{i}", work) for i in range(args.replicas)]
         try:
-            report = drill(replicas, args.model.resolve(), args.new_model and args.new_model.resolve(), work, payloads,
-                           steady_s=args.steady_s, phase_min_s=args.phase_min_s)  # fmt: skip
+            report = drill(
+                replicas,
+                args.model.resolve(),
+                args.new_model and args.new_model.resolve(),
+                work,
+                payloads,
+                steady_s=args.steady_s,
+                phase_min_s=args.phase_min_s,
+            )
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

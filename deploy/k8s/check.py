@@ -396,22 +396,37 @@ def check_queue_adapter(root: Path, facts: ServerFacts) -> list[str]:
     return []
 
 
+KSERVE_MOUNT = "/mnt/models"  # where KServe's storage initializer puts a storage URI's files
+
+
+def _server_containers(r: Rendered) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """(where, container, folders it gets mounted) for every container of ours: Deployments' and InferenceServices'."""
+    out = []
+    for dep in r.of_kind("Deployment"):
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == CONTAINER:
+                out.append((f"{r.name}: Deployment", c, [m["mountPath"] for m in c.get("volumeMounts", [])]))
+    for isvc in r.of_kind("InferenceService"):
+        for c in isvc["spec"]["predictor"].get("containers", []):
+            out.append((f"{r.name}: InferenceService/{isvc['metadata']['name']}", c, [KSERVE_MOUNT]))
+    return out
+
+
 def check_settings_parse(rendered: Iterable[Rendered], facts: ServerFacts) -> list[str]:
-    """The server's own parser accepts each Deployment's args and env over its image's ENV (folders made real)."""
+    """The server's own parser accepts each container's args and env over its image's ENV (folders made real)."""
     from resnet import UsageError
     from serve.settings import settings_from
 
     problems = []
     for r in rendered:
-        for dep in r.of_kind("Deployment"):
-            c = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER)
+        for where, c, folders in _server_containers(r):
             unknown = [a for a in c.get("args", []) if a.startswith("--") and a.split("=")[0] not in facts.flags]
             if unknown:
-                problems.append(f"{r.name}: container args {unknown} are no flags of the server (serve/settings.py)")
+                problems.append(f"{where}: container args {unknown} are no flags of the server (serve/settings.py)")
                 continue
             stage = DOCKERFILE_STAGES.get(c["image"].rsplit(":", 1)[-1], "cpu")
             with tempfile.TemporaryDirectory() as tmp:
-                mounts = {m["mountPath"]: str(Path(tmp, m["name"])) for m in c.get("volumeMounts", [])}
+                mounts = {path: str(Path(tmp, f"mount{i}")) for i, path in enumerate(folders)}
                 for folder in mounts.values():
                     os.makedirs(folder)
                 environ = dict(facts.image_env.get(stage, {}))
@@ -421,7 +436,7 @@ def check_settings_parse(rendered: Iterable[Rendered], facts: ServerFacts) -> li
                 try:
                     settings_from([mounts.get(a, a) for a in c.get("args", [])], environ)
                 except UsageError as e:
-                    problems.append(f"{r.name}: the server refuses the container's settings: {e}")
+                    problems.append(f"{where}: the server refuses the container's settings: {e}")
     return problems
 
 
@@ -448,7 +463,7 @@ def check(root: Path = ROOT, version: str = KUBERNETES_VERSION, parse_settings: 
             report.problems += check_kserve(r, facts, pvcs, secrets)
     report.problems += check_queue_adapter(root, facts)
     if parse_settings:
-        report.problems += check_settings_parse(deployments, facts)
+        report.problems += check_settings_parse(rendered, facts)
     return report
 
 
