@@ -19,15 +19,15 @@ import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
-from .runtime.crops import FIXED_CROPS
+from .runtime.crops import FIXED_CROPS, FixedCropName
 
-Crops = Literal["center", "ten"]  # the fixed-crop protocols of resnet.runtime.crops
+Crops = FixedCropName  # the fixed-crop protocols of resnet.runtime.crops
 CROPS: dict[str, int] = FIXED_CROPS
 # Formats recognised from the bytes (never from a file name or a declared content type).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")

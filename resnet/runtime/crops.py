@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 CropName = Literal["ten", "center", "multiscale"]
+FixedCropName = Literal["ten", "center"]  # the protocols of fixed S x S crops (``resnet.preprocess``)
 CROP_NAMES: tuple[str, ...] = get_args(CropName)
 COMBINE = "mean of the views' softmax"
 
