@@ -92,8 +92,9 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RESNET_SERVE_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "serve"]
 
-# ---- GPU training and export: [train,export] (torch 2.14.1, a CUDA 13 build) + the serving image's TensorRT, so the
-# engines `python -m export.trt` builds here deserialize in the gpu image ------------------------------------------
+# ---- GPU training and export: [train,export] (torch 2.14.1, a CUDA 13 build; onnxruntime for the parity gates and the
+# INT8 quantizer) + the serving image's TensorRT, so the engines `python -m export.trt` builds here deserialize in the
+# gpu image ------------------------------------------------------------------------------------------------------------
 FROM gpu-base AS train-gpu-build
 RUN python3 -m venv /opt/venv
 COPY --from=source /src /src

@@ -8,10 +8,16 @@ vs CPU fp32 logits on the digits test crops: top-1 agreement 100%, cosine >= 0.9
 and fp16 autocast: top-1 agreement >= 99% with CPU fp32), ``compile`` (a ``--compile`` training run finishes with a
 checkpoint), ``train_step`` (ResNet-50, 224 px, batch 128: images/s for fp32, channels_last, channels_last + bf16),
 ``trt_multiscale`` (``python -m export.trt --multiscale --require-engine`` on the digits model: the engine passes
-its gate, the multi-scale protocol included, and its sidecar records the multi-scale profile; skipped, with why,
-where CUDA or the ``tensorrt`` package is missing, as in the torch image without TensorRT).
-Writes ``OUT/device_check.json`` (every step: passed, figures, thresholds) and the log goes to stdout; training runs
-go to a temporary folder that is removed. Exit 0 when every step that ran passed, 1 otherwise.
+its gate, the multi-scale protocol included, and its sidecar records the multi-scale profile), ``trt_int8``
+(``python -m export.trt --int8 --require-engine``: the INT8 engine built from the TensorRT-ready QDQ graph passes
+its gate and its sidecar says ``precision: "int8"``). The TensorRT steps are not exercised, with why, where CUDA or
+the ``tensorrt`` package is missing (as in the torch image without TensorRT).
+Each step ends ``passed``, ``failed`` or ``not exercised`` (with why: ``--skip``, "tensorrt not importable", a step
+it needs that did not pass): a step that did not run never reads as passed. Writes ``OUT/device_check.json`` (every
+step: status, figures, thresholds), prints a short table of the steps last, and the log goes to stdout; training runs
+go to a temporary folder that is removed. Exit 0 when no step failed, 1 otherwise.
+TF32 is turned off only while ``parity_fp32`` compares (``tf32_off``) and restored after, so the fp32 training-step
+figures run with PyTorch's defaults; each of those steps records the TF32 settings it ran with.
 ``--device cpu`` compares the CPU with itself: it exercises the code and the assertions, never a GPU result (the
 JSON says ``"device": "cpu"``).
 """
@@ -19,6 +25,7 @@ JSON says ``"device": "cpu"``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -27,7 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,9 @@ import resnet  # noqa: E402
 from resnet.runtime.tensorrt import tensorrt_available  # noqa: E402
 from resnet.samples import digits_images  # noqa: E402
 
-STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step", "trt_multiscale")
+STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step", "trt_multiscale", "trt_int8")
+PASSED, FAILED, NOT_EXERCISED = "passed", "failed", "not exercised"
+STEPS_STATUSES = (PASSED, FAILED, NOT_EXERCISED)
 # the sidecar's multi-scale record for a 32-px CIFAR-family net (export.engine.engine_profiles)
 DIGITS_MULTISCALE = {"batch": [1, 2, 8], "min_side": 28, "max_side": 72, "sides": [28, 32, 36]}
 
@@ -51,12 +60,37 @@ class CheckFailed(AssertionError):
 
 
 class StepSkipped(Exception):
-    """A step cannot run on this machine (recorded as skipped, with why; not a failure)."""
+    """A step cannot run on this machine (recorded as not exercised, with why; not a failure)."""
 
 
 def check(ok: bool, message: str) -> None:
     if not ok:
         raise CheckFailed(message)
+
+
+def needs(state: dict[str, Any], key: str, what: str) -> None:
+    """A step that builds on an earlier one is not exercised (not failed) when that one did not pass."""
+    if key not in state:
+        raise StepSkipped(f"needs {what}, which did not pass")
+
+
+def tf32_settings() -> dict[str, bool]:
+    """The process-wide TF32 switches for convolutions (cuDNN) and matrix products."""
+    return {"cudnn": bool(torch.backends.cudnn.allow_tf32), "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """TF32 off for the block only (it moves fp32 logits past the parity threshold), then as it was: PyTorch's
+    ``torch.backends.cudnn.allow_tf32`` / ``torch.backends.cuda.matmul.allow_tf32`` are process-wide."""
+    before = tf32_settings()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before["cudnn"]
+        torch.backends.cuda.matmul.allow_tf32 = before["matmul"]
 
 
 def train_digits(py: str, out: Path, device: str, iters: int | None, depth: int, extra: Sequence[str] = ()) -> Path:
@@ -156,27 +190,63 @@ def trt_multiscale_step(py: str, ckpt: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def trt_int8_step(py: str, ckpt: Path, out: Path) -> dict[str, Any]:
+    """``export.trt --int8 --require-engine`` on ``ckpt``: the INT8 engine from the TensorRT-ready graph, gated."""
+    cmd = [py, "-m", "export.trt", str(ckpt), "-o", str(out), "--int8", "--calib", "digits", "--require-engine"]
+    cmd += ["--max-batch", "32"]
+    print("$", " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
+    check(proc.returncode == 0, f"export.trt --int8 exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    side = json.loads((out / f"{ckpt.stem}.int8.plan.json").read_text())
+    check(side["precision"] == "int8" and side["parity"]["passed"], f"int8 sidecar {side.get('precision')}")
+    check(side["build"]["source_onnx"] == f"{ckpt.stem}.int8.trt.onnx", f"built from {side['build']['source_onnx']}")
+    metrics = side["parity"]["metrics"]
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "top1_agreement": metrics.get("top1_agreement"),
+        "cosine_min": metrics.get("cosine_min"),
+        "build_mode": side["build"]["mode"],
+        "tensorrt": side["tensorrt"],
+    }
+
+
+def not_exercised(why: str) -> dict[str, Any]:
+    return {"status": NOT_EXERCISED, "passed": None, "why": why}
+
+
 def run_step(name: str, func: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """One step's record: passed with its figures, skipped with why, or failed with why (a crash included)."""
+    """One step's record: passed with its figures, not exercised with why, or failed with why (a crash included)."""
     started = time.perf_counter()
     print(f"== {name}", flush=True)
     try:
-        result = {"passed": True, **func()}
+        result = {"status": PASSED, "passed": True, **func()}
     except StepSkipped as e:
-        result = {"passed": None, "skipped": True, "why": str(e)}
+        result = not_exercised(str(e))
     except CheckFailed as e:
-        result = {"passed": False, "failure": str(e)}
+        result = {"status": FAILED, "passed": False, "failure": str(e)}
     except Exception as e:  # a crash is a failed step with its cause, not a lost summary
         traceback.print_exc()
-        result = {"passed": False, "failure": f"{type(e).__name__}: {e}"[:500]}
+        result = {"status": FAILED, "passed": False, "failure": f"{type(e).__name__}: {e}"[:500]}
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """The steps as a short fixed-width table: name, status, and the why or the failure."""
+    lines = ["== summary", f"{'step':<16} {'status':<14} detail"]
+    for name in STEPS:
+        r = results.get(name) or not_exercised("the run stopped before it")
+        detail = r.get("failure") or r.get("why") or f"{r.get('seconds', 0)} s"
+        lines.append(f"{name:<16} {r['status']:<14} {detail}"[:160])
+    return "\n".join(lines)
 
 
 def run_steps(
     args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]
 ) -> dict[str, dict[str, Any]]:
-    """Every step not skipped, in order; a step that fails records why and the next ones still run. ``save`` is
+    """Every step not in --skip, in order; a step that fails records why and the next ones still run. ``save`` is
     called after each step, so a run stopped by its time limit still leaves a summary of what it did."""
     dev, py = args.device, sys.executable
     state: dict[str, Any] = {}
@@ -192,19 +262,19 @@ def run_steps(
         return {"ten_crop_accuracy_pct": round(acc, 2), "min_accuracy_pct": args.min_accuracy, "images": len(labels)}
 
     def parity_fp32() -> dict[str, Any]:
-        check("model" in state, "needs the digits model (its step failed or was skipped)")
-        if dev == "cuda":  # TF32 would move fp32 logits past the parity
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        ref = logits_on(state["model"], state["x"], "cpu")
+        needs(state, "model", "the digits model")
+        with tf32_off():  # TF32 would move fp32 logits past the parity; only here
+            tf32 = tf32_settings()
+            ref = logits_on(state["model"], state["x"], "cpu")
+            got = agreement(logits_on(state["model"], state["x"], dev), ref)
         state["ref"] = ref
-        got = agreement(logits_on(state["model"], state["x"], dev), ref)
         check(got["top1_agreement_pct"] == 100.0, f"fp32 top-1 agreement {got['top1_agreement_pct']}% < 100%")
         check(got["min_cosine"] >= 0.9999, f"fp32 min cosine {got['min_cosine']:.6f} < 0.9999")
-        return {**got, "crops": len(ref), "thresholds": {"top1_agreement_pct": 100.0, "min_cosine": 0.9999}}
+        thresholds = {"top1_agreement_pct": 100.0, "min_cosine": 0.9999}
+        return {**got, "crops": len(ref), "thresholds": thresholds, "tf32": tf32}
 
     def autocast() -> dict[str, Any]:
-        check("ref" in state, "needs the fp32 reference logits (parity_fp32 failed or was skipped)")
+        needs(state, "ref", "the fp32 reference logits (parity_fp32)")
         out = {}
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             out[name] = agreement(logits_on(state["model"], state["x"], dev, dtype), state["ref"])
@@ -221,16 +291,30 @@ def run_steps(
     def train_step() -> dict[str, Any]:
         arch, size, batch = ("resnet18", 64, 8) if args.tiny else ("resnet50", 224, 128)
         steps, warmup = (2, 1) if args.tiny else (10, 3)
-        table = step_times(arch, size, batch, dev, steps, warmup)
-        check(all(v > 0 for v in table.values()), f"non-positive throughput in {table}")
-        return {"model": arch, "image_size": size, "batch": batch, "images_per_s": table, "timed_steps": steps}
+        tf32 = tf32_settings()  # the fp32 figures run with PyTorch's defaults, whatever ran before
+        rates = step_times(arch, size, batch, dev, steps, warmup)
+        check(all(v > 0 for v in rates.values()), f"non-positive throughput in {rates}")
+        return {
+            "model": arch,
+            "image_size": size,
+            "batch": batch,
+            "images_per_s": rates,
+            "timed_steps": steps,
+            "tf32": tf32,
+        }
 
-    def trt_multiscale() -> dict[str, Any]:
+    def trt_ready() -> Path:
         ok, why = tensorrt_available()
         if not ok:
             raise StepSkipped(why)
-        check("ckpt" in state, "needs the digits model (its step failed or was skipped)")
-        return trt_multiscale_step(py, state["ckpt"], work / "trt")
+        needs(state, "ckpt", "the digits model")
+        return state["ckpt"]
+
+    def trt_multiscale() -> dict[str, Any]:
+        return trt_multiscale_step(py, trt_ready(), work / "trt")
+
+    def trt_int8() -> dict[str, Any]:
+        return trt_int8_step(py, trt_ready(), work / "trt_int8")
 
     funcs: dict[str, Callable[[], dict[str, Any]]] = {
         "digits": digits,
@@ -239,10 +323,11 @@ def run_steps(
         "compile": compile_run,
         "train_step": train_step,
         "trt_multiscale": trt_multiscale,
+        "trt_int8": trt_int8,
     }
     for name in STEPS:
         if name in args.skip:
-            results[name] = {"passed": None, "skipped": True}
+            results[name] = not_exercised("--skip")
             continue
         results[name] = run_step(name, funcs[name])
         print(f"   {name}: {json.dumps(results[name])}", flush=True)
@@ -255,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for device_check.json")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny settings (few iterations, small network) for the CPU")
-    p.add_argument("--skip", nargs="*", default=[], choices=STEPS, help="steps not to run (recorded as skipped)")
+    p.add_argument("--skip", nargs="*", default=[], choices=STEPS, help="steps not to run (recorded as not exercised)")
     p.add_argument("--min-accuracy", type=float, default=97.0, help="digits ten-crop accuracy threshold, %%")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -265,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def save(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        ran = [r for r in results.values() if not r.get("skipped")]
+        counts = {status: sum(r["status"] == status for r in results.values()) for status in STEPS_STATUSES}
         summary = {
             "device": args.device,
             "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
@@ -274,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
             "tiny": args.tiny,
             "complete": len(results) == len(STEPS),
-            "passed": len(results) == len(STEPS) and bool(ran) and all(r["passed"] for r in ran),
+            "passed": len(results) == len(STEPS) and counts[FAILED] == 0,
+            "counts": counts,
             "seconds": round(time.perf_counter() - started, 1),
             "steps": results,
         }
@@ -283,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="device_check.") as work:
         summary = save(run_steps(args, Path(work), save))
-    print(json.dumps({k: summary[k] for k in ("device", "gpu", "passed", "seconds")}), flush=True)
+    print(json.dumps({k: summary[k] for k in ("device", "gpu", "passed", "counts", "seconds")}), flush=True)
+    print(table(summary["steps"]), flush=True)
     return 0 if summary["passed"] else 1
 
 

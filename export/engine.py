@@ -1,9 +1,16 @@
 """Build a TensorRT engine from our ONNX graphs, chosen by the installed TensorRT version.
 
-- TensorRT 11+: networks are always strongly typed and ``BuilderFlag.FP16`` no longer exists, so the engine is
-  built from the FP16 graph (``*.fp16.onnx``): every tensor keeps the type the graph gives it.
-- TensorRT 10: by default the FP32 graph with ``BuilderFlag.FP16`` (TensorRT picks FP16 kernels where it likes);
-  ``strongly_typed=True`` builds from the FP16 graph with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` instead.
+- FP16 engine, TensorRT 10.12 and later (our pins: 10.16): a strongly typed network
+  (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) from the FP16 graph (``*.fp16.onnx``): every tensor keeps the
+  type the graph gives it. The weak-typing APIs (``BuilderFlag.FP16``) are deprecated since 10.12 and gone in 11
+  (TensorRT 10.12.0 release notes, "Weak typing APIs deprecated"; "Removed Python APIs and Replacements" in the
+  10.x -> 11.x migration guide). The flag is set on 11 too, where it is accepted and ignored.
+- FP16 engine, TensorRT 10.0-10.11: the FP32 graph with ``BuilderFlag.FP16`` (TensorRT picks FP16 kernels where it
+  likes), or with ``strongly_typed=True`` the strongly typed FP16 graph as above.
+- INT8 engine (``int8_onnx``): always a strongly typed network from the QDQ graph (explicit quantization: the Q/DQ
+  nodes say what runs in INT8; "use explicit quantization with strong typing, precision-control build flags are not
+  required and should not be specified": TensorRT developer guide, "Explicit Quantization"). The graph is checked
+  against TensorRT's ONNX rules (``export.trt_rules``) before TensorRT is even imported.
 
 Optimisation profiles (``engine_profiles``): profile 0 is the ten-crop path, batch min 1, opt 10 (one ten-crop
 image), max N at the card's fixed S x S. With ``multiscale`` a second profile takes the paper's multi-scale views
@@ -24,9 +31,12 @@ from resnet.atomic import atomic_write
 from resnet.card import ModelCard
 from resnet.multiscale import multiscale_sides, view_profile
 
+from . import trt_rules
 from .log import log
 
 OPT_BATCH = 10  # one ten-crop image
+WEAK_TYPING_DEPRECATED = (10, 12)  # BuilderFlag.FP16 and the other weak-typing APIs: deprecated from this version
+INT8_MODE = "strongly typed network from the INT8 QDQ graph (explicit quantization)"
 
 Shape = tuple[int, int, int, int]
 
@@ -40,7 +50,7 @@ class ProfileSpec:
     max: Shape
 
     def shapes(self) -> tuple[Shape, Shape, Shape]:
-        """``(min, opt, max)``: the plain tuple ``resnet.trt_runtime`` reads back from an engine."""
+        """``(min, opt, max)``: the plain tuple ``resnet.runtime.tensorrt`` reads back from an engine."""
         return self.min, self.opt, self.max
 
 
@@ -96,9 +106,10 @@ class EngineBuild:
 
 
 def choose_mode(trt_version: str, strongly_typed: bool | None) -> bool:
-    """True: strongly typed from the FP16 graph; False: FP32 graph + FP16 builder flag (TensorRT 10 only)."""
-    major = int(str(trt_version).split(".")[0])
-    if major >= 11:
+    """True: strongly typed from the FP16 graph; False: FP32 graph + FP16 builder flag (TensorRT before 10.12 only,
+    unless ``strongly_typed`` asks for the typed network there too)."""
+    major, minor = (int(part) for part in (str(trt_version).split(".") + ["0"])[:2])
+    if (major, minor) >= WEAK_TYPING_DEPRECATED:
         return True
     return bool(strongly_typed)
 
@@ -110,19 +121,23 @@ def build_engine(
     timing_cache: Path,
     strongly_typed: bool | None = None,
     input_name: str = "input",
+    *,
+    int8_onnx: Path | None = None,
 ) -> EngineBuild:
     """Parse, configure (one optimisation profile per ``profiles`` entry, in order) and build; returns the serialised
-    engine. ``EngineBuildError`` with one line on failure."""
+    engine. With ``int8_onnx`` the INT8 engine from that QDQ graph, refused (``TrtRulesError``) before TensorRT is
+    imported when the graph breaks TensorRT's ONNX rules. ``EngineBuildError`` with one line on failure."""
+    if int8_onnx is not None:
+        trt_rules.require_trt_ready_file(int8_onnx)
     import tensorrt as trt
 
-    typed = choose_mode(trt.__version__, strongly_typed)
-    major = int(trt.__version__.split(".")[0])
-    source = fp16_onnx if typed else fp32_onnx
+    typed = int8_onnx is not None or choose_mode(trt.__version__, strongly_typed)
+    source = int8_onnx or (fp16_onnx if typed else fp32_onnx)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if typed and major < 11:  # 11.x is strongly typed by default (the flag is gone or a no-op there)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    # NetworkDefinitionCreationFlag.STRONGLY_TYPED, passed as 1 << int(flag) to create_network: opt-in on 10.x;
+    # 11.0 keeps it "for API compatibility but ignored" (TensorRT Python API, infer/Core/Builder.html, 10.x and 11.0)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
@@ -140,6 +155,7 @@ def build_engine(
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build an engine from {source.name} (log above)")
     save_timing_cache(cache, timing_cache)
     mode = "strongly typed network from the FP16 graph" if typed else "FP32 graph with BuilderFlag.FP16 (weakly typed)"
+    mode = INT8_MODE if int8_onnx is not None else mode
     return EngineBuild(
         plan=bytes(memoryview(serialized)),
         tensorrt=trt.__version__,

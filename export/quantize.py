@@ -6,6 +6,11 @@ ONNX Runtime fuses into integer kernels and TensorRT builds explicit-quantizatio
 symmetric int8 weights, activations calibrated on real images through the card's ten-crop preprocessing
 (``export.calib``). The card inside says ``precision: "int8"`` and records the calibration in its provenance.
 
+Two layouts (``--target``, ``TARGETS``): ``cpu`` (default, ``model.int8.onnx``) is tuned for ONNX Runtime on the
+CPU (uint8 asymmetric activations, int32 biases); ``tensorrt`` (``model.int8.trt.onnx``, what ``export.trt --int8``
+builds its engine from) has symmetric int8 activations, float biases and Q/DQ only where TensorRT fuses them, and is
+checked against TensorRT's ONNX rules (``export.trt_rules``) before it is gated.
+
 The gate uses the ``int8`` preset on images disjoint from the calibration images, against the PyTorch FP32 reference
 (or, given an FP32 ONNX graph, that graph in ONNX Runtime). A failed gate exits 3 and leaves ``*.rejected``; a bad
 calibration source exits 1/2 with one line before anything is written.
@@ -22,6 +27,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +36,40 @@ from resnet import UsageError, UserError, artifacts
 from resnet.card import ModelCard
 from resnet.weights import add_weights_arguments, load_model_source, source_base
 
-from . import calib, gate
+from . import calib, gate, trt_rules
 from .candidates import Reference, graph_precision
 from .log import log
 from .onnx import ExportError, seal
 
 METHODS = ("minmax", "entropy", "percentile")
-ACTIVATIONS = ("int8", "uint8")
 DEFAULT_METHOD = "minmax"  # measured on this project's models: see bench/RESULTS.md
-DEFAULT_ACTIVATIONS = "uint8"  # measured on this project's models: see bench/RESULTS.md
 MINMAX_FLUSH = 8  # min/max calibration merges ranges every this many batches (bounded memory)
+
+
+@dataclass(frozen=True)
+class Target:
+    """How the INT8 graph is laid out for the runtime that will run it (``--target``)."""
+
+    name: str
+    activations: str  # "uint8" (asymmetric) or "int8" (symmetric, zero point 0)
+    quantize_bias: bool  # biases as int32 DequantizeLinear (ONNX Runtime's integer kernels) or left in float
+    op_types: tuple[str, ...] | None  # ops whose inputs get Q/DQ (None: ONNX Runtime's default list)
+    no_output_qdq: tuple[str, ...]  # ops whose outputs get no Q/DQ of their own
+
+
+TARGETS = {
+    # ONNX Runtime on the CPU: asymmetric uint8 activations and int32 biases let it fuse every DQ -> Conv -> Q into
+    # one u8 x s8 integer convolution (bench/RESULTS.md: 2.3-2.9x FP32 on x86; symmetric int8 was slower than FP32).
+    "cpu": Target("cpu", "uint8", True, None, ()),
+    # TensorRT (engine or ONNX Runtime's TensorRT EP): symmetric int8 everywhere, biases in float (TensorRT's parser
+    # takes no UINT8 and no INT32 DequantizeLinear: export/trt_rules.py), Q/DQ on the inputs of the weighted ops
+    # and on the skip input of each residual Add, never on their outputs (fuse_residual_adds), as TensorRT's Q/DQ
+    # placement advice says: TensorRT then fuses Conv + bias + residual Add + ReLU into one INT8 kernel (TensorRT
+    # developer guide, "Explicit Quantization", Q/DQ layer placement). ONNX Runtime's quantize_static
+    # extra_options QuantizeBias and OpTypesToExcludeOutputQuantization: onnxruntime/quantization/quantize.py.
+    "tensorrt": Target("tensorrt", "int8", False, ("Conv", "Gemm", "Add"), ("Conv", "Gemm", "Add")),
+}
+DEFAULT_TARGET = "cpu"
 
 
 def _calibration_reader(calibration: calib.Calibration, input_name: str) -> Any:
@@ -72,17 +102,21 @@ def _quiet() -> Any:
 
 
 def quantize_graph(
-    fp32: Any, card: ModelCard, calibration: calib.Calibration, method: str, activations: str
+    fp32: Any, card: ModelCard, calibration: calib.Calibration, method: str, target: str = DEFAULT_TARGET
 ) -> tuple[Any, ModelCard]:
-    """FP32 ``onnx.ModelProto`` -> INT8 QDQ ModelProto (card sealed inside) and its card."""
+    """FP32 ``onnx.ModelProto`` -> INT8 QDQ ModelProto (card sealed inside) and its card, laid out for ``target``
+    (``TARGETS``). A ``tensorrt`` graph that breaks TensorRT's Q/DQ rules is ``TrtRulesError`` here, before any
+    file is written."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}
     methods["percentile"] = CalibrationMethod.Percentile
-    act = QuantType.QInt8 if activations == "int8" else QuantType.QUInt8
-    extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": activations == "int8"}
+    how_to = TARGETS[target]
+    act = QuantType.QInt8 if how_to.activations == "int8" else QuantType.QUInt8
+    extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": how_to.activations == "int8"}
+    extra |= {"QuantizeBias": how_to.quantize_bias, "OpTypesToExcludeOutputQuantization": list(how_to.no_output_qdq)}
     if method == "minmax":
         extra["CalibMaxIntermediateOutputs"] = MINMAX_FLUSH
     with tempfile.TemporaryDirectory(prefix="export-quantize-") as tmp:
@@ -100,18 +134,58 @@ def quantize_graph(
                     activation_type=act,
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[method],
+                    op_types_to_quantize=list(how_to.op_types) if how_to.op_types else None,
                     extra_options=extra,
                 )
         except Exception as e:  # the quantiser raises many types for graphs it cannot handle
             raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         proto = onnx.load(str(out))
+    if target == "tensorrt":
+        fuse_residual_adds(proto)
+        trt_rules.require_trt_ready(proto, "the INT8 graph for TensorRT")
     how = {"source": calibration.source, "count": calibration.count, "crops": "ten", "method": method}
-    how |= {"activations": activations, "weights": "int8 per-channel symmetric", "format": "QDQ"}
+    how |= {"activations": how_to.activations, "weights": "int8 per-channel symmetric", "format": "QDQ"}
+    how |= {"target": target, "bias": "int32" if how_to.quantize_bias else "float"}
     card = card.replace(precision="int8").with_provenance(calibration=how)
     seal(
         proto, card, "resnet-stack export.quantize", f"onnxruntime {ort.__version__} quantize_static", "the INT8 graph"
     )
     return proto, card
+
+
+def fuse_residual_adds(proto: Any) -> int:
+    """Let TensorRT fuse each residual Add into the convolution before it: drop the Q/DQ pair between a Conv's
+    output and the Add it feeds (one input per Add, the first that comes straight from a Conv); the other input, the
+    skip connection, keeps its Q/DQ. TensorRT developer guide, Q/DQ placement: "quantize the residual input in
+    skip connections", and an element-wise addition that follows a weighted layer is fused into it (the
+    ResNetV1QDQCase of NVIDIA's TensorFlow quantization toolkit, ``remove_partial_input_qdq`` in Model Optimizer's
+    ``modelopt.onnx.quantization.qdq_utils``). Returns how many Q/DQ pairs were removed; the graph is edited in place."""
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    dropped: list[Any] = []
+    for add in [n for n in graph.node if n.op_type == "Add"]:
+        for k, name in enumerate(add.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            conv = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+            if conv is None or conv.op_type != "Conv":
+                continue
+            if [c.name for c in consumers[q.output[0]]] != [dq.name] or len(consumers[name]) != 1 or name in outputs:
+                continue  # the pair is shared with another consumer: it stays
+            add.input[k] = q.input[0]
+            dropped += [q, dq]
+            break
+    for node in dropped:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+    return len(dropped) // 2
 
 
 def load_source(
@@ -188,17 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="output path (default: beside the input, model.int8.onnx; for an architecture name with --weights, "
-        "in the current folder: resnet50 -> ./resnet50.int8.onnx)",
+        help="output path (default: beside the input, model.int8.onnx, or model.int8.trt.onnx for --target tensorrt; "
+        "for an architecture name with --weights, in the current folder: resnet50 -> ./resnet50.int8.onnx)",
     )
     p.add_argument("--arch", default=None, help="architecture of a plain torchvision state dict, e.g. resnet50")
     add_weights_arguments(p)
     add_calib_arguments(p)
     p.add_argument(
-        "--activations",
-        choices=ACTIVATIONS,
-        default=DEFAULT_ACTIVATIONS,
-        help="activation type: uint8 (asymmetric) or int8 (symmetric, what TensorRT needs); default %(default)s",
+        "--target",
+        choices=tuple(TARGETS),
+        default=DEFAULT_TARGET,
+        help="the runtime the graph is laid out for: cpu (ONNX Runtime on the CPU: uint8 asymmetric activations, "
+        "int32 biases; model.int8.onnx) or tensorrt (symmetric int8, float biases, Q/DQ where TensorRT fuses them, "
+        "checked against TensorRT's ONNX rules; model.int8.trt.onnx); default %(default)s",
     )
     gate.add_gate_arguments(
         p, images_default="the held-out digits for --calib digits, else the photos; never a calibration image"
@@ -207,8 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_path(source: Path, output: Path | None, weights: str | None = None) -> Path:
-    out = output or artifacts.layout_for(source_base(source, weights)).int8
+def graph_path(layout: artifacts.Layout, target: str) -> Path:
+    """Where the INT8 graph for ``target`` goes: ``model.int8.onnx`` (cpu) or ``model.int8.trt.onnx`` (tensorrt)."""
+    return layout.int8 if target == "cpu" else layout.folder / f"{layout.stem}.int8.trt.onnx"
+
+
+def output_path(source: Path, output: Path | None, weights: str | None = None, target: str = DEFAULT_TARGET) -> Path:
+    out = output or graph_path(artifacts.layout_for(source_base(source, weights)), target)
     if out.suffix != ".onnx":
         raise UsageError(f"output must end in .onnx, not {out.name}")
     artifacts.ensure_writable(out.parent)
@@ -218,17 +299,18 @@ def output_path(source: Path, output: Path | None, weights: str | None = None) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     thresholds = gate.thresholds_from_args(args, "int8")
-    out = output_path(args.source, args.output, args.weights)
+    out = output_path(args.source, args.output, args.weights, args.target)
     model, card, fp32 = load_source(
         args.source, args.arch, args.weights, download=args.download, check_hash=args.check_hash
     )
     calibration, images = calib.prepare(args.calib, card, args.calib_count, args.images, args.limit)
     log(
-        f"calibrating on {calibration.count} images from {calibration.source} ({args.method}, {args.activations} "
-        f"activations); gate on {len(images.files)} other images from {images.source}"
+        f"calibrating on {calibration.count} images from {calibration.source} ({args.method}, for {args.target}: "
+        f"{TARGETS[args.target].activations} activations); gate on {len(images.files)} other images from "
+        f"{images.source}"
     )
     t0 = time.perf_counter()
-    proto, int8_card = quantize_graph(fp32, card, calibration, args.method, args.activations)
+    proto, int8_card = quantize_graph(fp32, card, calibration, args.method, args.target)
     log(f"quantized in {time.perf_counter() - t0:.1f} s")
     if model is not None:
         reference = Reference.from_model(model, card, images, str(args.source))
@@ -243,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_batch,
         card=int8_card,
     )
-    log(f"wrote {out} (INT8 QDQ) · {gate.summary_line(report)}")
+    log(f"wrote {out} (INT8 QDQ for {args.target}) · {gate.summary_line(report)}")
     return 0
 
 

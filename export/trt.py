@@ -2,12 +2,15 @@
 
 1. FP32 ONNX (``export.onnx``), gated against PyTorch FP32 (FP32 thresholds).
 2. FP16 graph (``export.fp16``), gated on the CPU through ONNX Runtime (FP16 thresholds).
-3. With ``--int8``: the INT8 QDQ graph (``export.quantize``, symmetric int8 activations as TensorRT needs),
-   calibrated on ``--calib`` and gated on other images on the CPU (INT8 thresholds).
-4. TensorRT engine (``export.engine``): built, run through ``resnet.trt_runtime.TensorRTRunner`` on the same images
+3. With ``--int8``: the INT8 QDQ graph laid out for TensorRT (``export.quantize --target tensorrt``:
+   ``model.int8.trt.onnx``, symmetric int8, float biases), calibrated on ``--calib``, checked against TensorRT's ONNX
+   rules (``export.trt_rules``: a graph that breaks them exits 1 with the reason, before anything is written or
+   built) and gated on other images on the CPU (INT8 thresholds). The CPU-tuned ``model.int8.onnx`` is
+   ``export.quantize``'s (default ``--target cpu``).
+4. TensorRT engine (``export.engine``): built, run through ``resnet.runtime.tensorrt.TensorRTRunner`` on the same images
    and gated (FP16 thresholds); then ``model.plan`` + ``model.plan.json`` (card, TensorRT version, GPU, profile,
    build mode, the parity report). With ``--int8`` also ``model.int8.plan`` (+ ``.json``): a strongly typed engine
-   from the QDQ graph (explicit quantization), gated with the INT8 thresholds. Without a CUDA device or the
+   from ``model.int8.trt.onnx`` (explicit quantization), gated with the INT8 thresholds. Without a CUDA device or the
    ``tensorrt`` package, the graphs are still made, one line says the engine step was skipped and why, and the
    exit code is 0 (4 with ``--require-engine``). With ``--multiscale`` each engine gets a second optimisation
    profile for the paper's multi-scale views (``export.engine.engine_profiles``), its gate also runs the multi-scale
@@ -20,7 +23,6 @@ The PyTorch reference runs once and serves all three gates. A failed gate exits 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also make the INT8 QDQ graph (gated) and, on a GPU, an INT8 TensorRT engine from it",
+        help="also make the TensorRT-ready INT8 QDQ graph (model.int8.trt.onnx: checked against TensorRT's ONNX "
+        "rules, then gated) and, on a GPU, an INT8 TensorRT engine from it (model.int8.plan)",
     )
     quantize.add_calib_arguments(p, prefix="--int8: ")
     gate.add_threshold_argument(p, "--int8-thresholds", "int8")
@@ -102,13 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strongly-typed",
         action="store_true",
-        help="TensorRT 10: build a strongly typed network from the FP16 graph instead of the FP32 graph "
-        "with the FP16 flag (TensorRT 11 always does this)",
+        help="TensorRT 10.0-10.11: build a strongly typed network from the FP16 graph instead of the FP32 graph "
+        "with the FP16 flag (TensorRT 10.12 and later always do this: the FP16 flag is deprecated there)",
     )
     return p
-
-
-INT8_MODE = "strongly typed network from the INT8 QDQ graph (explicit quantization)"
 
 
 def int8_plan(layout: artifacts.Layout) -> Path:
@@ -152,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     int8_rung = None
     if int8_inputs is not None:
         t0 = _stage(f"3/{steps} INT8 graph")
-        int8_rung = _int8_graph(args, model, card, proto, layout.int8, int8_inputs, int8_t, t0)
+        int8_path = quantize.graph_path(layout, "tensorrt")
+        int8_rung = _int8_graph(args, model, card, proto, int8_path, int8_inputs, int8_t, t0)
 
     _stage(f"{steps}/{steps} TensorRT engine")
     ok, reason = tensorrt_available()
@@ -181,12 +182,15 @@ def _int8_graph(
     thresholds: gate.Thresholds,
     t0: float,
 ) -> tuple[ModelCard, Reference, ImageSet, gate.Thresholds]:
-    """The INT8 QDQ graph (symmetric activations, as TensorRT needs), gated on images kept from calibration."""
+    """The INT8 QDQ graph laid out for TensorRT, checked against TensorRT's ONNX rules (``quantize_graph`` raises
+    ``TrtRulesError`` before anything is written), then gated on images kept from calibration."""
     calibration, images = inputs
     log(f"calibrating on {calibration.count} images from {calibration.source}; gate on {len(images.files)} others")
-    proto8, card8 = quantize.quantize_graph(proto, card, calibration, args.method, "int8")
+    proto8, card8 = quantize.quantize_graph(proto, card, calibration, args.method, "tensorrt")
+    log("  keeps TensorRT's ONNX rules (INT8 Q/DQ only, zero points 0, no INT32 DequantizeLinear)")
     reference = Reference.from_model(model, card, images, source_name(args.checkpoint, card, args.weights))
-    _gate(reference, proto8, final, images, thresholds, args.max_batch, "onnxruntime quantize_static, QDQ", t0)
+    how = "onnxruntime quantize_static, QDQ for TensorRT"
+    _gate(reference, proto8, final, images, thresholds, args.max_batch, how, t0)
     return card8, reference, images, thresholds
 
 
@@ -224,13 +228,12 @@ def _engine(
     profiles = engine_profiles(card, args.max_batch, args.multiscale)
     build = build_engine(
         layout.onnx,
-        layout.int8 if int8 else layout.fp16,
+        layout.fp16,
         profiles,
         args.timing_cache or layout.timing_cache,
-        strongly_typed=True if int8 else (args.strongly_typed or None),
+        strongly_typed=args.strongly_typed or None,
+        int8_onnx=quantize.graph_path(layout, "tensorrt") if int8 else None,
     )
-    if int8:  # explicit quantization: the Q/DQ nodes fix what runs in INT8; no precision flags
-        build = dataclasses.replace(build, mode=INT8_MODE)
     multiscale = multiscale_record(card, profiles)
     views = f" + multi-scale profile {multiscale}" if multiscale else ""
     log(

@@ -30,23 +30,58 @@ def test_cpu_rehearsal_runs_every_step_asserts_and_writes_two_files(tmp_path: Pa
     summary = json.loads((tmp_path / "device_check.json").read_text())
     assert summary["device"] == "cpu" and summary["gpu"] is None and summary["passed"] and summary["complete"]
     steps = summary["steps"]
-    assert steps["compile"] == {"passed": None, "skipped": True}
+    assert steps["compile"] == {"status": "not exercised", "passed": None, "why": "--skip"}
     assert steps["parity_fp32"]["top1_agreement_pct"] == 100.0 and steps["parity_fp32"]["min_cosine"] >= 0.9999
     assert set(steps["autocast"]) >= {"bf16", "fp16"} and steps["autocast"]["bf16"]["top1_agreement_pct"] >= 99
     assert set(steps["train_step"]["images_per_s"]) == {"fp32", "channels_last", "channels_last_bf16"}
     assert steps["digits"]["images"] == 40  # --tiny: the first 40 held-out digits
-    # no CUDA here: the TensorRT step says why it was skipped instead of failing the check
-    assert steps["trt_multiscale"]["passed"] is None and steps["trt_multiscale"]["skipped"]
-    assert "CUDA" in steps["trt_multiscale"]["why"] or "tensorrt" in steps["trt_multiscale"]["why"]
+    # no CUDA/TensorRT here: the TensorRT steps say why they were not exercised, and never read as passed
+    for name in ("trt_multiscale", "trt_int8"):
+        assert steps[name]["status"] == "not exercised" and steps[name]["passed"] is None, steps[name]
+        assert "CUDA" in steps[name]["why"] or "tensorrt" in steps[name]["why"]
+    assert summary["counts"] == {"passed": 4, "failed": 0, "not exercised": 3}
+    # TF32 off only while parity_fp32 compares: the fp32 training figures run with PyTorch's defaults
+    assert steps["parity_fp32"]["tf32"] == {"cudnn": False, "matmul": False}
+    assert steps["train_step"]["tf32"] == {"cudnn": True, "matmul": False}
+    # the table printed last: every step with its status, the not-exercised ones with why
+    table = proc.stdout[proc.stdout.index("== summary") :].splitlines()
+    rows = {line.split()[0]: line for line in table[2:] if line.strip() and not line.startswith("device_check.py")}
+    assert set(rows) == {"digits", "parity_fp32", "autocast", "compile", "train_step", "trt_multiscale", "trt_int8"}
+    assert "not exercised" in rows["trt_int8"] and ("tensorrt" in rows["trt_int8"] or "CUDA" in rows["trt_int8"])
+    assert " passed " in rows["digits"] and "passed" not in rows["compile"] and " ok" not in proc.stdout
+    assert proc.stdout.strip().endswith("device_check.py exit 0")
 
 
 def test_a_failed_step_fails_the_check_and_says_why(tmp_path: Path) -> None:
-    proc = run_check(tmp_path, "--device cpu --tiny --skip digits compile train_step", timeout=300)
+    argv = "--device cpu --tiny --skip compile train_step autocast --min-accuracy 101"
+    proc = run_check(tmp_path, argv, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "device_check.json").read_text())
-    assert summary["passed"] is False
-    assert summary["steps"]["parity_fp32"]["passed"] is False
-    assert "needs the digits model" in summary["steps"]["parity_fp32"]["failure"]
+    steps = summary["steps"]
+    assert summary["passed"] is False and summary["counts"]["failed"] == 1
+    assert steps["digits"]["status"] == "failed" and "< 101.0%" in steps["digits"]["failure"]
+    assert steps["parity_fp32"]["status"] == "passed"  # the model exists: the next steps still run
+    assert "digits           failed" in proc.stdout and proc.stdout.strip().endswith("device_check.py exit 1")
+
+
+def test_a_step_whose_input_never_came_is_not_exercised_not_passed(tmp_path: Path) -> None:
+    proc = run_check(tmp_path, "--device cpu --tiny --skip digits compile train_step", timeout=300)
+    summary = json.loads((tmp_path / "device_check.json").read_text())
+    for name in ("parity_fp32", "autocast"):
+        assert summary["steps"][name]["status"] == "not exercised", summary["steps"][name]
+        assert summary["steps"][name]["passed"] is None and "did not pass" in summary["steps"][name]["why"]
+    assert summary["counts"] == {"passed": 0, "failed": 0, "not exercised": 7}
+    assert proc.returncode == 0 and "passed" not in proc.stdout.split("== summary")[1].replace("did not pass", "")
+
+
+def test_tf32_is_off_only_inside_the_parity_block() -> None:
+    sys.path.insert(0, str(REPO))
+    from bench.device_check import tf32_off, tf32_settings
+
+    before = tf32_settings()
+    with tf32_off():
+        assert tf32_settings() == {"cudnn": False, "matmul": False}
+    assert tf32_settings() == before
 
 
 def test_asking_for_cuda_without_it_exits_4(tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 import resnet
-from export import trt
-from export.engine import choose_mode
+from export import trt, trt_rules
+from export.engine import INT8_MODE, choose_mode
+from export.gate import PRESETS
 from resnet.runtime.tensorrt import TensorRTRunner, tensorrt_available
 
 HAS_ENGINE, REASON = tensorrt_available()
@@ -29,7 +31,9 @@ def test_tensorrt_available_says_why_not() -> None:
 def test_build_mode_follows_the_tensorrt_version() -> None:
     assert choose_mode("11.0.0", strongly_typed=None) is True  # BuilderFlag.FP16 is gone in 11
     assert choose_mode("11.4.1", strongly_typed=False) is True
-    assert choose_mode("10.8.0", strongly_typed=None) is False  # FP32 graph + FP16 flag
+    assert choose_mode("10.16.1.11", strongly_typed=None) is True  # our pin: the FP16 flag is deprecated since 10.12
+    assert choose_mode("10.12.0", strongly_typed=None) is True
+    assert choose_mode("10.11.0", strongly_typed=None) is False  # FP32 graph + FP16 flag
     assert choose_mode("10.8.0", strongly_typed=True) is True
 
 
@@ -111,3 +115,45 @@ def test_multiscale_runner_runs_views_on_their_own_profile(multiscale_folder: Pa
     with pytest.raises(ValueError, match="outside the engine's profile"):
         runner.run(np.zeros((2, 3, 80, 80), np.float32))
     runner.close()
+
+
+@pytest.fixture(scope="module")
+def int8_folder(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("export_trt_int8")
+    shutil.copy(digits_checkpoint, folder / "model.pt")
+    argv = [str(folder / "model.pt"), "--int8", "--calib", "digits", "--calib-count", "50", "--max-batch", "32"]
+    assert trt.main([*argv, "--require-engine"]) == 0
+    return folder
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_int8_engine_is_built_from_the_tensorrt_ready_graph_and_gated(int8_folder: Path) -> None:
+    graph = int8_folder / "model.int8.trt.onnx"
+    assert trt_rules.check_graph(onnx.load(str(graph))) == []
+    meta = json.loads((int8_folder / "model.int8.plan.json").read_text())
+    assert meta["precision"] == "int8" and meta["card"]["precision"] == "int8"
+    assert meta["build"]["source_onnx"] == graph.name and meta["build"]["mode"] == INT8_MODE
+    assert meta["parity"]["passed"] and meta["parity"]["candidate"]["backend"] == "tensorrt"
+    assert meta["parity"]["thresholds"] == PRESETS["int8"].as_dict()
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_int8_engine_agrees_with_its_graph_in_onnxruntime(int8_folder: Path) -> None:
+    runner = TensorRTRunner(int8_folder / "model.int8.plan")
+    sess = ort.InferenceSession(str(int8_folder / "model.int8.trt.onnx"), providers=["CPUExecutionProvider"])
+    _, card = resnet.load_checkpoint(int8_folder / "model.pt")
+    from PIL import Image
+
+    from resnet.samples import digits_images
+
+    images, _ = digits_images("test")
+    x = np.concatenate([resnet.preprocess(Image.fromarray(img), card, crops="center") for img in images[:96]])
+    got, ref = runner.run(x[:32]), sess.run(None, {"input": x[:32]})[0]
+    for i in range(32, 96, 32):
+        got = np.concatenate([got, runner.run(x[i : i + 32])])
+        ref = np.concatenate([ref, sess.run(None, {"input": x[i : i + 32]})[0]])
+    runner.close()
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.97  # same Q/DQ scales; kernels and fusions differ

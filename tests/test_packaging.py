@@ -167,6 +167,37 @@ def test_dockerfile_pins_equal_pyprojects() -> None:
     assert set(_pins(_extra("serve-gpu"))) >= {"onnxruntime-gpu", "tensorrt-cu13"}
 
 
+def _closure(extras: list[str]) -> set[str]:
+    """Distribution names that installing the project with ``extras`` pulls in (our own extras expanded)."""
+    names: set[str] = {
+        re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower() for r in _pyproject()["project"]["dependencies"]
+    }
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for req in _extra(extra):
+            m = re.fullmatch(r"resnet-stack\[([^]]+)\]", req.strip())
+            if m:
+                todo += [e.strip() for e in m.group(1).split(",")]
+            else:
+                names.add(re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower())
+    return names
+
+
+def test_the_train_gpu_image_can_run_every_export_gate() -> None:
+    """Every export gate and the INT8 quantizer import onnxruntime: ``[export]`` (so ``[train,export]``, the
+    train-gpu image) must install it, or ``export.trt`` fails in the image built to run it."""
+    assert "from onnxruntime.quantization import" in (REPO / "export" / "quantize.py").read_text()
+    assert "onnxruntime" in _closure(["export"])
+    (install,) = [args for args in _dockerfile_pip_installs("train-gpu-build") if any("./[" in a for a in args)]
+    extras = re.fullmatch(r"\./\[([^]]+)\]", next(a for a in install if a.startswith("./["))).group(1).split(",")
+    assert {"torch", "onnx", "onnxruntime", "onnxconverter-common"} <= _closure(extras) | set(_pins(install))
+    assert "onnxruntime-gpu" not in _closure(extras)  # one onnxruntime module in the image
+
+
 def test_gpu_images_are_on_a_cuda_13_base_matching_the_wheels() -> None:
     text = DOCKERFILE.read_text()
     (base,) = re.findall(r"^ARG CUDA_IMAGE=(\S+)$", text, re.MULTILINE)

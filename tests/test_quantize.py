@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 import resnet
-from export import calib, compare, parity, quantize, trt
+from export import calib, compare, parity, quantize, trt, trt_rules
 from export.gate import PRESETS
 from export.onnx import export_onnx
 from resnet.onnx_card import read_onnx_card
@@ -56,6 +56,7 @@ def test_int8_graph_has_qdq_nodes_an_int8_card_and_a_passed_report(quantized: Pa
     assert card.precision == "int8" and card.replace(precision="fp32", provenance=fp32_card.provenance) == fp32_card
     how = card.provenance["calibration"]
     assert how["source"] == "digits" and how["count"] == 20 and how["method"] == quantize.DEFAULT_METHOD
+    assert how["target"] == "cpu" and how["activations"] == "uint8" and how["bias"] == "int32"  # CPU-tuned default
     report = json.loads((quantized / "model.int8.onnx.parity.json").read_text())
     assert report["passed"] is True and report["thresholds"] == PRESETS["int8"].as_dict()
     assert report["candidate"]["precision"] == "int8"
@@ -166,7 +167,7 @@ def test_help_lists_the_options(capsys) -> None:
         quantize.main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0
-    for flag in ("--calib", "--calib-count", "--method", "--thresholds", "-o", "--images", "--activations"):
+    for flag in ("--calib", "--calib-count", "--method", "--thresholds", "-o", "--images", "--target"):
         assert flag in out
 
 
@@ -179,15 +180,20 @@ def test_trt_int8_rung_adds_a_gated_symmetric_int8_graph(digits_checkpoint: Path
     log = buf.getvalue()
     assert "== 3/4 INT8 graph" in log and "== 4/4 TensorRT engine" in log
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.onnx.parity.json"} <= set(names)
-    card = read_onnx_card(tmp_path / "model.int8.onnx")
-    assert card.precision == "int8" and card.provenance["calibration"]["activations"] == "int8"  # TensorRT: symmetric
-    proto = onnx.load(str(tmp_path / "model.int8.onnx"))
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.trt.onnx", "model.int8.trt.onnx.parity.json"} <= set(names)
+    assert "model.int8.onnx" not in names  # the CPU-tuned graph is export.quantize's
+    card = read_onnx_card(tmp_path / "model.int8.trt.onnx")
+    how = card.provenance["calibration"]
+    assert card.precision == "int8" and how["activations"] == "int8" and how["target"] == "tensorrt"
+    assert how["bias"] == "float"
+    proto = onnx.load(str(tmp_path / "model.int8.trt.onnx"))
+    assert trt_rules.check_graph(proto) == []
     zero_points = [t for t in proto.graph.initializer if "zero_point" in t.name]
     types = {t.data_type for t in zero_points}
-    assert onnx.TensorProto.INT8 in types and onnx.TensorProto.UINT8 not in types  # int8 activations (int32 biases)
+    assert types == {onnx.TensorProto.INT8}  # int8 activations and weights, no int32 biases
     assert all(not numpy_helper.to_array(t).any() for t in zero_points)  # symmetric: every zero point is 0
-    report = json.loads((tmp_path / "model.int8.onnx.parity.json").read_text())
+    assert "keeps TensorRT's ONNX rules" in log
+    report = json.loads((tmp_path / "model.int8.trt.onnx.parity.json").read_text())
     assert report["passed"] and report["images"]["source"] == "bundled digits (test split)"
     if not tensorrt_available()[0]:
         skipped = [line for line in log.splitlines() if "engine step skipped" in line]
@@ -207,3 +213,9 @@ def test_compare_prints_accuracy_and_speed_side_by_side(quantized: Path, tmp_pat
     assert rows["model.onnx"][3] == "100.00%" and float(rows["model.int8.onnx"][3].rstrip("%")) >= 90.0
     assert all(float(r[4]) > 0 for r in rows.values())  # images/s measured for both
     assert resnet.run_cli(compare.main, [str(graph), "--images", str(tmp_path / "nope")]) == 2
+
+
+def test_each_target_has_its_own_default_file(tmp_path: Path) -> None:
+    source = tmp_path / "model.pt"
+    assert quantize.output_path(source, None).name == "model.int8.onnx"  # CPU-tuned, what the CPU server serves
+    assert quantize.output_path(source, None, target="tensorrt").name == "model.int8.trt.onnx"
