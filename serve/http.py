@@ -106,7 +106,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @on(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return answer(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        message = str(exc.detail)
+        if exc.status_code == 405 and headers and "Allow" in headers:
+            message = f"{request.method} {request.url.path}: use {headers['Allow']}"
+        return answer(request, exc.status_code, code, message, headers)
 
     @on(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
