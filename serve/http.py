@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .batcher import BackendFailed, QueueFull
+from .decode import DecodeQueueFull
 from .service import ClassifyService, ImageError
 from .v2_schema import V2Error
 
@@ -79,6 +80,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @on(QueueFull)
     async def _full(request: Request, e: QueueFull) -> Response:
         request.app.state.metrics.rejected.labels("queue_full").inc()
+        return answer(request, 503, "queue_full", f"server busy: {e}; retry shortly", {"Retry-After": "1"})
+
+    @on(DecodeQueueFull)
+    async def _decode_full(request: Request, e: DecodeQueueFull) -> Response:
+        request.app.state.metrics.rejected.labels("decode_queue_full").inc()
         return answer(request, 503, "queue_full", f"server busy: {e}; retry shortly", {"Retry-After": "1"})
 
     @on(BackendFailed)
