@@ -69,10 +69,11 @@ async def _attack_and_probe(url: str, large: bytes, small: bytes) -> tuple[list,
     attackers = [httpx.AsyncClient(limits=limits, timeout=timeout) for _ in range(ATTACKERS)]
     try:
         attack = [asyncio.ensure_future(_post(client, url, large)) for client in attackers for _ in range(PER_ATTACKER)]
-        # probe once the attack is under way: some attackers were already answered, large decodes are running
-        deadline = time.monotonic() + 20
-        while sum(t.done() for t in attack) < 8 and time.monotonic() < deadline:
+        # probe while the attack is under way: half the attackers were turned away, large decodes are running
+        deadline = time.monotonic() + 30
+        while sum(t.done() for t in attack) < PER_ATTACKER and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        assert not all(t.done() for t in attack), "the attack was over before the probe"
         async with httpx.AsyncClient(timeout=timeout) as third:
             started = time.perf_counter()
             probe = await third.post(url, files={"file": ("small.png", small, "image/png")})
