@@ -33,6 +33,7 @@ import resnet
 from resnet import MissingComponentError, UsageError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
+from resnet.digest import bytes_sha256
 from resnet.multiscale import VIEW_MAX_ASPECT, VIEW_MAX_BATCH
 from resnet.runtime.tensorrt import tensorrt_available
 from resnet.weights import add_source_arguments, load_model_source, source_base
@@ -259,6 +260,7 @@ def _engine(
             },
             parity=report,
             multiscale=multiscale,
+            plan_sha256=bytes_sha256(build.plan),  # checked by artifacts.read_sidecar at every load
         )
         artifacts.write_sidecar(plan, sidecar)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import digest
 from .atomic import atomic_write, default_file_mode, fsync_dir
 from .card import ModelCard
 from .errors import CardError, MissingComponentError, UsageError, UserError
@@ -197,9 +198,12 @@ class EngineSidecar:
     parity: dict[str, Any] | None = None  # the gate report that admitted it
     # the multi-scale profile (profile 1): {"batch": [min, opt, max], "min_side", "max_side", "sides"}; None: none
     multiscale: dict[str, Any] | None = None
+    plan_sha256: str | None = None  # SHA-256 of the .plan's bytes (resnet.digest); None: written before digests
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"multiscale": _multiscale(self.multiscale)} if self.multiscale is not None else {}
+        if self.plan_sha256 is not None:
+            extra["plan_sha256"] = self.plan_sha256
         return {
             "format": SIDECAR_FORMAT,
             "version": SIDECAR_VERSION,
@@ -237,6 +241,7 @@ class EngineSidecar:
                 build=dict(data.get("build") or {}),
                 parity=parity if isinstance(parity, dict) else None,
                 multiscale=_multiscale(data.get("multiscale")),
+                plan_sha256=digest.recorded(data.get("plan_sha256"), where),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CardError(f"{where} is malformed ({type(e).__name__}: {str(e)[:80]})") from None
@@ -295,7 +300,8 @@ def write_sidecar(plan: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:
 
 
 def read_sidecar(plan: str | os.PathLike[str]) -> EngineSidecar:
-    """The validated sidecar of an engine; one-line ``UserError`` subclasses for missing, unreadable or foreign ones."""
+    """The validated sidecar of an engine; one-line ``UserError`` subclasses for missing, unreadable or foreign ones.
+    When the ``.plan`` is there, its bytes are checked against the sidecar's ``plan_sha256`` (``CheckpointError``)."""
     side = sidecar_path(plan)
     if not side.is_file():
         raise CardError(f"{plan} has no sidecar {side.name}: its card, TensorRT version and profile are unknown")
@@ -304,9 +310,16 @@ def read_sidecar(plan: str | os.PathLike[str]) -> EngineSidecar:
     except (OSError, ValueError, RecursionError) as e:
         raise CardError(f"{side} is not readable JSON ({type(e).__name__})") from None
     try:
-        return EngineSidecar.from_dict(data, where=str(side))
+        sidecar = EngineSidecar.from_dict(data, where=str(side))
     except SidecarMismatchError as e:
         raise SidecarMismatchError(f"{e}; {rebuild_hint(plan)}") from None
+    if Path(plan).is_file():
+        try:
+            actual = digest.file_sha256(plan) if sidecar.plan_sha256 else ""
+        except OSError as e:
+            raise UserError(f"cannot read {plan}: {e.strerror or e}") from None
+        digest.check(plan, sidecar.plan_sha256, actual, what="engine")
+    return sidecar
 
 
 def rebuild_hint(plan: str | os.PathLike[str]) -> str:

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import digest
 from .atomic import atomic_write
 from .card import ModelCard, make_card
-from .errors import CheckpointError, UsageError
+from .errors import CardError, CheckpointError, UsageError
 from .registry import create_model, parse_model_name
 
 FORMAT = "resnet-checkpoint"
@@ -36,13 +37,24 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: ModelCard) -> Path:
-    """Write ``{"format", "version", "model_card", "state_dict"}`` atomically; tensors are moved to the CPU."""
+    """Write ``{"format", "version", "model_card", "state_dict", "weights_sha256"}`` atomically; tensors are moved
+    to the CPU. ``weights_sha256`` (``state_dict_sha256``) is checked by every load."""
     if not isinstance(card, ModelCard):
         raise TypeError(f"save_checkpoint needs a ModelCard, not {type(card).__name__}")
     model = unwrap(model)
     state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "version": VERSION, "model_card": card.to_dict(), "state_dict": state_dict}
+    obj[digest.DIGEST_KEY] = state_dict_sha256(state_dict)
     return atomic_save(obj, path)
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: every tensor's name, dtype, shape and bytes, in key order (``resnet.digest``)."""
+    h = digest.TensorDigest()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous().reshape(-1)
+        h.add(name, str(t.dtype), tuple(state_dict[name].shape), t.view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
@@ -201,12 +213,58 @@ def model_from_card(card: ModelCard) -> nn.Module:
     return create_model(card.spec.name, num_classes=card.num_classes, variant=card.variant, shortcut=card.shortcut)
 
 
+def _is_ours(obj: Any) -> bool:
+    """Whether an unpickled object says it is our checkpoint (``format`` is the string, not a look-alike tensor)."""
+    return isinstance(obj, dict) and isinstance(obj.get("format"), str) and obj["format"] == FORMAT
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is plain JSON data (what a card holds): a tensor in a card would fail far from here."""
+    if depth > 64:
+        return False
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _header(obj: dict[str, Any], path: str | os.PathLike[str]) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The validated card and state dict of our checkpoint, its weights checked against ``weights_sha256``.
+
+    Every header field is checked for its type before it is compared: a damaged file may hold a tensor (of any
+    number of elements) where a number or a string belongs, and comparing that raises ``RuntimeError``."""
+    version = obj.get("version")
+    if type(version) is not int or version != VERSION:
+        shown = f"a {type(version).__name__}" if isinstance(version, torch.Tensor) else repr(version)[:20]
+        raise CheckpointError(f"{path}: checkpoint version {shown} is not supported (need {VERSION})")
+    raw_card = obj.get("model_card")
+    if not _plain(raw_card):
+        raise CheckpointError(f"{path}: its model card holds something other than JSON data (a damaged file)")
+    try:
+        card = ModelCard.from_dict(raw_card)
+    except CardError as e:
+        raise CardError(f"{path}: {e}") from None
+    state_dict = obj.get("state_dict")
+    if not _is_state_dict(state_dict):
+        raise CheckpointError(f"{path} has no usable state_dict")
+    recorded = digest.recorded(obj.get(digest.DIGEST_KEY), path)
+    try:
+        actual = state_dict_sha256(state_dict) if recorded else ""
+    except (RuntimeError, TypeError) as e:  # a tensor kind that has no plain bytes (quantized, sparse, ...)
+        raise CheckpointError(f"{path}: its state_dict holds a tensor that cannot be read ({str(e)[:80]})") from None
+    digest.check(path, recorded, actual)
+    return card, state_dict
+
+
 def read_checkpoint_card(path: str | os.PathLike[str]) -> ModelCard:
-    """The card of one of our checkpoints (no network is built)."""
+    """The card of one of our checkpoints (no network is built); its weights are checked against their digest."""
     obj = read_checkpoint_file(path)
-    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+    if not _is_ours(obj):
         raise CheckpointError(f"{path} is not a resnet checkpoint with a model card")
-    return ModelCard.from_dict(obj.get("model_card"))
+    return _header(obj, path)[0]
 
 
 def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tuple[nn.Module, ModelCard]:
@@ -215,16 +273,11 @@ def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tu
     The model is on the CPU in eval mode. Errors are ``CheckpointError``/``UsageError`` with one clear line.
     """
     obj = read_checkpoint_file(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("version") != VERSION:
-            raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} is not supported (need {VERSION})")
-        card = ModelCard.from_dict(obj.get("model_card"))
+    if _is_ours(obj):
+        card, state_dict = _header(obj, path)
         if arch is not None and parse_model_name(arch).name != card.spec.name:
             raise UsageError(f"{path} holds a {card.spec.name}, not the {arch} you named")
         model = model_from_card(card)
-        state_dict = obj.get("state_dict")
-        if not _is_state_dict(state_dict):
-            raise CheckpointError(f"{path} has no usable state_dict")
         load_state_dict_strict(model, state_dict, card.spec.name)
     elif _is_state_dict(obj) or (isinstance(obj, dict) and _is_state_dict(obj.get("state_dict"))):
         state_dict = obj if _is_state_dict(obj) else obj["state_dict"]
@@ -233,7 +286,8 @@ def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> tu
                 f"{path} is a plain state dict with no model card; name its architecture (--arch resnet50)"
             )
         spec = parse_model_name(arch)
-        num_classes = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else None
+        fc = state_dict.get("fc.weight")
+        num_classes = fc.shape[0] if fc is not None and fc.dim() == 2 and fc.shape[0] > 0 else None
         card = make_card(
             spec.name, num_classes=num_classes, provenance={"source": str(path), "format": "torchvision state dict"}
         )

@@ -1,4 +1,11 @@
-"""The model card inside ONNX files (docs/DESIGN.md §2: ``metadata_props["model_card"]``), shared by export and serve."""
+"""The model card inside ONNX files (docs/DESIGN.md §2: ``metadata_props["model_card"]``), shared by export and serve,
+and beside it the graph's digest (``metadata_props["weights_sha256"]``, ``resnet.digest``), checked by every read.
+
+The digest is the SHA-256 of the serialised ``GraphProto`` (its initializers, i.e. the weights, its nodes and I/O):
+``set_onnx_card`` computes it from the in-memory graph, ``check_onnx_file`` from the graph's bytes as stored in the
+file, found by walking the top level of the protobuf wire format (no ``onnx`` package needed: the ``[serve]``
+install has none).
+"""
 
 from __future__ import annotations
 
@@ -7,40 +14,129 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from . import digest
 from .card import ModelCard
-from .errors import CardError, UserError
+from .errors import CardError, CheckpointError, UserError
 
 CARD_KEY = "model_card"
+_GRAPH_FIELD = 7  # onnx.proto: ModelProto.graph
+_METADATA_FIELD = 14  # ModelProto.metadata_props: StringStringEntryProto {key = 1; value = 2}
+
+
+def graph_sha256(model: Any) -> str:
+    """SHA-256 of an ``onnx.ModelProto``'s graph as serialised. Weights in external data files are covered only by
+    their references (our artifacts keep them inside)."""
+    return digest.bytes_sha256(model.graph.SerializeToString())
 
 
 def set_onnx_card(model: Any, card: ModelCard) -> None:
-    """Store the card in an ``onnx.ModelProto``'s ``metadata_props`` (replacing any earlier one)."""
-    keep = [p for p in model.metadata_props if p.key != CARD_KEY]
+    """Store the card and the graph's digest in an ``onnx.ModelProto``'s ``metadata_props`` (replacing earlier
+    ones). Call it last, once the graph is final: every graph we write (FP32, FP16, INT8) is sealed here."""
+    keep = [p for p in model.metadata_props if p.key not in (CARD_KEY, digest.DIGEST_KEY)]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     entry = model.metadata_props.add()
     entry.key, entry.value = CARD_KEY, card.to_json()
+    entry = model.metadata_props.add()
+    entry.key, entry.value = digest.DIGEST_KEY, graph_sha256(model)
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("a varint runs past the end")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _fields(data: bytes) -> list[tuple[int, memoryview]]:
+    """The length-delimited fields at the top level of a protobuf message: ``(field number, payload)``."""
+    view = memoryview(data)
+    out: list[tuple[int, memoryview]] = []
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        wire = key & 7
+        if wire == 0:
+            at = _varint(data, at)[1]
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, at = _varint(data, at)
+            out.append((key >> 3, view[at : at + size]))
+            at += size
+        else:
+            raise ValueError(f"wire type {wire}")
+        if at > len(data):
+            raise ValueError("a field runs past the end")
+    return out
+
+
+def _stored(data: bytes) -> tuple[dict[str, str], list[memoryview]]:
+    """The metadata_props and the graph field(s) of a serialised ModelProto, as stored."""
+    props: dict[str, str] = {}
+    graphs: list[memoryview] = []
+    for number, payload in _fields(data):
+        if number == _GRAPH_FIELD:
+            graphs.append(payload)
+        elif number == _METADATA_FIELD:
+            entry = dict(_fields(bytes(payload)))
+            props[bytes(entry.get(1, b"")).decode("utf-8", "replace")] = bytes(entry.get(2, b"")).decode(
+                "utf-8", "replace"
+            )
+    return props, graphs
+
+
+def check_onnx_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Refuse (``CheckpointError``) a serialised ONNX model whose graph does not hash to its recorded digest; log
+    one line for a graph written before digests were recorded. ``CardError`` for bytes that are not protobuf."""
+    try:
+        props, graphs = _stored(data)
+    except ValueError as e:
+        raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({e})") from None
+    recorded = digest.recorded(props.get(digest.DIGEST_KEY), path)
+    if recorded is not None and len(graphs) != 1:
+        raise CheckpointError(f"{path} is corrupt: it holds {len(graphs)} graphs")
+    digest.check(path, recorded, digest.bytes_sha256(graphs[0]) if recorded else "", what="graph")
+
+
+def check_onnx_file(path: str | os.PathLike[str]) -> None:
+    """``check_onnx_bytes`` on a file (what the server calls before ONNX Runtime opens it; no ``onnx`` needed)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    check_onnx_bytes(data, path)
 
 
 def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
-    """The validated card of an ONNX file; ``CardError`` for a file that is not ours (no card)."""
+    """The validated card of an ONNX file; ``CardError`` for a file that is not ours (no card), ``CheckpointError``
+    for one whose graph does not hash to the digest recorded beside the card."""
     import onnx
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = onnx.load(str(path), load_external_data=False)
+        data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = onnx.load_model_from_string(data)
     except Exception as e:  # untrusted bytes: protobuf raises DecodeError, ValueError, RuntimeError ...
         raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({type(e).__name__})") from None
     for prop in model.metadata_props:
         if prop.key == CARD_KEY:
             try:
-                return ModelCard.from_json(prop.value)
+                card = ModelCard.from_json(prop.value)
             except CardError as e:
                 raise CardError(f"{path}: {e}") from None
+            check_onnx_bytes(data, path)
+            return card
     raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")

@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from .backends import Backend
 from .http import ApiError, error_response, install_error_handlers
@@ -63,6 +64,21 @@ def _lifespan(settings: Settings, backend: Backend | None):
     return lifespan
 
 
+class StaticFallback:
+    """The upload page and its files, served where no route matches. Not a ``Mount`` at ``/``: a mount matches every
+    path fully, so it would answer ``GET /classify`` or ``OPTIONS /v2/.../infer`` itself (404, ``Allow: GET, HEAD``)
+    instead of the router's 405 with ``Allow: POST``."""
+
+    path = ""  # what the access log and request metrics read from scope["route"]: "/ (static)"
+
+    def __init__(self, directory: Path) -> None:
+        self.files = StaticFiles(directory=directory, html=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self
+        await self.files(scope, receive, send)
+
+
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     """The FastAPI app. ``backend`` is loaded from ``settings.model`` in the lifespan when not given."""
     app = FastAPI(
@@ -83,7 +99,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         app.include_router(router)
     web_dir = Path(settings.web_dir) if settings.web_dir else None
     if web_dir is not None and web_dir.is_dir():
-        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+        app.router.default = StaticFallback(web_dir)
     # Middleware, innermost first.
     if settings.origins:
         app.add_middleware(

@@ -75,6 +75,9 @@ def onnx_backend(
     ``onnxruntime`` try TensorRT, then CUDA, then the CPU and say why the faster ones were passed over."""
     import onnxruntime as ort
 
+    from resnet.onnx_card import check_onnx_file
+
+    check_onnx_file(path)  # its graph against the digest beside its card: a corrupted file is refused here
     available = ort.get_available_providers()
     explicit = choice in ("tensorrt", "cuda")
     order = [choice] if explicit else [ep for ep in AUTO_ORDER if PROVIDERS[ep] in available or ep == "cpu"]

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .batcher import BackendFailed, QueueFull
+from .decode import DecodeQueueFull
 from .service import ClassifyService, ImageError
 from .v2_schema import V2Error
 
@@ -81,6 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
         request.app.state.metrics.rejected.labels("queue_full").inc()
         return answer(request, 503, "queue_full", f"server busy: {e}; retry shortly", {"Retry-After": "1"})
 
+    @on(DecodeQueueFull)
+    async def _decode_full(request: Request, e: DecodeQueueFull) -> Response:
+        request.app.state.metrics.rejected.labels("decode_queue_full").inc()
+        return answer(request, 503, "queue_full", f"server busy: {e}; retry shortly", {"Retry-After": "1"})
+
     @on(BackendFailed)
     async def _backend(request: Request, e: BackendFailed) -> Response:
         return answer(request, 503, "backend_failed", f"inference failed: {e}", {"Retry-After": "1"})
@@ -106,7 +112,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @on(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return answer(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        message = str(exc.detail)
+        if exc.status_code == 405 and headers and "Allow" in headers:
+            message = f"{request.method} {request.url.path}: use {headers['Allow']}"
+        return answer(request, exc.status_code, code, message, headers)
 
     @on(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@
 - ``ImageError``: one bad image of a request, with its HTTP status and error code (docs/DESIGN.md §4).
 - ``image_errors()``: turns ``resnet.preprocess``'s and Pillow's exceptions into ``ImageError`` (400/413/415).
 - ``header_sizes(images, max_pixels)``: width x height of each image from its header alone, nothing decoded.
+- ``decode_pixels(images, resize_size, max_pixels, draft)``: what each costs the decode queue (``serve.decode``).
 - ``decode_checked`` / ``multiscale_views_of``: decode once with the server's limits, then crops or views.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -69,6 +71,29 @@ def header_sizes(images: Sequence[bytes], max_pixels: int) -> list[tuple[int, in
             continue
         sizes.append(size if size[0] * size[1] <= max_pixels else None)
     return sizes
+
+
+def decode_pixels(images: Sequence[bytes], resize_size: int, max_pixels: int, draft: bool) -> list[int]:
+    """Pixels each image decodes to, from its header alone (the decode queue's cost): width x height, or for a JPEG
+    that ``decode_image`` drafts towards ``resize_size`` the reduced size the draft gives. 0 for an image that
+    cannot be opened or is over ``max_pixels`` (decoding refuses those at once)."""
+    costs: list[int] = []
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    costs.append(0)
+                    continue
+                if draft and im.format == "JPEG" and min(w, h) >= 4 * resize_size:  # as resnet.preprocess drafts
+                    scale = 2 * resize_size / min(w, h)
+                    im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))  # header only: no pixels read
+                    w, h = im.size
+        except Exception:
+            costs.append(0)
+            continue
+        costs.append(w * h)
+    return costs
 
 
 def decode_checked(data: bytes, resize_size: int, settings: Any) -> Image.Image:

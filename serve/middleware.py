@@ -11,7 +11,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .http import CLIENT_GONE, BodyTooLarge, answer, error_response
+from .http import CLIENT_GONE, BodyTooLarge, answer
 from .metrics import Metrics
 
 access_log = logging.getLogger("serve.access")
@@ -36,7 +36,8 @@ class BodyLimitMiddleware:
                     msg = f"request body of {value.decode('latin-1')[:40]} bytes is over the limit of {self.limit}"
                     if declared < 0:
                         msg = "invalid Content-Length"
-                    response = error_response(
+                    response = answer(  # the protocol's error shape: KServe's {"error": "..."} under /v2
+                        _Path(scope["path"]),
                         413 if declared > 0 else 400,
                         "body_too_large" if declared > 0 else "bad_request",
                         msg,

@@ -35,7 +35,7 @@ from resnet.runtime.ort import cpu_threads
 from .backends import MULTISCALE_FIXED, REEXPORT, Backend
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
-from .images import ImageError, decode_checked, header_sizes, image_errors, multiscale_views_of
+from .images import ImageError, decode_checked, decode_pixels, header_sizes, image_errors, multiscale_views_of
 from .precision import precision_of
 from .settings import Settings
 
@@ -77,7 +77,11 @@ class ClassifyService:
         self.shapes = batch_shapes(max_batch, settings.parsed_batch_sizes(), backend.min_batch)
         self._on_batch = on_batch
         self.batcher: Batcher | None = None
-        self.decode_pool = FairPool(settings.decode_threads or cpu_threads())
+        self.decode_pool = FairPool(
+            settings.decode_threads or cpu_threads(),
+            max_pixels=settings.max_decode_pixels,
+            small_pixels=settings.decode_small_pixels,
+        )
         # Pillow's own decompression-bomb guard at our cap too (decode_image turns its warning into an error).
         Image.MAX_IMAGE_PIXELS = settings.max_pixels
         self.ready = False
@@ -191,20 +195,28 @@ class ClassifyService:
         return total
 
     async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[Any], float]:
-        """Decode a request's images on the fair pool (one job per turn per request), after the pixel budget."""
+        """Decode a request's images on the decode queue (``serve.decode``: small images first, then round-robin
+        between requests). The pixel budget and the queue's costs come from the image headers, here on the event
+        loop, so a request is refused (413, or 503 past ``--max-decode-pixels``) without waiting behind decodes."""
         started = time.perf_counter()
-        owner = object()
-        await self.decode_pool.run(owner, self.check_budget, images, crops)
-        if crops == MULTISCALE:
-            jobs = [asyncio.ensure_future(self.decode_pool.run(owner, self.views, data)) for data in images]
-        else:
-            jobs = [asyncio.ensure_future(self.decode_pool.run(owner, self.preprocess, data, crops)) for data in images]
-        try:
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-        except BaseException:
-            for job in jobs:
-                job.cancel()
-            raise
+        self.check_budget(images, crops)
+        size = max(self.sides) if crops == MULTISCALE else self.card.resize_size
+        costs = decode_pixels(images, size, self.settings.max_pixels, self.settings.draft)
+        with self.decode_pool.admitted(costs) as owner:
+            pool = self.decode_pool
+            if crops == MULTISCALE:
+                jobs = [asyncio.ensure_future(pool.run(owner, self.views, d, cost=c)) for d, c in zip(images, costs)]
+            else:
+                jobs = [
+                    asyncio.ensure_future(pool.run(owner, self.preprocess, d, crops, cost=c))
+                    for d, c in zip(images, costs)
+                ]
+            try:
+                results = await asyncio.gather(*jobs, return_exceptions=True)
+            except BaseException:
+                for job in jobs:
+                    job.cancel()
+                raise
         for i, r in enumerate(results):
             if isinstance(r, ImageError):
                 if len(images) > 1:

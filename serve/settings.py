@@ -92,7 +92,22 @@ class Settings:
         "JPEG draft mode: DCT-reduce JPEGs >= 4x the resize size while decoding (faster; --no-draft = exact "
         "torchvision result for every image)",
     )
-    decode_threads: int = _opt(0, "threads decoding and resizing images off the event loop; 0 = CPU count")
+    decode_threads: int = _opt(
+        0,
+        "threads decoding and resizing images off the event loop; 0 = CPU count. Large images hold at most this "
+        "many; small ones (--decode-small-pixels) have one more thread of their own and go first",
+    )
+    max_decode_pixels: int = _opt(
+        100_000_000,
+        "bound on the decode queue, in pixels (images' decoded sizes from their headers, JPEGs at their draft size; "
+        "queued or decoding), kept separately for small and large images; a request past it gets 503 + Retry-After",
+    )
+    decode_small_pixels: int = _opt(
+        4_000_000,
+        "decoding is fair by size: images of at most this many pixels are small, decoded before large ones on a "
+        "thread large ones never take (a thumbnail never waits behind a 36-megapixel PNG); then round-robin "
+        "between requests",
+    )
     threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
     torch_precision: str = _opt(
         "fp32",
@@ -143,7 +158,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0 and not (name == "max_wait_ms" and self.max_wait_ms == 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
-        for name in ("max_batch", "max_queue_crops", "decode_threads", "threads", "port"):
+        for name in ("max_batch", "max_queue_crops", "decode_threads", "threads", "port", "decode_small_pixels"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if self.max_queue_crops == 0:
@@ -151,6 +166,7 @@ class Settings:
         limits = (
             "max_request_pixels",
             "max_multiscale_pixels",
+            "max_decode_pixels",
             "max_header_bytes",
             "max_headers",
             "header_timeout_s",

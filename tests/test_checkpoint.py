@@ -16,6 +16,7 @@ import torchvision
 
 import resnet
 import resnet.new
+from resnet import artifacts
 from resnet.checkpoint import read_checkpoint_file
 
 
@@ -216,7 +217,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_weights_only_load_works_on_our_file(small_checkpoint: Path) -> None:
     obj = read_checkpoint_file(small_checkpoint)
-    assert set(obj) == {"format", "version", "model_card", "state_dict"}
+    assert set(obj) == {"format", "version", "model_card", "state_dict", "weights_sha256"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -252,3 +253,64 @@ def test_new_cli_errors_are_one_line_without_traceback(tmp_path: Path, args: lis
     assert out.returncode == code
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _with_header(small: Path, tmp_path: Path, **changes: object) -> Path:
+    raw = torch.load(small, weights_only=True)
+    raw.update(changes)
+    path = tmp_path / "damaged.pt"
+    torch.save(raw, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("version", torch.zeros(0), "version a Tensor is not supported"),
+        ("version", torch.ones(2), "version a Tensor is not supported"),
+        ("version", torch.ones(1), "version a Tensor is not supported"),
+        ("version", True, "version True is not supported"),
+        ("format", torch.zeros(3), "not a resnet checkpoint|plain state dict with no model card"),
+        ("model_card", torch.zeros(2), "model card holds something other than JSON data"),
+        ("state_dict", torch.zeros(2), "has no usable state_dict"),
+    ],
+)
+def test_header_fields_of_the_wrong_type_are_one_line_errors(
+    small_checkpoint: Path, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """A damaged header may hold a tensor (of 0, 1 or many elements) where a number or string belongs."""
+    path = _with_header(small_checkpoint, tmp_path, **{field: value})
+    for read in (resnet.load_checkpoint, artifacts.read_card):
+        with pytest.raises(resnet.UserError, match=message):
+            read(path)
+
+
+def test_a_tensor_inside_the_card_is_a_one_line_error(small_checkpoint: Path, tmp_path: Path) -> None:
+    card = torch.load(small_checkpoint, weights_only=True)["model_card"]
+    card["metrics"] = {"top1_err": torch.ones(3)}
+    path = _with_header(small_checkpoint, tmp_path, model_card=card)
+    with pytest.raises(resnet.CheckpointError, match="model card holds something other than JSON data"):
+        resnet.load_checkpoint(path)
+
+
+def test_plain_state_dict_with_a_scalar_fc_weight_is_a_one_line_error(tmp_path: Path) -> None:
+    sd = torchvision.models.resnet18().state_dict()
+    sd["fc.weight"] = torch.tensor(1.0)
+    torch.save(sd, tmp_path / "sd.pth")
+    with pytest.raises(resnet.CheckpointError, match="shape mismatch: fc.weight"):
+        resnet.load_checkpoint(tmp_path / "sd.pth", arch="resnet18")
+
+
+@pytest.mark.parametrize("version", [torch.zeros(0), torch.ones(2)], ids=["0-elements", "2-elements"])
+def test_serve_answers_a_tensor_version_in_one_line(small_checkpoint: Path, tmp_path: Path, version: object) -> None:
+    path = _with_header(small_checkpoint, tmp_path, version=version)
+    out = subprocess.run(
+        [sys.executable, "-m", "serve", "--model", str(path), "--port", "0"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 1 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "version a Tensor is not supported" in lines[0]

@@ -3,6 +3,9 @@ clear JSON error per case, never a 5xx."""
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import struct
 import zlib
 
@@ -144,6 +147,50 @@ def test_wrong_method_and_unknown_path_use_the_error_shape(onnx_server):
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = httpx.post(onnx_server.url + "/no/such/route")
     assert r.status_code in (404, 405) and "error" in r.json()
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("OPTIONS", "/classify"), ("GET", "/v2/models/digits/infer"), ("PUT", "/v2/models/digits/versions/1/infer")],
+)
+def test_post_only_routes_answer_405_allow_post_beside_the_upload_page(onnx_server, method, path):
+    """The upload page is served at / without shadowing the POST-only routes (it is the router's fallback)."""
+    r = httpx.request(method, onnx_server.url + path)
+    assert r.status_code == 405 and r.headers["allow"] == "POST", (r.status_code, r.headers, r.text)
+    body = r.json()
+    if path.startswith("/v2"):
+        assert isinstance(body["error"], str) and "use POST" in body["error"]
+    else:
+        assert body["error"]["code"] == "method_not_allowed" and "use POST" in body["error"]["message"]
+    page = httpx.get(onnx_server.url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    missing = httpx.get(onnx_server.url + "/no-such-page.html")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def _declared_over_the_limit(url: str, path: str) -> tuple[int, dict]:
+    """A request whose Content-Length is over --max-body-bytes (no body sent): status and JSON body."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        s.sendall((head + "Content-Length: 999999999999\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+            re.search(rb"content-length: (\d+)", data.lower()).group(1) if b"\r\n\r\n" in data else b"1"
+        ):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head_bytes, body = data.split(b"\r\n\r\n", 1)
+    return int(head_bytes.split()[1]), json.loads(body)
+
+
+def test_a_body_over_the_limit_gets_each_protocols_error_shape(onnx_server):
+    status, body = _declared_over_the_limit(onnx_server.url, "/v2/models/digits/infer")
+    assert status == 413 and isinstance(body["error"], str) and "over the limit" in body["error"], body
+    status, body = _declared_over_the_limit(onnx_server.url, "/classify")
+    assert status == 413 and body["error"]["code"] == "body_too_large", body
 
 
 def test_bad_input_never_produces_a_5xx(onnx_server, photo_paths):

@@ -126,6 +126,8 @@ def test_small_request_is_not_starved_by_large_ones(digits_onnx_model):
             "10000000000",
             "--decode-threads",
             "2",
+            "--max-decode-pixels",  # both large requests are admitted: this checks the turns, not the bound
+            "1000000000",
             "--request-timeout-s",
             "120",
         ],
