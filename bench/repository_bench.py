@@ -66,11 +66,23 @@ def _index(url: str) -> list[dict]:
 
 
 def _wait(cond, timeout: float = 600.0) -> None:
+    """Until ``cond()`` is true; connection errors (the server not listening yet) count as false."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while True:
+        try:
+            if cond():
+                return
+        except httpx.HTTPError:
+            pass
         if time.monotonic() > deadline:
             raise RuntimeError("timed out")
         time.sleep(0.1)
+
+
+def _ready(url: str, proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"the server exited with {proc.returncode}")
+    return httpx.get(url + "/readyz", timeout=2).status_code == 200
 
 
 def _p99(values: list[float]) -> float:
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200 if proc.poll() is None else 1 / 0)
+            _wait(lambda: _ready(url, proc))
             rss_before_any_traffic = _rss(proc.pid)
             result = asyncio.run(_swap(url, repo, model, image, args.seconds, args.concurrency))
             loaded = re.findall(r"model r50 version 2 loaded and warmed up in ([0-9.]+) s", log.read_text())

@@ -380,7 +380,7 @@ class ModelRepository:
         await asyncio.sleep(SETTLE_S)
         v.fingerprint = fingerprint(folder)
         if first != v.fingerprint:
-            v.state, v.reason = UNAVAILABLE, "files still changing; retried at the next scan"
+            v.state, v.reason = UNAVAILABLE, "files still changing; looked at again at the next scan or load request"
             v.fingerprint = ()  # not a failure: the next scan looks again
             return
         started = time.perf_counter()

@@ -43,8 +43,8 @@ class Settings:
     model_control_mode: str = _opt(
         "none",
         "with --model-repository, as Triton names them: none = load what is there at start; poll = also rescan every "
-        "--repository-poll-secs and load, swap and unload versions as the folder changes; explicit = change only on "
-        "POST /v2/repository/models/NAME/load|unload",
+        "--repository-poll-secs and load, swap and unload versions as the folder changes; explicit = load what is "
+        "there at start, then change only on POST /v2/repository/models/NAME/load|unload",
         choices=("none", "poll", "explicit"),
     )
     repository_poll_secs: float = _opt(5.0, "with --model-control-mode poll: seconds between rescans")
