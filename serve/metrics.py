@@ -123,7 +123,7 @@ class _VersionCollector:
             "resnet_serve_model_state", "1 on the version's state: READY, LOADING or UNAVAILABLE", labels=[*by, "state"]
         )
         info = GaugeMetricFamily(
-            "resnet_serve_model_backend_info",
+            "resnet_serve_model_info",
             "What runs each loaded model version (1): backend, provider as its runtime names it, precision",
             labels=[*by, "backend", "provider", "precision"],
         )

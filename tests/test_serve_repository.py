@@ -174,7 +174,7 @@ def test_new_version_swaps_in_under_load_without_a_failed_request(
         assert r.status_code == 200 and r.json()["version"] == "3"
     text = httpx.get(server.url + "/metrics", timeout=10).text
     assert 'resnet_serve_model_state{model="swap",state="UNAVAILABLE",version="4"} 1.0' in text
-    assert re.search(r'resnet_serve_model_backend_info\{[^}]*model="other"[^}]*version="1"\} 1.0', text)
+    assert re.search(r'resnet_serve_model_info\{[^}]*model="other"[^}]*version="1"\} 1.0', text)
 
 
 def test_unload_then_requests_404_and_load_brings_it_back(repo_server: tuple[Server, Path]) -> None:
