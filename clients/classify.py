@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ten-crop (paper), centre crop, or multiscale: the paper's multi-scale test, the whole image at several "
         "scales with its mirror (the server answers 422 when its model takes only one size) (default: %(default)s)",
     )
+    ap.add_argument(
+        "--model-name",
+        default=None,
+        help="the model to ask, by name, on a server with a model repository (default: the server's default model)",
+    )
+    ap.add_argument(
+        "--model-version", default=None, help="with --model-name: that version (default: its highest one loaded)"
+    )
     ap.add_argument("--api-key", default=None, help="API key, when the server was started with one")
     ap.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     ap.add_argument(
@@ -73,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     with Client(args.url, api_key=args.api_key, timeout=args.timeout, retries=args.retries) as client:
         for path in images:
             try:
-                result = client.classify(path, topk=args.topk, crops=args.crops)
+                result = client.classify(
+                    path,
+                    topk=args.topk,
+                    crops=args.crops,
+                    model_name=args.model_name,
+                    model_version=args.model_version,
+                )
             except ClientError as e:
                 if args.json:
                     print(

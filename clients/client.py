@@ -70,6 +70,7 @@ class Classification:
     top: list[Prediction]
     model: str | None = None
     backend: str | None = None
+    version: str | None = None  # the model version that answered (a server with a model repository)
     timings: dict[str, float] = field(default_factory=dict)
     crops: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
@@ -77,13 +78,17 @@ class Classification:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--json`` prints)."""
-        return {
-            "top": [{"index": p.index, "label": p.label, "probability": p.probability} for p in self.top],
-            "model": self.model,
-            "backend": self.backend,
-            "crops": self.crops,
-            "timings": self.timings,
-        } | ({"sides": self.sides} if self.sides is not None else {})
+        return (
+            {
+                "top": [{"index": p.index, "label": p.label, "probability": p.probability} for p in self.top],
+                "model": self.model,
+                "backend": self.backend,
+                "crops": self.crops,
+                "timings": self.timings,
+            }
+            | ({"sides": self.sides} if self.sides is not None else {})
+            | ({"version": self.version} if self.version is not None else {})
+        )
 
 
 def sniff_content_type(data: bytes) -> str | None:
@@ -167,6 +172,7 @@ def parse_result(body: dict[str, Any], index: int = 0) -> Classification:
     return Classification(
         top=preds,
         model=body.get("model"),
+        version=body.get("version"),
         backend=body.get("backend"),
         timings=dict(timings),
         crops=body.get("crops"),
@@ -205,9 +211,16 @@ class Client:
         self._http.close()
 
     def classify(
-        self, image: str | os.PathLike[str] | bytes, topk: int = 5, crops: str = "ten", name: str | None = None
+        self,
+        image: str | os.PathLike[str] | bytes,
+        topk: int = 5,
+        crops: str = "ten",
+        name: str | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
     ) -> Classification:
-        """Classify one image given as a path or its bytes; raises `ClientError` on any failure."""
+        """Classify one image given as a path or its bytes, by the server's default model or ``model_name`` (and
+        ``model_version``) of its model repository; raises `ClientError` on any failure."""
         if crops not in CROPS:
             raise UsageError(f"crops must be one of {', '.join(CROPS)}, not {crops!r}")
         if topk < 1:
@@ -222,7 +235,12 @@ class Client:
                 raise ClientError(f"cannot read {path}: {e.strerror or e}") from None
             name = name or path.name
         files = {"file": (name, data, content_type_for(name, data))}
-        response = self._request("POST", "/classify", params={"topk": topk, "crops": crops}, files=files)
+        params: dict[str, Any] = {"topk": topk, "crops": crops}
+        if model_name:
+            params["model"] = model_name
+        if model_version:
+            params["version"] = model_version
+        response = self._request("POST", "/classify", params=params, files=files)
         return parse_result(response.json())
 
     def healthz(self) -> bool:

@@ -37,6 +37,14 @@ class LoadSettings:
     images_per_request: int = 1
     timeout: float = 30.0
     max_inflight: int = 256  # open loop: arrivals beyond this many outstanding requests are dropped and counted
+    model_name: str | None = None  # a model repository's model (/classify?model=NAME); None = the server's default
+
+    def params(self) -> dict[str, Any]:
+        """The /classify query parameters every request carries."""
+        out: dict[str, Any] = {"topk": self.topk, "crops": self.crops}
+        if self.model_name:
+            out["model"] = self.model_name
+        return out
 
 
 @dataclass
@@ -85,7 +93,7 @@ async def _send(
     rec.requests += 1
     rec.first_send = start if rec.first_send is None else rec.first_send
     try:
-        response = await http.post("/classify", params={"topk": settings.topk, "crops": settings.crops}, files=files)
+        response = await http.post("/classify", params=settings.params(), files=files)
         kind = None if response.status_code == 200 else str(response.status_code)
     except httpx.TimeoutException:
         kind = "timeout"

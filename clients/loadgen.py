@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--crops", choices=CROPS, default="ten", help="ten-crop, centre crop or multiscale (default: %(default)s)"
     )
+    ap.add_argument(
+        "--model-name",
+        default=None,
+        help="the model to load, by name, on a server with a model repository (default: the server's default model)",
+    )
     ap.add_argument("--api-key", default=None, help="API key, when the server was started with one")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default: %(default)s)")
     ap.add_argument(
@@ -139,6 +144,7 @@ async def _run(
         images_per_request=args.images_per_request,
         timeout=args.timeout,
         max_inflight=args.max_inflight,
+        model_name=args.model_name,
     )
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     await warm_up(url, payloads, settings, parse_duration(args.warmup), headers)
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_request": args.images_per_request,
         "crops": args.crops,
         "topk": args.topk,
+        "model_name": args.model_name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     for path, write in (

@@ -1,4 +1,5 @@
 """``python -m serve --model PATH [--backend auto|tensorrt|cuda|onnxruntime|torch] [--host] [--port] ...``
+``python -m serve --model-repository DIR [--model-control-mode none|poll|explicit] ...`` (serve.repository)
 
 Loads the model and checks that its card agrees with the graph by one real inference (a bad artifact is one clear
 line and a non-zero exit, before any port is opened), then runs uvicorn (``serve.server``) with every log line
@@ -17,7 +18,7 @@ from .logs import JsonFormatter, json_logs, setup_logging
 from .precision import select_backend
 from .server import DrainingServer, make_server
 from .service import check_backend
-from .settings import settings_from
+from .settings import Settings, settings_from
 
 __all__ = ["DrainingServer", "JsonFormatter", "main", "setup_logging"]
 log = logging.getLogger("serve")
@@ -26,6 +27,8 @@ log = logging.getLogger("serve")
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv)
     setup_logging(settings.log_level)
+    if settings.model_repository:
+        return _serve_repository(settings)
     backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/precision.py)
     took = check_backend(backend)  # card vs graph, by one real inference: CardError (exit 1) when they disagree
     app = create_app(settings, backend)
@@ -33,6 +36,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     capture = json_logs(settings.log_level)  # from here on every line on stderr is JSON, libraries' too
     log.info("serving %s (%s) on http://%s:%d", backend.card.name, backend.name, settings.host, settings.port)
     log.info("start-up inference at the card's input size %d took %.3f s", backend.card.input_size, took)
+    try:
+        server.run()
+    finally:
+        capture.restore()
+    return 0 if server.started else 1
+
+
+def _serve_repository(settings: Settings) -> int:
+    """``--model-repository``: the port opens at once; models load in the background (POST /v2/repository/index
+    says how each one is doing, /readyz turns 200 when one is ready)."""
+    app = create_app(settings)
+    server = make_server(app, settings)
+    capture = json_logs(settings.log_level)
+    log.info(
+        "serving the model repository %s (model control mode %s) on http://%s:%d",
+        settings.model_repository,
+        settings.model_control_mode,
+        settings.host,
+        settings.port,
+    )
     try:
         server.run()
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,10 +23,12 @@ from starlette.types import Receive, Scope, Send
 
 from .backends import Backend
 from .http import ApiError, error_response, install_error_handlers
+from .kserve import repository_router
 from .kserve import routers as kserve_routers
 from .metrics import Metrics
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, ShutdownGuard
 from .precision import select_backend
+from .repository import ModelRepository
 from .routes import classify_router, docs_router, ops_router
 from .service import ClassifyService
 from .settings import Settings
@@ -37,29 +40,28 @@ log = logging.getLogger("serve.app")
 def _lifespan(settings: Settings, backend: Backend | None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = backend
-        if loaded is None:
-            loaded = await asyncio.get_running_loop().run_in_executor(None, select_backend, settings)
-        app.state.metrics.set_backend(loaded)
-        service = ClassifyService(loaded, settings, on_batch=app.state.metrics.observe_batch)
-        app.state.service = service
-
-        async def warm() -> None:
-            try:
-                await service.start()
-            except Exception as e:  # /healthz and /readyz say why (503); the log has one line
-                app.state.failed = f"warm-up failed: {type(e).__name__}: {e}"
-                log.error("%s", app.state.failed)
-
-        warm_task = asyncio.create_task(warm())
+        metrics: Metrics = app.state.metrics
+        repo = ModelRepository(
+            settings,
+            on_batch=lambda v: metrics.model_batch_observer(v.model, v.label),
+            on_change=lambda: _on_repository_change(app),
+        )
+        app.state.repository = repo
+        metrics.watch_versions(lambda: [v for m in repo.models.values() for v in m.versions.values()])
+        tasks = [
+            asyncio.create_task(_serve_repository(repo) if settings.model_repository else _serve_one(app, backend))
+        ]
         try:
             yield
         finally:
-            service.draining = True
-            warm_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm_task
-            await service.close()
+            repo.draining = True
+            if app.state.service is not None:
+                app.state.service.draining = True
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await repo.close()
 
     return lifespan
 
@@ -79,6 +81,40 @@ class StaticFallback:
         await self.files(scope, receive, send)
 
 
+async def _serve_one(app: FastAPI, backend: Backend | None) -> None:
+    """``--model``: load (unless given), register as the one-model repository, warm up; failure -> /healthz 503."""
+    settings, metrics, repo = app.state.settings, app.state.metrics, app.state.repository
+    loaded = backend
+    if loaded is None:
+        loaded = await asyncio.get_running_loop().run_in_executor(None, select_backend, settings)
+    metrics.set_backend(loaded)
+    name = loaded.card.name
+    service = ClassifyService(loaded, settings, on_batch=metrics.model_batch_observer(name, "1"))
+    repo.add_single(name, service)
+    try:
+        await service.start()
+    except Exception as e:  # /healthz and /readyz say why (503); the log has one line
+        app.state.failed = f"warm-up failed: {type(e).__name__}: {e}"
+        log.error("%s", app.state.failed)
+
+
+async def _serve_repository(repo: ModelRepository) -> None:
+    """``--model-repository``: load what is there, then (poll mode) follow the folder."""
+    await repo.start()
+    log.info("model repository %s: %s", repo.root, json.dumps(repo.index()))
+    if repo.settings.model_control_mode == "poll":
+        await repo.poll_forever()
+
+
+def _on_repository_change(app: FastAPI) -> None:
+    """Keep ``app.state.service`` (readiness, /healthz, the drain) on the default model's serving version."""
+    repo: ModelRepository = app.state.repository
+    service = repo.default_service()
+    app.state.service = service
+    if repo.root is not None and service is not None:
+        app.state.metrics.set_backend(service.backend)
+
+
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     """The FastAPI app. ``backend`` is loaded from ``settings.model`` in the lifespan when not given."""
     app = FastAPI(
@@ -92,10 +128,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     )
     state = app.state
     state.settings, state.service, state.failed, state.in_flight = settings, None, None, 0
+    state.repository = None  # serve.repository.ModelRepository, made in the lifespan
     state.abort = asyncio.Event()  # set at the drain deadline: requests still running are answered 503
-    state.metrics = Metrics(lambda: float(state.service.pending_crops) if state.service else 0.0)
+    state.metrics = Metrics(lambda: float(state.repository.pending_crops) if state.repository else 0.0)
     install_error_handlers(app)
-    for router in (classify_router, ops_router, docs_router, *kserve_routers):
+    for router in (classify_router, ops_router, docs_router, *kserve_routers, repository_router):
         app.include_router(router)
     web_dir = Path(settings.web_dir) if settings.web_dir else None
     if web_dir is not None and web_dir.is_dir():

@@ -5,7 +5,11 @@ Routes (``routers``, included by ``serve.app.create_app``):
 - ``GET /v2/health/live`` · ``GET /v2/health/ready`` (503 until warmed up / draining): open, like /healthz
 - ``GET /v2`` server metadata · ``GET /v2/models/{name}`` model metadata · ``.../ready`` · ``.../config``: behind
   the API key when one is set, like /classify
-- ``POST /v2/models/{name}/infer`` (also under ``/versions/1``) with exactly one input:
+- ``POST /v2/repository/index``, ``POST /v2/repository/models/{name}/load|unload``: the model repository extension
+  (``serve.repository``), behind the API key
+- every model route also under ``/v2/models/{name}/versions/{version}``; without a version: the model's highest
+  version loaded (``serve.routing``)
+- ``POST /v2/models/{name}/infer`` with exactly one input:
     * ``input``  FP32  ``[N, 3, S, S]`` crops already pre-processed (``resnet.preprocess``) -> ``logits`` FP32 [N, C]
     * ``image``  BYTES ``[B]`` encoded images (JPEG, PNG, ...; base64 strings in JSON form) -> ``probabilities``
       FP32 [B, C], the ten-crop (request parameter ``crops``: ``ten`` default, ``center``, or ``multiscale``: the
@@ -32,11 +36,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from resnet.preprocess import topk_indices
 
-from .http import admit, read_body, require_api_key, unavailable_reason, within
+from .http import read_body, require_api_key, within
+from .repository import RepositoryError, Version
+from .routing import Routed, admit_v2, server_unavailable, v2_version
 from .service import ClassifyService
 from .v2_schema import (
     HEADER_LENGTH,
@@ -72,19 +79,15 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _model(request: Request, name: str, version: str | None) -> ClassifyService:
-    service = request.app.state.service
-    if service is None:
-        raise V2Error(503, "model is loading; retry shortly", {"Retry-After": "1"})
-    if name != service.card.name:
-        raise V2Error(404, f"unknown model '{name}'; this server serves '{service.card.name}'")
-    if version not in (None, "", MODEL_VERSION):
-        raise V2Error(404, f"model '{name}' has no version '{version}' (only '{MODEL_VERSION}')")
-    return service
+def _model(request: Request, name: str, version: str | None) -> tuple[Version, ClassifyService]:
+    """The loaded version a /v2/models route names (404/503 in the protocol's error shape) and its service."""
+    v = v2_version(request, name, version)
+    assert v.service is not None
+    return v, v.service
 
 
 def _not_ready(request: Request) -> V2Error | None:
-    why = unavailable_reason(request)
+    why = server_unavailable(request)
     if why is None:
         return None
     headers = {} if why == "failed" else {"Retry-After": "1"}
@@ -97,12 +100,20 @@ def backend_kind(backend_name: str) -> str:
     return m.group(0) if m else "unknown"
 
 
-def model_metadata(service: ClassifyService) -> ModelMetadata:
+def _versions(request: Request, name: str) -> list[str]:
+    model = request.app.state.repository.models.get(name)
+    return [str(n) for n in sorted(model.serving)] if model is not None else []
+
+
+def model_metadata(
+    service: ClassifyService, name: str | None = None, versions: list[str] | None = None
+) -> ModelMetadata:
+    """The protocol's model metadata of a loaded version (``name`` and ``versions``: the repository's)."""
     card = service.card
     size, classes = card.input_size, len(service.labels)
     return ModelMetadata(
-        name=card.name,
-        versions=[MODEL_VERSION],
+        name=name or card.name,
+        versions=versions or [MODEL_VERSION],
         platform=f"resnet-stack_{backend_kind(service.backend_name)}",
         inputs=[
             TensorMeta(name=TENSOR_INPUT, datatype="FP32", shape=[-1, 3, size, size]),
@@ -139,14 +150,12 @@ async def _run(request: Request, service: ClassifyService, parsed: Parsed, deadl
     return probs
 
 
-async def infer(
-    request: Request, name: str, version: str | None = None, service: ClassifyService = Depends(admit)
-) -> Response:
-    """POST /v2/models/{name}/infer."""
+async def infer(request: Request, routed: Routed = Depends(admit_v2)) -> Response:
+    """POST /v2/models/{name}[/versions/{version}]/infer on the version the path names (no version: the highest)."""
     started = time.perf_counter()
     settings = request.app.state.settings
     deadline = started + settings.request_timeout_s
-    _model(request, name, version)
+    service = routed.service
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("", "identity"):
         raise V2Error(415, f"Content-Encoding {encoding} is not supported; send the body uncompressed")
@@ -161,10 +170,11 @@ async def infer(
     )
     del body
     values = await _run(request, service, parsed, deadline)
-    return await run_in_threadpool(_answer, service, parsed.req, parsed.produced, values)
+    return await run_in_threadpool(_answer, routed, parsed.req, parsed.produced, values)
 
 
-def _answer(service: ClassifyService, req: InferRequest, produced: str, values: np.ndarray) -> Response:
+def _answer(routed: Routed, req: InferRequest, produced: str, values: np.ndarray) -> Response:
+    service = routed.service
     wanted = req.outputs if req.outputs is not None else [OutputIn(name=produced)]
     binary_default = bool(req.parameters.binary_data_output)
     outputs, chunks = [], []
@@ -192,7 +202,7 @@ def _answer(service: ClassifyService, req: InferRequest, produced: str, values: 
         else:
             entry["data"] = as_json
         outputs.append(entry)
-    body = {"model_name": service.card.name, "model_version": MODEL_VERSION, "outputs": outputs}
+    body = {"model_name": routed.name, "model_version": routed.version, "outputs": outputs}
     if req.id is not None:
         body["id"] = req.id
     head = json.dumps(body).encode()
@@ -228,7 +238,7 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(
         name=SERVER_NAME,
         version=SERVER_VERSION,
-        extensions=["binary_tensor_data", "classification", "model_configuration"],
+        extensions=["binary_tensor_data", "classification", "model_configuration", "model_repository"],
     )
 
 
@@ -237,15 +247,13 @@ def _model_routes(prefix: str) -> None:
 
     @keyed.get(prefix, response_model=ModelMetadata, summary="Model metadata", responses=errors)
     async def metadata(request: Request, name: str, version: str | None = None) -> Any:
-        return model_metadata(_model(request, name, version))
+        v, service = _model(request, name, version)
+        return model_metadata(service, v.model, _versions(request, v.model))
 
     @keyed.get(prefix + "/ready", summary="Model ready", responses=errors)
     async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
         try:
             _model(request, name, version)
-            e = _not_ready(request)
-            if e is not None:
-                raise e
         except V2Error as e:
             return JSONResponse(
                 {"name": name, "ready": False, "error": e.message}, status_code=e.status, headers=e.headers
@@ -256,8 +264,8 @@ def _model_routes(prefix: str) -> None:
         prefix + "/config", summary="Model configuration (Triton's model_configuration extension)", responses=errors
     )
     async def config(request: Request, name: str, version: str | None = None) -> Response:
-        service = _model(request, name, version)
-        meta = model_metadata(service)
+        v, service = _model(request, name, version)
+        meta = model_metadata(service, v.model, _versions(request, v.model))
         return JSONResponse(
             {
                 "name": meta.name,
@@ -299,3 +307,56 @@ def _model_routes(prefix: str) -> None:
 for _prefix in ("/models/{name}", "/models/{name}/versions/{version}"):
     _model_routes(_prefix)
 routers = (router, keyed)
+
+
+# ---- the model repository extension (Triton's / KServe's) ----------------------------------------------------------
+
+repository_router = APIRouter(
+    prefix="/v2/repository", tags=TAGS, dependencies=[Depends(require_api_key)], responses={401: V2_ERRORS[401]}
+)
+
+
+class IndexRequest(BaseModel):
+    ready: bool = Field(False, description="only the versions that are READY")
+
+
+class IndexEntry(BaseModel):
+    name: str
+    version: str = Field(description="the version; empty for a model-level problem (no version folder, config)")
+    state: str = Field(description="READY, LOADING or UNAVAILABLE")
+    reason: str = Field(description="why it is not READY (empty when it is)")
+
+
+def _repository_error(e: RepositoryError) -> V2Error:
+    return V2Error(e.status, e.message, {"Retry-After": "1"} if e.retry else None)
+
+
+@repository_router.post("/index", response_model=list[IndexEntry], summary="Every model and version, with its state")
+async def repository_index(request: Request, body: IndexRequest | None = None) -> Any:
+    return request.app.state.repository.index(ready_only=bool(body and body.ready))
+
+
+@repository_router.post(
+    "/models/{name}/load",
+    summary="Load (or reload) a model: its versions per the version policy; 400 with the reason when none loads",
+    responses={s: V2_ERRORS[s] for s in (400, 404)},
+)
+async def repository_load(request: Request, name: str) -> Response:
+    try:
+        await request.app.state.repository.load(name)
+    except RepositoryError as e:
+        raise _repository_error(e) from None
+    return JSONResponse({})
+
+
+@repository_router.post(
+    "/models/{name}/unload",
+    summary="Unload a model: requests already admitted finish first; later ones get 404",
+    responses={404: V2_ERRORS[404]},
+)
+async def repository_unload(request: Request, name: str) -> Response:
+    try:
+        await request.app.state.repository.unload(name)
+    except RepositoryError as e:
+        raise _repository_error(e) from None
+    return JSONResponse({})

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 10, 16, 20, 30, 32, 40, 50, 60, 64, 96, 128, 256)
@@ -52,6 +53,41 @@ class Metrics:
             registry=r,
         )
 
+        # Per model and version (the model repository): the families above stay the server's totals.
+        by_version = ["model", "version"]
+        self.model_requests = Counter(
+            "resnet_serve_model_requests",
+            "Inference requests admitted to a model version, by outcome (ok, error)",
+            [*by_version, "outcome"],
+            registry=r,
+        )
+        self.model_batch_seconds = Histogram(
+            "resnet_serve_model_batch_seconds",
+            "Backend time per batch, per model version",
+            by_version,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_crops = Counter("resnet_serve_model_crops", "Crops run, per model version", by_version, registry=r)
+        self._versions: Callable[[], list[Any]] = list
+        r.register(_VersionCollector(lambda: self._versions()))
+
+    def watch_versions(self, versions: Callable[[], list[Any]]) -> None:
+        """Report ``versions()`` (``serve.repository.Version`` objects) in the per-version gauges at each scrape."""
+        self._versions = versions
+
+    def model_batch_observer(self, model: str, version: str) -> Callable[[int, int, float], None]:
+        """``on_batch`` for one version's batcher: the server totals and that version's series."""
+        seconds = self.model_batch_seconds.labels(model, version)
+        crops = self.model_crops.labels(model, version)
+
+        def observe(n: int, padded: int, took: float) -> None:
+            self.observe_batch(n, padded, took)
+            seconds.observe(took)
+            crops.inc(n)
+
+        return observe
+
     def set_backend(self, backend: Any) -> None:
         """Report the loaded backend (``kind``, ``provider``, ``precision``) as the one series of the info gauge."""
         self.backend_info.clear()
@@ -62,3 +98,45 @@ class Metrics:
         self.padded_batch_size.observe(padded)
         self.batch_seconds.observe(seconds)
         self.crops.inc(n)
+
+
+def _backend_labels(backend: Any) -> tuple[str, str, str]:
+    kind = getattr(backend, "kind", backend.name.split(":")[0])
+    provider = getattr(backend, "provider", backend.name)
+    return kind, provider, getattr(backend, "precision", backend.card.precision)
+
+
+class _VersionCollector:
+    """Gauges read at scrape time from the repository: state, backend info, queue, leases, memory estimate."""
+
+    def __init__(self, versions: Callable[[], list[Any]]) -> None:
+        self.versions = versions
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        by = ["model", "version"]
+        state = GaugeMetricFamily(
+            "resnet_serve_model_state", "1 on the version's state: READY, LOADING or UNAVAILABLE", labels=[*by, "state"]
+        )
+        info = GaugeMetricFamily(
+            "resnet_serve_model_info",
+            "What runs each loaded model version (1): backend, provider as its runtime names it, precision",
+            labels=[*by, "backend", "provider", "precision"],
+        )
+        queue = GaugeMetricFamily("resnet_serve_model_queue_crops", "Crops waiting for a batch", labels=by)
+        leases = GaugeMetricFamily("resnet_serve_model_in_flight_requests", "Requests running on it", labels=by)
+        memory = GaugeMetricFamily(
+            "resnet_serve_model_memory_estimate_bytes", "Memory estimate of a loaded version", labels=by
+        )
+        for v in self.versions():
+            key = [v.model, v.label]
+            state.add_metric([*key, v.state], 1)
+            service = v.service
+            if service is not None:
+                info.add_metric([*key, *_backend_labels(service.backend)], 1)
+                queue.add_metric(key, service.pending_crops)
+                leases.add_metric(key, v.leases)
+                memory.add_metric(key, v.estimate)
+        yield from (state, info, queue, leases, memory)

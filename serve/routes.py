@@ -17,15 +17,14 @@ from resnet.runtime.crops import CropName
 
 from .http import (
     ApiError,
-    admit,
     error_response,
     openapi_errors,
     require_api_key,
     require_api_key_unless_public,
     within,
 )
-from .schemas import ClassifyResponse, Health, ImageResult, Timings
-from .service import ClassifyService
+from .routing import Routed, admit_model, server_unavailable
+from .schemas import ClassifyResponse, ErrorResponse, Health, ImageResult, Timings
 from .settings import Settings
 
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -63,7 +62,10 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
 @classify_router.post(
     "/classify",
     response_model=ClassifyResponse,
-    responses=openapi_errors(400, 401, 413, 415, 422, 503, 504),
+    responses={
+        **openapi_errors(400, 401, 413, 415, 422, 503, 504),
+        404: {"model": ErrorResponse, "description": "model or version not loaded"},
+    },
     dependencies=[Depends(require_api_key)],
     summary="Classify images: ten-crop (or centre-crop, or the paper's multi-scale test) top-k",
     openapi_extra={
@@ -98,9 +100,10 @@ async def classify(
         "(whole image at several shorter sides, each with its mirror; 422 multiscale_unavailable on a model that "
         "takes only its S x S input, 413 request_too_large over --max-multiscale-pixels)",
     ),
-    service: ClassifyService = Depends(admit),
+    routed: Routed = Depends(admit_model),
 ) -> ClassifyResponse:
     started = time.perf_counter()
+    service = routed.service
     settings: Settings = request.app.state.settings
     metrics = request.app.state.metrics
     deadline = started + settings.request_timeout_s
@@ -117,7 +120,8 @@ async def classify(
     metrics.latency.labels("total").observe(total)
     metrics.images.inc(len(images))
     return ClassifyResponse(
-        model=service.card.name,
+        model=routed.name,
+        version=routed.version,
         backend=service.backend_name,
         precision=service.precision,
         crops=crops,
@@ -154,13 +158,17 @@ async def healthz(request: Request) -> Any:
 
 @ops_router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, summary="Loaded and warmed up")
 async def readyz(request: Request) -> Any:
+    """200 once the model (with a repository: at least one model version) is loaded and warmed up; 503 before,
+    while draining, and once failed."""
     service = request.app.state.service
-    failed = _failure(request)
-    if failed:
-        return JSONResponse(Health(status="failed", detail=failed).model_dump(), status_code=503)
-    if service is None or not service.ready or service.draining:
-        state = "draining" if service is not None and service.draining else "warming_up"
+    why = server_unavailable(request)
+    if why == "failed":
+        return JSONResponse(Health(status="failed", detail=_failure(request)).model_dump(), status_code=503)
+    if why is not None:
+        state = "draining" if why == "draining" else "warming_up"
         return JSONResponse(Health(status=state).model_dump(), status_code=503, headers={"Retry-After": "1"})
+    if service is None:  # a repository whose default model is not loaded: another model is
+        return Health(status="ready")
     return Health(
         status="ready",
         model=service.card.name,

@@ -27,7 +27,8 @@ class Timings(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model: str = Field(description="the model card's name")
+    model: str = Field(description="the model that answered: its repository name (with --model: the card's name)")
+    version: str | None = Field(None, description="the version of the model that answered")
     backend: str = Field(description="what ran the model, e.g. onnxruntime:CPUExecutionProvider")
     precision: str | None = Field(None, description="what the model computes in: fp32, fp16, int8 or bf16")
     crops: str = Field(description="'ten', 'center' or 'multiscale'")

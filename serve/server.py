@@ -42,6 +42,9 @@ class DrainingServer(uvicorn.Server):
         service = getattr(self.app_ref.state, "service", None)
         if service is not None:
             service.draining = True
+        repository = getattr(self.app_ref.state, "repository", None)
+        if repository is not None:
+            repository.draining = True  # every model version: readiness 503, new requests 503
         log.info("signal %s: draining (readiness 503, finishing in-flight requests)", signal.Signals(sig).name)
         self._drain_task = asyncio.get_event_loop().create_task(self._drain(time.monotonic()))
 

@@ -36,6 +36,30 @@ class Settings:
         "torchvision:ARCH[:WEIGHTS] (e.g. torchvision:resnet50:IMAGENET1K_V2; weights DEFAULT when not named) to "
         "serve torchvision's named weights from the torch hub cache on PyTorch",
     )
+    model_repository: str = _opt(
+        "",
+        "a model repository folder in Triton's layout (NAME/config.pbtxt, NAME/VERSION/ARTIFACT): every model in it "
+        "is served by name (/classify?model=NAME, /v2/models/NAME); instead of --model (docs/model-repository.md)",
+    )
+    model_control_mode: str = _opt(
+        "none",
+        "with --model-repository, as Triton names them: none = load what is there at start; poll = also rescan every "
+        "--repository-poll-secs and load, swap and unload versions as the folder changes; explicit = load what is "
+        "there at start, then change only on POST /v2/repository/models/NAME/load|unload",
+        choices=("none", "poll", "explicit"),
+    )
+    repository_poll_secs: float = _opt(5.0, "with --model-control-mode poll: seconds between rescans")
+    default_model: str = _opt(
+        "", "the model /classify serves when the request names none; empty = the repository's first model by name"
+    )
+    max_loaded_models: int = _opt(
+        0, "most model versions loaded at once (a swap's new version counts in place of the old); 0 = no bound"
+    )
+    max_model_memory_mb: int = _opt(
+        0,
+        "memory the loaded models may take, by their estimate (weights x sessions + overhead), in MiB; a load that "
+        "would exceed it is refused with the reason; 0 = what the machine has available when the load starts",
+    )
     download_weights: bool = _opt(
         False, "with --model torchvision:...: download the named weights when they are not in the torch hub cache"
     )
@@ -176,10 +200,23 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
         self.parsed_batch_sizes()
+        self.validate_repository()
         if is_torchvision_spec(self.model):
             parse_torchvision_spec(self.model)
         elif self.model and (self.download_weights or not self.check_hash):
             raise UsageError("--download-weights and --no-check-hash go with --model torchvision:ARCH[:WEIGHTS]")
+
+    def validate_repository(self) -> None:
+        """The model-repository flags: one source of models, sensible poll period and bounds."""
+        if self.model and self.model_repository:
+            raise UsageError("pass --model or --model-repository, not both")
+        if self.repository_poll_secs <= 0:
+            raise UsageError(f"--repository-poll-secs must be > 0, not {self.repository_poll_secs}")
+        for name in ("max_loaded_models", "max_model_memory_mb"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+        if self.model_repository and not Path(self.model_repository).is_dir():
+            raise UsageError(f"--model-repository {self.model_repository}: no such folder")
 
     def parsed_batch_sizes(self) -> list[int]:
         """The explicit ``batch_sizes`` as sorted ints (empty list = the default set)."""
@@ -259,8 +296,11 @@ def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             if choices and values[f.name] not in choices:
                 raise UsageError(f"{env} must be one of {', '.join(choices)}, not {values[f.name]!r}")
     settings = Settings(**values)
-    if not settings.model:
-        raise UsageError("no model given: pass --model PATH or set RESNET_SERVE_MODEL")
+    if not settings.model and not settings.model_repository:
+        raise UsageError(
+            "no model given: pass --model PATH or --model-repository DIR (or set RESNET_SERVE_MODEL or "
+            "RESNET_SERVE_MODEL_REPOSITORY)"
+        )
     return settings
 
 

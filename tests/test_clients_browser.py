@@ -170,3 +170,30 @@ def test_phone_width_needs_no_sideways_scrolling(browser, server, photo_paths):
     button = page.locator(".button-like").bounding_box()
     assert button["height"] >= 44  # a thumb-sized target
     context.close()
+
+
+def test_model_chooser_lists_the_repository_and_sends_the_choice(browser, digits_checkpoint, tmp_path, photo_paths):
+    import httpx
+
+    from tests.serve_support import Server, export_onnx, until
+
+    graph = export_onnx(digits_checkpoint, tmp_path / "digits.onnx")
+    for name in ("digits", "other"):
+        (tmp_path / "models" / name / "1").mkdir(parents=True)
+        shutil.copyfile(graph, tmp_path / "models" / name / "1" / "model.onnx")
+    srv = Server(["--model-repository", str(tmp_path / "models")], log_path=tmp_path / "server.log").start(180)
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    try:
+        page = context.new_page()
+        index = srv.url + "/v2/repository/index"
+        until(lambda: len(httpx.post(index, json={"ready": True}, timeout=10).json()) == 2, 60)
+        page.goto(srv.url + "/")
+        sync_api.expect(page.locator("#model-row")).to_be_visible(timeout=20_000)
+        assert page.locator("#model-select option").all_inner_texts() == ["digits (version 1)", "other (version 1)"]
+        page.select_option("#model-select", "other")
+        page.set_input_files("#file-input", str(photo_paths[1]))
+        sync_api.expect(page.locator("#status")).to_contain_text("Done: 1 classified", timeout=30_000)
+        assert "other v1" in page.locator("#results .result .state").first.inner_text()
+    finally:
+        context.close()
+        srv.stop()

@@ -7,6 +7,7 @@ const TOPK = 5;
 // What an HTTP status means to someone who just dropped a photo (the server's own message is added below it).
 const PLAIN_WORDS = {
   400: "This file could not be read as an image. It may be damaged or not really an image.",
+  404: "This model is not loaded on the server (any more). Choose another one or reload the page.",
   401: "This server needs an API key. Enter it in the API key field and choose the image again.",
   413: "This image is too large for the server. Try a smaller one.",
   415: "This kind of file is not supported. Use a JPEG, PNG, GIF, BMP, WebP or TIFF image.",
@@ -25,6 +26,42 @@ const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 const template = document.getElementById("result-template");
 const modelInfo = document.getElementById("model-info");
+const modelRow = document.getElementById("model-row");
+const modelSelect = document.getElementById("model-select");
+
+function authHeaders() {
+  const headers = {};
+  if (apiKey.value.trim()) headers["Authorization"] = "Bearer " + apiKey.value.trim();
+  return headers;
+}
+
+// The models the server has ready (the model repository's index); the chooser shows when there are several.
+async function loadModels() {
+  let rows;
+  try {
+    const response = await fetch("v2/repository/index", {
+      method: "POST",
+      headers: Object.assign({ "Content-Type": "application/json" }, authHeaders()),
+      body: JSON.stringify({ ready: true }),
+    });
+    if (!response.ok) return;  // 401: asked again once a key is entered
+    rows = await response.json();
+  } catch (e) {
+    return;
+  }
+  const names = Array.from(new Set((rows || []).map((r) => r.name))).sort();
+  const chosen = modelSelect.value;
+  modelSelect.replaceChildren();
+  for (const name of names) {
+    const versions = rows.filter((r) => r.name === name).map((r) => r.version);
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name + " (version " + versions.join(", ") + ")";
+    modelSelect.appendChild(option);
+  }
+  if (names.includes(chosen)) modelSelect.value = chosen;
+  modelRow.hidden = names.length < 2;
+}
 
 function percent(p) {
   if (p > 0 && p < 0.001) return "<0.1%";
@@ -74,7 +111,8 @@ function showTop(card, body) {
   }
   list.hidden = false;
   const state = card.querySelector(".state");
-  const where = [body.model, body.backend].filter(Boolean).join(" · ");
+  const model = body.model && body.version ? body.model + " v" + body.version : body.model;
+  const where = [model, body.backend].filter(Boolean).join(" · ");
   state.textContent = (body.crops === "center" ? "Centre crop" : "Ten-crop") + (where ? " · " + where : "");
   if (where) modelInfo.textContent = "Model: " + where;
   card.classList.add("done");
@@ -99,8 +137,8 @@ async function classify(file, card) {
   const data = new FormData();
   data.append("file", file, file.name);
   const params = new URLSearchParams({ topk: String(TOPK), crops: tenCrop.checked ? "ten" : "center" });
-  const headers = {};
-  if (apiKey.value.trim()) headers["Authorization"] = "Bearer " + apiKey.value.trim();
+  if (!modelRow.hidden && modelSelect.value) params.set("model", modelSelect.value);
+  const headers = authHeaders();
   let response;
   try {
     response = await fetch("classify?" + params, { method: "POST", body: data, headers: headers });
@@ -183,3 +221,5 @@ dropZone.addEventListener("drop", (e) => handleFiles(e.dataTransfer && e.dataTra
 // Dropping an image outside the zone should not navigate away from the page.
 window.addEventListener("dragover", (e) => e.preventDefault());
 window.addEventListener("drop", (e) => e.preventDefault());
+apiKey.addEventListener("change", loadModels);
+loadModels();
