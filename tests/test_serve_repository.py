@@ -243,7 +243,9 @@ def test_version_folders_without_a_servable_artifact(digits_onnx_model: Path, tm
     fp16 = tmp_path / "half" / "1"
     fp16.mkdir(parents=True)
     shutil.copyfile(digits_onnx_model, fp16 / "model.fp16.onnx")
-    (tmp_path / "half" / "1" / "model.fp16.onnx.parity.json").write_text(json.dumps({"passed": False}))
+    failed = {"format": "resnet-parity", "version": 2, "passed": False, "failures": ["top-1 agreement 0.9 < 0.99"]}
+    failed |= {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp16"}
+    (tmp_path / "half" / "1" / "model.fp16.onnx.parity.json").write_text(json.dumps(failed))
     (tmp_path / "noversions").mkdir()
     (tmp_path / ".staging" / "1").mkdir(parents=True)  # hidden: a writer's temp folder, never a model
     (tmp_path / "badconfig" / "1").mkdir(parents=True)
