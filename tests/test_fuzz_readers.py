@@ -183,3 +183,16 @@ def test_cli_answers_garbage_in_one_line(tmp_path: Path, command: list[str], see
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "error:" in lines[0] and "is not a checkpoint" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("field", ["format", "version"])
+@pytest.mark.parametrize("value", [torch.tensor([]), torch.tensor([1, 2]), torch.tensor(1)], ids=["0", "2", "1"])
+def test_training_state_with_a_tensor_header_field_is_refused_in_one_line(
+    files: dict[str, Path], tmp_path: Path, field: str, value: torch.Tensor
+) -> None:
+    state = torch.load(files["state"], weights_only=True)
+    state[field] = value
+    damaged = tmp_path / "last.pt"
+    torch.save(state, damaged)
+    with pytest.raises(resnet.UserError, match="training state"):
+        load_state(damaged)

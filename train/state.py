@@ -73,12 +73,14 @@ def save_state(
 def load_state(path: Path) -> dict[str, Any]:
     """Read ``last.pt`` (weights_only); one-line ``CheckpointError``/``CardError`` when it is not a usable state."""
     obj = read_checkpoint_file(path)
-    if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
+    # Types before values: a damaged file may hold a tensor (of any size) where a string or a number belongs, and
+    # comparing that raises RuntimeError instead of answering.
+    if not isinstance(obj, dict) or type(obj.get("format")) is not str or obj["format"] != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training state file (format {STATE_FORMAT!r})")
-    if obj.get("version") != STATE_VERSION:
-        raise CheckpointError(
-            f"{path}: training state version {str(obj.get('version'))[:20]} is not supported (need {STATE_VERSION})"
-        )
+    version = obj.get("version")
+    if type(version) is not int or version != STATE_VERSION:
+        shown = f"a {type(version).__name__}" if isinstance(version, torch.Tensor) else repr(version)[:20]
+        raise CheckpointError(f"{path}: training state version {shown} is not supported (need {STATE_VERSION})")
     wrong = [key for key, kind in _FIELDS.items() if not isinstance(obj.get(key), kind)]
     if wrong or not isinstance(obj["rng"].get("torch"), torch.Tensor):
         raise CheckpointError(
