@@ -42,6 +42,9 @@ def _lifespan(settings: Settings, backend: Backend | None):
         app.state.metrics.set_backend(loaded)
         service = ClassifyService(loaded, settings, on_batch=app.state.metrics.observe_batch)
         app.state.service = service
+        shapes = app.state.metrics.batch_shapes
+        shapes.labels("warm").set_function(lambda: float(service.warm_shapes))
+        shapes.labels("cold").set_function(lambda: float(len(service.shapes) - service.warm_shapes))
 
         async def warm() -> None:
             try:
