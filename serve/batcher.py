@@ -271,6 +271,21 @@ class Batcher:
                 self._queue.remove(item)
         return parts
 
+    @staticmethod
+    def _assemble(parts: list[tuple[_Item, int, int]], n: int, size: int) -> np.ndarray:
+        """The batch array: one whole item that fills it exactly is passed as is (no copy: a lone ten-crop request
+        at batch 10); else the rows are copied in and only the padding rows zeroed."""
+        first = parts[0][0].crops
+        if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(first) == size:
+            return np.ascontiguousarray(first, np.float32)
+        batch = np.empty((size, *first.shape[1:]), dtype=np.float32)
+        row = 0
+        for item, start, stop in parts:
+            batch[row : row + stop - start] = item.crops[start:stop]
+            row += stop - start
+        batch[n:] = 0.0
+        return batch
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -303,11 +318,7 @@ class Batcher:
             n = sum(stop - start for _, start, stop in parts)
             square = self._square(parts[0][0].crops.shape[1:])
             size = self.padded_size(n) if square else max(n, self.min_batch)
-            batch = np.zeros((size, *parts[0][0].crops.shape[1:]), dtype=np.float32)
-            row = 0
-            for item, start, stop in parts:
-                batch[row : row + stop - start] = item.crops[start:stop]
-                row += stop - start
+            batch = self._assemble(parts, n, size)
             started = time.perf_counter()
             for item, start, _ in parts:
                 if start == 0:
