@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def graph_path(layout: artifacts.Layout, target: str) -> Path:
     """Where the INT8 graph for ``target`` goes: ``model.int8.onnx`` (cpu) or ``model.int8.trt.onnx`` (tensorrt)."""
-    return layout.int8 if target == "cpu" else layout.folder / f"{layout.stem}.int8.trt.onnx"
+    return layout.int8 if target == "cpu" else layout.int8_tensorrt
 
 
 def output_path(source: Path, output: Path | None, weights: str | None = None, target: str = DEFAULT_TARGET) -> Path:

@@ -30,7 +30,15 @@ DEFAULT_MAX_BATCH = 64  # crops per inference batch when nothing else bounds it
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 ONNX_SUFFIXES = (".onnx",)  # also .fp16.onnx and .int8.onnx: the precision is in the card
 ENGINE_SUFFIXES = (".plan", ".engine")
+# The TensorRT-ready INT8 graph (symmetric int8, float biases): built into engines or run by ONNX Runtime's TensorRT
+# EP; slower than FP32 in ONNX Runtime on the CPU, so never a CPU serving candidate (docs/DESIGN.md §2.3).
+TENSORRT_INT8_SUFFIX = ".int8.trt.onnx"
 ArtifactKind = Literal["checkpoint", "onnx", "engine"]
+
+
+def is_tensorrt_graph(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the TensorRT-ready INT8 graph (``model.int8.trt.onnx``), which only TensorRT should run."""
+    return Path(path).name.lower().endswith(TENSORRT_INT8_SUFFIX)
 
 
 def artifact_kind(path: str | os.PathLike[str]) -> ArtifactKind:
@@ -81,6 +89,10 @@ class Layout:
     @property
     def int8(self) -> Path:
         return self.folder / f"{self.stem}.int8.onnx"
+
+    @property
+    def int8_tensorrt(self) -> Path:
+        return self.folder / f"{self.stem}{TENSORRT_INT8_SUFFIX}"
 
     @property
     def plan(self) -> Path:

@@ -51,6 +51,9 @@ def _lifespan(settings: Settings, backend: Backend | None):
         tasks = [
             asyncio.create_task(_serve_repository(repo) if settings.model_repository else _serve_one(app, backend))
         ]
+        shapes = metrics.batch_shapes  # the default model's serving version (app.state.service)
+        shapes.labels("warm").set_function(lambda: float(_service_shapes(app)[0]))
+        shapes.labels("cold").set_function(lambda: float(_service_shapes(app)[1]))
         try:
             yield
         finally:
@@ -104,6 +107,14 @@ async def _serve_repository(repo: ModelRepository) -> None:
     log.info("model repository %s: %s", repo.root, json.dumps(repo.index()))
     if repo.settings.model_control_mode == "poll":
         await repo.poll_forever()
+
+
+def _service_shapes(app: FastAPI) -> tuple[int, int]:
+    """(warm, cold) batch shapes of the service ``app.state.service`` names now; (0, 0) before one is loaded."""
+    service = app.state.service
+    if service is None:
+        return 0, 0
+    return service.warm_shapes, len(service.shapes) - service.warm_shapes
 
 
 def _on_repository_change(app: FastAPI) -> None:

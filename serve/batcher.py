@@ -3,8 +3,14 @@
 ``submit(crops)`` enqueues one image's crops (``[k, 3, H, W]``: S x S crops, or one scale's multi-scale views) and
 returns when their logits are back. Batches hold one shape only: the worker takes the oldest item's shape and, in
 arrival order, the items of that shape until a batch holds ``max_batch`` rows, or ``max_batch * S * S`` pixels (at
-least one item), or the oldest item has waited ``max_wait``. S x S batches are padded up to the nearest warmed-up
-batch shape; other shapes run unpadded (up to the backend's ``min_batch``). The backend runs in its own thread (off
+least one item), or the oldest item has waited ``max_wait``. S x S batches are padded up to the nearest warm batch
+shape; other shapes run unpadded (up to the backend's ``min_batch``).
+
+Warm shapes: ``warm(n)`` runs one batch of shape n before it serves traffic (the server warms its first shape
+before it is ready); ``cold_shapes`` are warmed by the worker in the background, in their order, whenever the queue
+is empty. Until a shape is warm, S x S batches use warm shapes only: padded up to the nearest warm shape, and split
+into batches of the largest warm one. A request that arrives during a background warm-up waits for that one
+warm-up at most, never for a cold shape to be compiled or allocated under it. The backend runs in its own thread (off
 the event loop) and each item gets its rows. Items go whole into a batch unless one alone exceeds the batch (then it
 spans batches). A caller that goes away (cancelled: client disconnected, deadline passed) has its not-yet-batched
 rows dropped from the queue. The queue is bounded in crop-equivalents (a row of H x W counts ceil(H*W / S^2)):
@@ -81,8 +87,13 @@ class Batcher:
         input_size: int | None = None,
         min_batch: int = 1,
         max_view_batch: int | None = None,
+        cold_shapes: list[int] | None = None,
+        warm_input: Callable[[int], np.ndarray] | None = None,
+        on_warm: Callable[[int, float], None] | None = None,
     ) -> None:
-        """``input_size``: the card's S (crops of S x S are padded to ``shapes``, others are bounded by
+        """``cold_shapes``: shapes of ``shapes`` not yet warm, warmed in that order when the queue is empty (None:
+        every shape counts as warm); ``warm_input(n)`` makes a warm-up batch of n rows (random S x S crops by
+        default); ``on_warm(n, seconds)`` is told after each warm-up. ``input_size``: the card's S (crops of S x S are padded to ``shapes``, others are bounded by
         ``max_batch * S * S`` pixels and count ceil(H*W / S^2) each in the queue); None: every shape counts 1.
         ``max_view_batch``: most rows of a batch of another shape than S x S (a TensorRT view profile's max)."""
         self._run = run
@@ -93,6 +104,11 @@ class Batcher:
         self.input_size = input_size
         self.min_batch = min_batch
         self.max_view_batch = max_view_batch
+        self._cold = [n for n in (cold_shapes or []) if n in shapes]
+        self.warm_shapes = [n for n in shapes if n not in self._cold]
+        self._warm_input = warm_input or self._random_crops
+        self._on_warm = on_warm
+        self.warm_failed: str | None = None  # the last background warm-up that raised
         self._on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._pending = 0  # crops queued and not yet batched
@@ -119,15 +135,48 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    def run_sync(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch directly on the backend thread's executor (warm-up); blocks the caller, not the loop."""
-        return self._executor.submit(self._run, batch).result()
+    @property
+    def cold_shapes(self) -> list[int]:
+        """Shapes still to warm up (in the order the worker warms them)."""
+        return list(self._cold)
+
+    def _random_crops(self, n: int) -> np.ndarray:
+        size = self.input_size or 224
+        return np.random.default_rng(n).standard_normal((n, 3, size, size), dtype=np.float32)
+
+    async def warm(self, n: int) -> np.ndarray:
+        """Run one warm-up batch of shape ``n`` on the backend thread now; from then on batches may use it.
+        Returns its logits (the caller checks them against the card)."""
+        started = time.perf_counter()
+        out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, self._warm_input(n))
+        self._mark_warm(n, time.perf_counter() - started)
+        return out
+
+    def _mark_warm(self, n: int, seconds: float) -> None:
+        if n in self._cold:
+            self._cold.remove(n)
+        if n not in self.warm_shapes:
+            self.warm_shapes = sorted([*self.warm_shapes, n])
+        if self._on_warm is not None:
+            self._on_warm(n, seconds)
+
+    async def _warm_next(self) -> None:
+        """Warm the next cold shape (the queue is empty). A shape whose warm-up raises is never used."""
+        n = self._cold[0]
+        try:
+            await self.warm(n)
+        except Exception as e:
+            self._cold.remove(n)
+            self.warm_failed = f"batch shape {n}: {type(e).__name__}: {e}"
+            log.error("background warm-up failed, not using %s", self.warm_failed)
 
     def padded_size(self, n: int) -> int:
-        for s in self.shapes:
+        """The smallest warm shape holding ``n`` rows (the largest warm shape when none does)."""
+        warm = self.warm_shapes or self.shapes
+        for s in warm:
             if s >= n:
                 return s
-        return self.shapes[-1]
+        return warm[-1]
 
     def _square(self, shape: tuple[int, ...]) -> bool:
         return self.input_size is None or (shape[-2] == self.input_size and shape[-1] == self.input_size)
@@ -143,10 +192,10 @@ class Batcher:
         return len(crops) * self.row_cost(crops.shape[1:])
 
     def _row_limit(self, shape: tuple[int, ...], first_rows: int) -> int:
-        """Most rows of ``shape`` in one batch: ``max_batch``, and ``max_batch * S^2`` pixels unless the first
-        item alone is larger (at least one item, never over ``max_batch`` nor, off S x S, ``max_view_batch``)."""
+        """Most rows of ``shape`` in one batch: ``max_batch`` (S x S: the largest warm shape), and
+        ``max_batch * S^2`` pixels unless the first item alone is larger (at least one item, never over ``max_batch`` nor, off S x S, ``max_view_batch``)."""
         if self._square(shape):
-            return self.max_batch
+            return min(self.max_batch, self.padded_size(self.max_batch))  # the largest warm shape
         assert self.input_size is not None
         by_pixels = self.max_batch * self.input_size**2 // (shape[-2] * shape[-1])
         return min(self.max_batch, self.max_view_batch or self.max_batch, max(by_pixels, first_rows, 1))
@@ -222,10 +271,28 @@ class Batcher:
                 self._queue.remove(item)
         return parts
 
+    @staticmethod
+    def _assemble(parts: list[tuple[_Item, int, int]], n: int, size: int) -> np.ndarray:
+        """The batch array: one whole item that fills it exactly is passed as is (no copy: a lone ten-crop request
+        at batch 10); else the rows are copied in and only the padding rows zeroed."""
+        first = parts[0][0].crops
+        if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(first) == size:
+            return np.ascontiguousarray(first, np.float32)
+        batch = np.empty((size, *first.shape[1:]), dtype=np.float32)
+        row = 0
+        for item, start, stop in parts:
+            batch[row : row + stop - start] = item.crops[start:stop]
+            row += stop - start
+        batch[n:] = 0.0
+        return batch
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
+                if self._cold:
+                    await self._warm_next()
+                    continue
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -251,11 +318,7 @@ class Batcher:
             n = sum(stop - start for _, start, stop in parts)
             square = self._square(parts[0][0].crops.shape[1:])
             size = self.padded_size(n) if square else max(n, self.min_batch)
-            batch = np.zeros((size, *parts[0][0].crops.shape[1:]), dtype=np.float32)
-            row = 0
-            for item, start, stop in parts:
-                batch[row : row + stop - start] = item.crops[start:stop]
-                row += stop - start
+            batch = self._assemble(parts, n, size)
             started = time.perf_counter()
             for item, start, _ in parts:
                 if start == 0:

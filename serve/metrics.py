@@ -42,6 +42,13 @@ class Metrics:
         )
         self.queue_depth = Gauge("resnet_serve_queue_crops", "Crops waiting for a batch", registry=r)
         self.queue_depth.set_function(queue_depth)
+        self.batch_shapes = Gauge(
+            "resnet_serve_batch_shapes",
+            "Batch shapes by state: warm, or cold (ready after the first is warm; the others warm in the background "
+            "while the queue is empty, and batches use warm shapes only)",
+            ["state"],
+            registry=r,
+        )
         self.in_flight = Gauge("resnet_serve_in_flight_requests", "/classify requests being handled", registry=r)
         self.images = Counter("resnet_serve_images", "Images classified", registry=r)
         self.crops = Counter("resnet_serve_crops", "Crops run through the backend", registry=r)

@@ -3,26 +3,37 @@
 ``--model FILE`` serves that file (``--precision`` must then match what it computes in). ``--model DIR`` (a run or
 export folder) considers every artifact there that passed its parity gate (``<artifact>.parity.json`` with
 ``"passed": true``): the fp32 ``.onnx``, ``.fp16.onnx`` and ``.int8.onnx``, and the checkpoint with bf16 autocast
-when torch is installed (the checkpoint is its own reference: it needs no report). ``--precision auto`` loads each,
-times it at start-up at the batch shape one ten-crop request runs (after a warm-up run; 10 s in all, an equal
-share per candidate), serves the fastest and logs one JSON line per candidate; ``--precision fp32|fp16|int8|bf16``
-picks that one. torch is imported only for the checkpoint candidate (through ``serve.backends``).
+when torch is installed (the checkpoint is its own reference: it needs no report). ``--precision auto`` loads each
+and times it at start-up at the two operating points the server runs (``time_backends``; 20 s in all):
+
+- latency: one batch of the shape one ten-crop request fills, alone (concurrency 1);
+- loaded throughput: crops per second in back-to-back batches of the shape the batcher forms under concurrent
+  requests (``LOADED_CROPS``), while the server's decode threads are kept busy decoding a photo-sized JPEG, so the
+  candidates compete with decoding for the cores as they do when serving.
+
+Rule: serve the candidate whose worse ratio to the best candidate, over the two points, is the smallest (min-max
+shortfall: ``max(latency / best latency, best throughput / throughput)``). One JSON line per candidate gives both
+measurements and the score. ``--precision fp32|fp16|int8|bf16`` picks that one. torch is imported only for the
+checkpoint candidate (through ``serve.backends``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import logging
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from resnet import UserError
-from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, report_path
+from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, is_tensorrt_graph, report_path
 from resnet.names import is_torchvision_spec
 from resnet.runtime.kinds import PRECISIONS
 from resnet.runtime.report import ParityReport, ReportError
@@ -34,9 +45,13 @@ from .settings import Settings
 log = logging.getLogger("serve.precision")
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)
-TIMING_BUDGET_S = 10.0  # all candidates together, warm-up runs included
-MAX_ROUNDS = 20  # timed runs per candidate at most
+TIMING_BUDGET_S = 20.0  # all candidates and both operating points together, warm-up runs included
+MAX_ROUNDS = 20  # timed runs per candidate and operating point at most
 TEN_CROP = 10  # crops of one ten-crop image: the batch a single request fills
+# Crops per batch under concurrent ten-crop requests: the server's mean batch at concurrency 8 on 2 CPUs was 22-23
+# (bench/RESULTS.md), decoding keeping the queue short; two requests' crops.
+LOADED_CROPS = 2 * TEN_CROP
+RULE = "min-max shortfall: smallest max(latency / best latency, best loaded throughput / loaded throughput)"
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,8 @@ def _onnx_candidate(path: Path) -> Candidate:
         precision = read_onnx_card(path).precision
     except UserError as e:
         return Candidate(path, "?", f"unreadable card ({e})")
+    if is_tensorrt_graph(path):  # slower than FP32 in ONNX Runtime on the CPU: TensorRT builds engines from it
+        return Candidate(path, precision, "the TensorRT-ready graph: serve it with --backend tensorrt or its .plan")
     return Candidate(path, precision, gate_verdict(path))
 
 
@@ -95,12 +112,54 @@ def describe(found: list[Candidate]) -> str:
     return ", ".join(f"{c.path.name} ({c.precision}{': ' + c.excluded if c.excluded else ''})" for c in found)
 
 
-def serve_batch(settings: Settings, backend: Backend) -> int:
-    """The batch shape the server runs for one ten-crop request (the smallest shape holding ten crops)."""
+def serve_batch(settings: Settings, backend: Backend, crops: int = TEN_CROP) -> int:
+    """The batch shape the server runs for ``crops`` crops (the smallest shape holding them, else its largest)."""
     limit = backend.max_batch
     max_batch = min(settings.max_batch or limit or DEFAULT_MAX_BATCH, limit or DEFAULT_MAX_BATCH)
     shapes = batch_shapes(max_batch, settings.parsed_batch_sizes(), backend.min_batch)
-    return next((s for s in shapes if s >= TEN_CROP), shapes[-1])
+    return next((s for s in shapes if s >= crops), shapes[-1])
+
+
+def _photo_jpeg() -> bytes:
+    """A 640 x 480 JPEG of smooth colour and noise: what one photo costs the decode threads."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:480, 0:640]
+    base = np.stack([x * 255 / 640, y * 255 / 480, (x + y) * 255 / 1120], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+class DecodeLoad:
+    """``threads`` threads decoding and ten-cropping a photo-sized JPEG in a loop (``resnet.preprocess``, what the
+    server's decode pool runs) while the ``with`` block runs: the decode side of a loaded server."""
+
+    def __init__(self, threads: int, card: Any) -> None:
+        self.threads, self.card, self.images = threads, card, 0
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._photo = _photo_jpeg()
+
+    def _loop(self) -> None:
+        from resnet.preprocess import preprocess
+
+        while not self._stop.is_set():
+            preprocess(self._photo, self.card, crops="ten")
+            self.images += 1
+
+    def __enter__(self) -> DecodeLoad:
+        self._workers = [threading.Thread(target=self._loop, daemon=True) for _ in range(self.threads)]
+        for w in self._workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for w in self._workers:
+            w.join()
 
 
 def _load(candidate: Candidate, settings: Settings) -> Backend:
@@ -114,22 +173,27 @@ def _load(candidate: Candidate, settings: Settings) -> Backend:
     )
 
 
-def time_backends(
-    backends: list[Backend], batches: list[int], budget_s: float = TIMING_BUDGET_S
-) -> list[tuple[float, int]]:
-    """(median seconds per batch, timed runs) of each backend, timed round-robin so that load on a shared machine
-    hits all alike. Each gets one warm-up run, then timed runs while its share of ``budget_s`` lasts; a candidate
-    whose warm-up alone spent its share is timed by that run (0 timed runs): it cannot be the fastest anyway.
-    """
-    share = budget_s / max(1, len(backends))
-    rng = np.random.default_rng(0)
-    inputs = [
-        rng.standard_normal((n, 3, b.card.input_size, b.card.input_size), dtype=np.float32)
-        for b, n in zip(backends, batches)
-    ]
-    spent = [0.0] * len(backends)
+@dataclass
+class Timing:
+    """One candidate at the two operating points (seconds per batch, medians of ``runs`` timed batches)."""
+
+    batch: int  # the ten-crop request's shape
+    latency_s: float
+    loaded_batch: int  # the shape under concurrent requests
+    loaded_s: float
+    runs: int
+
+    @property
+    def loaded_crops_per_s(self) -> float:
+        return self.loaded_batch / self.loaded_s
+
+
+def _round_robin(backends: list[Backend], inputs: list[np.ndarray], share: float) -> list[tuple[float, int]]:
+    """(median seconds, timed runs) per backend: one warm-up run each, then timed runs round-robin (load on a
+    shared machine hits all alike) while each one's ``share`` of the budget lasts; a candidate whose warm-up alone
+    spent its share is timed by that run."""
+    spent, warm = [0.0] * len(backends), []
     times: list[list[float]] = [[] for _ in backends]
-    warm: list[float] = []
     for i, b in enumerate(backends):
         t0 = time.perf_counter()
         b.run(inputs[i])
@@ -145,6 +209,38 @@ def time_backends(
             times[i].append(time.perf_counter() - t0)
             spent[i] += times[i][-1]
     return [(statistics.median(t) if t else w, len(t)) for t, w in zip(times, warm)]
+
+
+def time_backends(
+    backends: list[Backend],
+    batches: list[int],
+    loaded_batches: list[int],
+    decode_threads: int,
+    budget_s: float = TIMING_BUDGET_S,
+) -> list[Timing]:
+    """Each backend at both operating points: ``batches`` alone, then ``loaded_batches`` back to back with
+    ``decode_threads`` threads decoding (``DecodeLoad``); ``budget_s`` split equally over backends and points."""
+    share = budget_s / max(1, 2 * len(backends))
+    rng = np.random.default_rng(0)
+
+    def inputs(sizes: list[int]) -> list[np.ndarray]:
+        return [
+            rng.standard_normal((n, 3, b.card.input_size, b.card.input_size), dtype=np.float32)
+            for b, n in zip(backends, sizes)
+        ]
+
+    alone = _round_robin(backends, inputs(batches), share)
+    with DecodeLoad(decode_threads, backends[0].card):
+        loaded = _round_robin(backends, inputs(loaded_batches), share)
+    return [Timing(n, a, m, lo, ra + rl) for n, m, (a, ra), (lo, rl) in zip(batches, loaded_batches, alone, loaded)]
+
+
+def pick(timings: list[Timing]) -> tuple[int, list[float]]:
+    """The index ``RULE`` chooses, and every candidate's score (1.0: best at both points)."""
+    best_latency = min(t.latency_s for t in timings)
+    best_rate = max(t.loaded_crops_per_s for t in timings)
+    scores = [max(t.latency_s / best_latency, best_rate / t.loaded_crops_per_s) for t in timings]
+    return min(range(len(timings)), key=lambda i: (scores[i], -timings[i].loaded_crops_per_s)), scores
 
 
 def choose(settings: Settings, folder: Path) -> Backend:
@@ -176,29 +272,48 @@ def choose(settings: Settings, folder: Path) -> Backend:
 
 
 def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Backend:
-    """Time the loaded candidates, log the table (one JSON line each), return the fastest per crop."""
+    """Time the loaded candidates at both operating points, log the rule and one JSON line each, return the pick."""
+    from .ort_session import cpu_threads
+
     backends = [b for _, b in loaded]
     batches = [serve_batch(settings, b) for b in backends]
-    timed = time_backends(backends, batches)
-    seconds = [t for t, _ in timed]
-    best = min(range(len(loaded)), key=lambda i: seconds[i] / batches[i])
+    loaded_batches = [serve_batch(settings, b, LOADED_CROPS) for b in backends]
+    decode_threads = settings.decode_threads or cpu_threads()
+    timings = time_backends(backends, batches, loaded_batches, decode_threads)
+    best, scores = pick(timings)
+    log.info(
+        "precision auto: timing %d candidates at batch %d alone and at batch %d back to back with %d decode "
+        "threads busy; rule: %s",
+        len(loaded),
+        batches[0],
+        loaded_batches[0],
+        decode_threads,
+        RULE,
+    )
     for i, (c, b) in enumerate(loaded):
+        t = timings[i]
         row = {
             "artifact": c.path.name,
             "precision": precision_of(b),
             "backend": b.name,
-            "batch": batches[i],
-            "ms_per_batch": round(seconds[i] * 1e3, 2),
-            "runs": timed[i][1],
+            "batch": t.batch,
+            "ms_per_batch": round(t.latency_s * 1e3, 2),
+            "loaded_batch": t.loaded_batch,
+            "loaded_crops_per_s": round(t.loaded_crops_per_s, 2),
+            "score": round(scores[i], 3),
+            "runs": t.runs,
             "chosen": i == best,
         }
-        msg = "precision candidate %s (%s): %.2f ms per batch of %d%s"
         log.info(
-            msg,
+            "precision candidate %s (%s): %.2f ms per batch of %d alone, %.1f crops/s at batch %d with decoding "
+            "busy, score %.3f%s",
             c.path.name,
             row["precision"],
             row["ms_per_batch"],
-            batches[i],
+            t.batch,
+            row["loaded_crops_per_s"],
+            t.loaded_batch,
+            scores[i],
             " (chosen)" * (i == best),
             extra={"fields": row},
         )

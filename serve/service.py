@@ -40,6 +40,7 @@ from .precision import precision_of
 from .settings import Settings
 
 log = logging.getLogger("serve.service")
+TEN_CROP = 10  # crops of one ten-crop image
 FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
 __all__ = ["MULTISCALE", "Classified", "ClassifyService", "ImageError", "check_backend"]
 
@@ -86,7 +87,8 @@ class ClassifyService:
         Image.MAX_IMAGE_PIXELS = settings.max_pixels
         self.ready = False
         self.draining = False
-        self.warmup_s: float | None = None
+        self.warmup_s: float | None = None  # warm-up before ready
+        self._background_started = 0.0
         self.sides = list(multiscale_sides(self.card))
         self.multiscale_off: str | None = None  # why multi-scale is unavailable, None when it is served
         if settings.multiscale == "off":
@@ -95,8 +97,20 @@ class ClassifyService:
             self.multiscale_off = f"the model served {MULTISCALE_FIXED}: {REEXPORT}"
         log.info("multi-scale (crops=multiscale): %s", self.multiscale_off or f"served at sides {self.sides}")
 
+    def warm_order(self) -> tuple[list[int], list[int]]:
+        """(shapes warmed before ready, shapes warmed in the background in this order).
+
+        Ready after the smallest shape (a centre crop's; the start-up inference has just run it, so it is cheap);
+        then the shape one ten-crop request fills, then the rest from small to large, each while the queue is empty.
+        """
+        first, rest = self.shapes[:1], self.shapes[1:]
+        ten = next((n for n in rest if n >= TEN_CROP), None)
+        return first, ([ten] if ten is not None else []) + [n for n in rest if n != ten]
+
     async def start(self) -> None:
-        """Create the batcher on the running loop, then warm up every batch shape off the loop; then ready."""
+        """Create the batcher on the running loop, warm up the first batch shape (off the loop); then ready. The
+        other shapes warm in the background (the batcher's worker, while its queue is empty)."""
+        first, later = self.warm_order()
         self.batcher = Batcher(
             self.backend.run,
             self.max_batch,
@@ -107,27 +121,43 @@ class ClassifyService:
             input_size=self.card.input_size,
             min_batch=self.backend.min_batch,
             max_view_batch=self.backend.max_view_batch,
+            cold_shapes=first + later,
+            on_warm=self._warmed,
         )
-        self.batcher.start()
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
-        self.warmup_s = time.perf_counter() - started
-        self.ready = True
-        log.info("warmed up batch shapes %s in %.1f s; ready", self.shapes, self.warmup_s)
-
-    def _warm_up(self) -> None:
-        assert self.batcher is not None
-        size = self.card.input_size
-        rng = np.random.default_rng(0)
-        for n in self.shapes:
-            if self.draining:  # shutting down during warm-up: stop between shapes
+        for n in first:  # before the worker starts: nothing else runs on the backend meanwhile
+            if self.draining:  # shutting down during warm-up
                 return
-            batch = rng.standard_normal((n, 3, size, size), dtype=np.float32)
-            out = self.batcher.run_sync(batch)
+            out = await self.batcher.warm(n)
             if out.shape != (n, len(self.labels)):
                 raise resnet.CardError(
                     f"backend returned logits {out.shape} for a batch of {n}; the card has {len(self.labels)} labels"
                 )
+        self.warmup_s = time.perf_counter() - started
+        self._background_started = time.perf_counter()
+        self.batcher.start()
+        self.ready = True
+        log.info(
+            "warmed up batch shapes %s in %.1f s; ready (warming %s in the background while idle)",
+            first,
+            self.warmup_s,
+            later or "nothing",
+        )
+
+    def _warmed(self, n: int, seconds: float) -> None:
+        log.debug("warmed up batch shape %d in %.3f s", n, seconds)
+        b = self.batcher
+        if self.ready and b is not None and not b.cold_shapes:
+            log.info(
+                "warmed up every batch shape %s (%.1f s after ready)",
+                b.warm_shapes,
+                time.perf_counter() - self._background_started,
+            )
+
+    @property
+    def warm_shapes(self) -> int:
+        """How many batch shapes are warm (the batcher pads and splits to these only)."""
+        return len(self.batcher.warm_shapes) if self.batcher is not None else 0
 
     async def close(self) -> None:
         if self.batcher is not None:

@@ -85,8 +85,9 @@ class Settings:
     max_wait_ms: float = _opt(2.0, "longest a crop waits for its batch to fill, in milliseconds")
     batch_sizes: str = _opt(
         "",
-        "comma-separated batch shapes the backend runs (batches are padded up to one, each warmed up before "
-        "ready); empty = 1,2,4,8,10,16,20,30,32,40,50,60,64 clipped to max-batch",
+        "comma-separated batch shapes the backend runs (batches are padded up to a warm one; ready once the smallest "
+        "is warm, the rest warm in the background while idle, ten-crop's first); empty = "
+        "1,2,4,8,10,16,20,30,32,40,50,60,64 clipped to max-batch",
     )
     max_queue_crops: int = _opt(
         1024,

@@ -6,6 +6,9 @@ without them.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,19 @@ from resnet.multiscale import ANY_SIZE
 from resnet.names import parse_torchvision_spec
 from resnet.runtime.kinds import Precision, Runtime
 from resnet.runtime.ort import cpu_threads
+
+log = logging.getLogger("serve.torch_backend")
+
+
+def passive_omp_waits() -> bool:
+    """Ask torch's OpenMP threads to sleep, not spin, between parallel regions (``OMP_WAIT_POLICY=PASSIVE``, unless
+    the environment sets it), as the ONNX Runtime sessions do (``session.intra_op.allow_spinning`` 0): in a server
+    the decode threads need those cores between the network's layers. OpenMP reads it once, when torch loads;
+    returns whether it was in time (torch not imported yet)."""
+    if "torch" in sys.modules:
+        return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return True
 
 
 class TorchBackend:
@@ -32,6 +48,8 @@ class TorchBackend:
     def __init__(
         self, model: Any, card: ModelCard, precision: str = "fp32", threads: int = 0, multiscale: str = "auto"
     ) -> None:
+        if not passive_omp_waits():
+            log.info("torch was imported before the backend: its OpenMP threads keep their default wait policy")
         import torch
 
         self.torch = torch
@@ -62,6 +80,7 @@ class TorchBackend:
     ) -> TorchBackend:
         """Our ``.pt`` checkpoint (card inside) through ``resnet.load_checkpoint``."""
         try:
+            passive_omp_waits()
             import torch  # noqa: F401
 
             from resnet import load_checkpoint
@@ -89,6 +108,7 @@ class TorchBackend:
         (``resnet.weights.load_named``; not cached and no ``download``: ``WeightsNotCachedError``, exit 4)."""
         arch, weights = parse_torchvision_spec(spec)
         try:
+            passive_omp_waits()
             import torchvision  # noqa: F401
 
             from resnet.weights import load_named  # torch + torchvision: imported only for this kind of model

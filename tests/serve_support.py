@@ -72,7 +72,8 @@ class Server:
         key = given[given.index("--api-key") + 1] if "--api-key" in given else (env or {}).get("RESNET_SERVE_API_KEY")
         self.api_key: str | None = key
 
-    def start(self, timeout: float = 90.0) -> Server:
+    def start(self, timeout: float = 90.0, warm: bool = True) -> Server:
+        """Launch; return when /readyz is 200 and (``warm``) every batch shape has warmed up in the background."""
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serve", *self.args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -82,7 +83,9 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200 and (
+                    not warm or self.metric("resnet_serve_batch_shapes", 'state="cold"') == 0
+                ):
                     return self
             except httpx.HTTPError:
                 pass

@@ -5,6 +5,7 @@ the right caller, and cancelled callers leave the queue."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,89 @@ def test_tensorrt_profile_for_multiscale_views_spans_height_and_width() -> None:
     assert opts["trt_profile_max_shapes"] == "input:8x3x1280x1280"
     cifar = TrtOptions(None, "input", (3, 32, 32), (1, 10, 64), False, views=view_profile(make_card("cifar_resnet20")))
     assert cifar.provider_options()["trt_profile_max_shapes"] == "input:8x3x72x72"
+
+
+def _recording_backend(events: list[tuple[str, int]], per_row_s: float = 0.0):
+    """A numpy backend that records (warm-up or request, batch rows): warm-up batches are all -1."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if per_row_s:
+            time.sleep(per_row_s * len(batch))
+        events.append(("warm" if (batch == -1).all() else "run", len(batch)))
+        return batch.reshape(len(batch), -1)[:, :2].copy()
+
+    return run
+
+
+def _warm_input(n: int) -> np.ndarray:
+    return np.full((n, 3, 32, 32), -1.0, np.float32)
+
+
+def test_cold_shapes_are_not_used_until_warm_then_warm_in_the_background():
+    """Only the first shape is warm: a ten-crop image is split into batches of it (each caller's rows come back),
+    the queue empties, the worker warms the rest in order, and the next image runs as one batch of 10."""
+    events: list[tuple[str, int]] = []
+
+    async def go():
+        b = Batcher(
+            _recording_backend(events),
+            10,
+            0.0,
+            100,
+            [1, 4, 10],
+            input_size=32,
+            cold_shapes=[1, 10, 4],
+            warm_input=_warm_input,
+        )
+        await b.warm(1)
+        assert b.warm_shapes == [1] and b.cold_shapes == [10, 4]
+        first = asyncio.ensure_future(b.submit(crops(0)))
+        await asyncio.sleep(0)
+        b.start()
+        try:
+            st = await first
+            for _ in range(100):
+                if not b.cold_shapes:
+                    break
+                await asyncio.sleep(0.01)
+            assert b.warm_shapes == [1, 4, 10] and not b.cold_shapes
+            return st, await b.submit(crops(1))
+        finally:
+            await b.close()
+
+    first, second = asyncio.run(go())
+    assert events == [("warm", 1), *[("run", 1)] * 10, ("warm", 10), ("warm", 4), ("run", 10)]
+    np.testing.assert_array_equal(first.logits, crops(0).reshape(10, -1)[:, :2])
+    assert first.batch_sizes == [1] * 10 and second.batch_sizes == [10]
+
+
+def test_a_request_during_background_warm_up_waits_for_that_warm_up_only():
+    """Warm-ups take time (per row); a request that arrives while shape 8 warms runs right after it, before the
+    worker warms the next cold shape (64), on the largest warm shape."""
+    events: list[tuple[str, int]] = []
+
+    async def go():
+        b = Batcher(
+            _recording_backend(events, per_row_s=0.005),
+            64,
+            0.0,
+            1000,
+            [1, 8, 64],
+            input_size=32,
+            cold_shapes=[1, 8, 64],
+            warm_input=_warm_input,
+        )
+        await b.warm(1)
+        b.start()
+        try:
+            await asyncio.sleep(0.01)  # the worker is warming shape 8 now
+            st = await b.submit(crops(0))
+            while b.cold_shapes:
+                await asyncio.sleep(0.01)
+            return st
+        finally:
+            await b.close()
+
+    st = asyncio.run(go())
+    assert events == [("warm", 1), ("warm", 8), ("run", 8), ("run", 8), ("warm", 64)]
+    assert st.batch_sizes == [8, 2]

@@ -154,14 +154,20 @@ def test_sigterm_drains_readiness_503_in_flight_finishes_then_exit_0(onnx_model:
     assert "draining" in server.log()
 
 
-def test_readiness_waits_for_warm_up_of_every_batch_shape(onnx_model: Path):
+def test_ready_after_the_first_batch_shape_and_the_rest_warm_in_the_background(onnx_model: Path):
     log = onnx_model.parent / "warm.log"
-    server = Server(["--model", str(onnx_model), "--batch-sizes", "1,7,33", "--max-batch", "33"], log_path=log).start()
+    server = Server(["--model", str(onnx_model), "--batch-sizes", "1,7,33", "--max-batch", "33"], log_path=log)
+    server.start(warm=False)
     try:
         ok = '"path": "/readyz", "query": "", "status": 200'
         text = until(lambda: ok in (t := log.read_text()) and t)  # the access line follows the answer
-        assert "warmed up batch shapes [1, 7, 33]" in text
-        assert text.index("warmed up") < text.index('"path": "/readyz", "query": "", "status": 200')
+        assert "warmed up batch shapes [1] in" in text and "warming [33, 7] in the background" in text
+        assert text.index("warmed up batch shapes [1]") < text.index(ok)
+        until(lambda: server.metric("resnet_serve_batch_shapes", 'state="warm"') == 3)
+        assert server.metric("resnet_serve_batch_shapes", 'state="cold"') == 0
+        assert "warmed up every batch shape [1, 7, 33]" in until(
+            lambda: "every batch shape" in (t := log.read_text()) and t
+        )
     finally:
         server.stop()
 
