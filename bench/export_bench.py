@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 import resnet
-from export.candidates import OnnxCandidate, Reference
+from export.candidates import Reference
 from export.fp16 import convert_fp16
 from export.gate import PRESETS, evaluate
 from export.images import load_image_set
 from export.onnx import export_model
+from resnet.runtime.runner import OnnxRunner
 from resnet.samples import sample_photo_paths
 
 
@@ -72,7 +73,7 @@ def bench_model(name: str, max_batch: int, repeats: int, folder: Path) -> dict[s
     for tag, p, preset in (("fp32", proto, "fp32"), ("fp16", proto16, "fp16")):
         path = folder / f"{name}.{tag}.onnx"
         path.write_bytes(p.SerializeToString())
-        cand = OnnxCandidate(path)
+        cand = OnnxRunner(path)
         result = evaluate(reference, cand, images, PRESETS[preset], max_batch)
         m = result["metrics"]
         row[tag] = {

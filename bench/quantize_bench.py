@@ -27,13 +27,14 @@ import numpy as np
 import resnet
 from bench.export_bench import calibrated_model
 from export import calib
-from export.candidates import OnnxCandidate, Reference
+from export.candidates import Reference
 from export.gate import PRESETS, evaluate
 from export.onnx import export_model
 from export.quantize import METHODS, TARGETS, quantize_graph
+from resnet.runtime.runner import OnnxRunner
 
 
-def ten_crop_ms(candidate: OnnxCandidate, x: np.ndarray, repeats: int) -> float:
+def ten_crop_ms(candidate: OnnxRunner, x: np.ndarray, repeats: int) -> float:
     """Median ms of one batch-10 run (one ten-crop image) after a warm-up."""
     batch = x[:10]
     candidate.run(batch)
@@ -55,7 +56,7 @@ def digits_rows(checkpoint: Path, count: int, repeats: int, folder: Path) -> lis
     calibration, images = calib.prepare("digits", card, count, None, None)
     reference = Reference.from_model(model, card, images, str(checkpoint))
     proto, _ = export_model(model, card)
-    fp32 = OnnxCandidate(_save(proto, folder / "fp32.onnx"))
+    fp32 = OnnxRunner(_save(proto, folder / "fp32.onnx"))
     fp32_ms = ten_crop_ms(fp32, images.crops, repeats)
     base = evaluate(reference, fp32, images, PRESETS["fp32"], 10)["metrics"]
     rows = [{"graph": "fp32", "ms": fp32_ms, "top1": base["accuracy"]["candidate"]["top1"], "agree": 100.0}]
@@ -64,7 +65,7 @@ def digits_rows(checkpoint: Path, count: int, repeats: int, folder: Path) -> lis
             start = time.perf_counter()
             q, _ = quantize_graph(proto, card, calibration, method, target)
             seconds = time.perf_counter() - start
-            cand = OnnxCandidate(_save(q, folder / f"{target}-{method}.onnx"))
+            cand = OnnxRunner(_save(q, folder / f"{target}-{method}.onnx"))
             m = evaluate(reference, cand, images, PRESETS["int8"], 10)["metrics"]
             rows.append(
                 {
@@ -94,10 +95,10 @@ def resnet50_rows(method: str, repeats: int, folder: Path) -> None:
     calibration, images = calib.prepare("samples", card, None, None, None)
     reference = Reference.from_model(model, card, images, "resnet50 (random init, BN calibrated)")
     proto, _ = export_model(model, card)
-    graphs = {"fp32": OnnxCandidate(_save(proto, folder / "r50.onnx"))}
+    graphs = {"fp32": OnnxRunner(_save(proto, folder / "r50.onnx"))}
     for target in TARGETS:
         q, _ = quantize_graph(proto, card, calibration, method, target)
-        graphs[f"int8 {target}"] = OnnxCandidate(_save(q, folder / f"r50.int8.{target}.onnx"))
+        graphs[f"int8 {target}"] = OnnxRunner(_save(q, folder / f"r50.int8.{target}.onnx"))
     ms = {name: [] for name in graphs}
     for _ in range(3):  # interleaved rounds, so that load on a shared machine hits every graph alike
         for name, cand in graphs.items():

@@ -26,7 +26,7 @@ from .log import progress
 
 REFERENCE_BATCH = 50  # the reference's batch size does not matter for its result, only for its speed
 SERVE_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum, as the server sets it
-__all__ = ["OnnxCandidate", "Reference", "check_same_model", "graph_precision", "open_candidate"]
+__all__ = ["Reference", "check_same_model", "graph_precision", "open_candidate"]
 
 
 def fp32_reference_settings() -> None:
@@ -119,10 +119,6 @@ def open_candidate(
             profile = (1, min(SERVE_BATCH, max_batch), max_batch)
             trt = TrtOptions(trt_cache_dir(path, ""), "input", shape, profile, trt_fp16, card.precision == "int8")
     return OnnxRunner(path, card, ep, 0, trt)
-
-
-# Older importers' name for the CPU graph runner.
-OnnxCandidate = OnnxRunner
 
 
 def check_same_model(reference: ModelCard, candidate: ModelCard, where: Path) -> None:

@@ -44,8 +44,6 @@ OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the se
 
 # The names the server's modules use: one type, the runners of resnet.runtime.
 Backend = Runner
-OnnxRuntimeBackend = OnnxRunner
-TensorRTBackend = EngineRunner
 __all__ = ["MULTISCALE_FIXED", "REEXPORT", "Backend", "load_backend", "load_backend_for", "trt_profile"]
 
 

@@ -273,7 +273,7 @@ def choose(settings: Settings, folder: Path) -> Backend:
 
 def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Backend:
     """Time the loaded candidates at both operating points, log the rule and one JSON line each, return the pick."""
-    from .ort_session import cpu_threads
+    from resnet.runtime.ort import cpu_threads
 
     backends = [b for _, b in loaded]
     batches = [serve_batch(settings, b) for b in backends]
