@@ -34,7 +34,7 @@ def server_unavailable(request: Request) -> str | None:
     state = request.app.state
     repo: ModelRepository | None = getattr(state, "repository", None)
     service: ClassifyService | None = state.service
-    if state.failed or (repo is None and service is not None and service.failed):
+    if state.failed or (service is not None and service.failed):  # as /healthz: the default model's backend failed
         return "failed"
     if (repo is not None and repo.draining) or (service is not None and service.draining):
         return "draining"

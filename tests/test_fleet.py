@@ -85,6 +85,8 @@ def test_the_fleet_survives_a_kill_a_drain_and_a_rollout_with_no_failed_request(
         assert p.p99_vs_steady is not None  # recorded for every phase
     assert any("SIGKILL: exit -9" in e for e in phases["kill"].events)
     assert any("SIGTERM: drained and exited 0" in e for e in phases["term"].events)
+    # each new replica took traffic through nginx before the next was drained (else: no live upstream, 502s)
+    assert sum("in rotation" in e for e in phases["rollout"].events) == len(replicas), phases["rollout"].events
     # The rollout moved every replica to v2 while answers kept coming, from both versions along the way.
     assert set(phases["rollout"].models) == {read_onnx_card(v1).name, NEW_NAME}
     assert f"'replica2': '{NEW_NAME}'" in phases["rollout"].events[-1]

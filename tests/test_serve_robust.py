@@ -239,10 +239,18 @@ def test_healthz_is_503_once_the_backend_has_failed(digits_checkpoint):
     from serve.settings import Settings
     from tests.serve_support import free_port
 
+    from resnet.runtime.runner import Runner
+
     class Breaking:
+        """The torch runner, with every field a Runner declares, until the device is "lost"."""
+
         def __init__(self, inner) -> None:
-            self.inner, self.broken = inner, False
-            self.name, self.card, self.max_batch, self.min_batch = "breaking", inner.card, None, 1
+            for field in Runner.__annotations__:
+                setattr(self, field, getattr(inner, field))
+            self.inner, self.broken, self.name = inner, False, "breaking"
+
+        def close(self) -> None:
+            self.inner.close()
 
         def run(self, batch):
             if self.broken:

@@ -5,7 +5,8 @@ requests seen by the client:
     steady    load only: the latency baseline
     kill      one replica gets SIGKILL (then is restarted on its port)
     term      another gets SIGTERM, drains and exits 0 (then is restarted)
-    rollout   every replica in turn: SIGTERM, wait for exit, start on the new model, wait for /readyz
+    rollout   every replica in turn: SIGTERM, wait for exit, start on the new model, wait for /readyz and for
+              nginx to send it traffic again (a surge-less rollout's minReadySeconds)
 
     python deploy/fleet/fleet.py --model v1.onnx --new-model v2.onnx [--replicas 3] [--json fleet.json]
 
@@ -221,6 +222,22 @@ class Nginx:
             lines = f.read().decode(errors="replace").splitlines()
         return sum(1 for line in lines if "," in line.partition('"')[2])  # "$upstream_status" lists every try
 
+    def wait_in_rotation(self, port: int, offset: int, timeout: float = 30.0) -> float:
+        """Wait until nginx has answered a request with a 200 from the replica on ``port`` (logged after byte
+        ``offset``): back in rotation. nginx's passive checks keep a replica that answered 503 while draining out
+        for ``fail_timeout``; a rollout that drains the next one before that leaves nginx no live upstream.
+        Returns the seconds waited; ``RuntimeError`` after ``timeout``."""
+        t, addr = time.monotonic(), f"127.0.0.1:{port}"
+        while time.monotonic() - t < timeout:
+            with open(self.access_log, "rb") as f:
+                f.seek(offset)
+                for line in f.read().decode(errors="replace").splitlines():
+                    fields = line.split(" ", 2)
+                    if len(fields) == 3 and fields[1] == "200" and fields[2].partition('"')[0].split(",")[-1].strip() == addr:
+                        return time.monotonic() - t
+            time.sleep(0.1)
+        raise RuntimeError(f"nginx sent no request to {addr} within {timeout:.0f} s of its /readyz turning 200")
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful: finish open requests
@@ -386,11 +403,14 @@ def model_name(url: str) -> str | None:
         return None
 
 
-def _restart(replica: Replica, model: Path, events: list[str], ready_timeout: float) -> None:
+def _restart(replica: Replica, model: Path, events: list[str], ready_timeout: float, nginx: Nginx) -> None:
+    """Start ``replica`` on ``model``; return once it is ready and nginx sends it traffic again."""
     t = time.monotonic()
     replica.start(model)
     replica.wait_ready(ready_timeout)
-    events.append(f"{replica.name} ready on {model.name} after {time.monotonic() - t:.1f} s")
+    ready = time.monotonic() - t
+    waited = nginx.wait_in_rotation(replica.port, nginx.log_size(), ready_timeout)
+    events.append(f"{replica.name} ready on {model.name} after {ready:.1f} s, in rotation {waited:.1f} s later")
 
 
 def drill(
@@ -423,7 +443,7 @@ def drill(
             victim.signal(signal.SIGKILL)
             events.append(f"{victim.name} SIGKILL: exit {victim.wait_exit(10)}")
             time.sleep(1.0)
-            _restart(victim, victim.model or model, events, ready_timeout)
+            _restart(victim, victim.model or model, events, ready_timeout, nginx)
 
         def term(events: list[str]) -> None:
             victim = replicas[1 % len(replicas)]
@@ -434,7 +454,7 @@ def drill(
             events.append(f"{victim.name} SIGTERM: drained and exited {code} in {time.monotonic() - t:.1f} s")
             if code != 0:
                 raise RuntimeError(f"{victim.name} exited {code} after SIGTERM, not 0")
-            _restart(victim, victim.model or model, events, ready_timeout)
+            _restart(victim, victim.model or model, events, ready_timeout, nginx)
 
         def rollout(events: list[str]) -> None:
             assert new_model is not None
@@ -444,7 +464,7 @@ def drill(
                 code = victim.wait_exit(DRAIN_TIMEOUT_S + 10)
                 if code != 0:
                     raise RuntimeError(f"{victim.name} exited {code} after SIGTERM, not 0")
-                _restart(victim, new_model, events, ready_timeout)
+                _restart(victim, new_model, events, ready_timeout, nginx)
             names = {r.name: model_name(r.url) for r in replicas}
             events.append(f"serving after the rollout: {names}")
             if len(set(names.values())) != 1:
