@@ -20,6 +20,8 @@ from typing import Any
 
 import resnet
 from resnet import UsageError
+from resnet.runtime.crops import FIXED_CROPS
+from resnet.runtime.kinds import TORCH_PRECISIONS
 
 from .recipes import RECIPES, Recipe, cifar_recipe_for_depth
 
@@ -179,7 +181,7 @@ class TrainConfig:
         "ten",
         RUN,
         "final test evaluation crops (shared preprocessing); recorded in the card",
-        choices=("ten", "center"),
+        choices=tuple(FIXED_CROPS),
     )
     # speed and reproducibility
     device: str = _opt("auto", SPEED, "auto: CUDA when present", choices=("auto", "cpu", "cuda"))
@@ -188,7 +190,7 @@ class TrainConfig:
         SPEED,
         "mixed precision; auto: bf16 (or fp16 + GradScaler) on GPU; on CPU whichever of fp32 and bf16 trains "
         "faster in a few timed steps of this network at this batch shape on this machine (logged; kept on resume)",
-        choices=("auto", "off", "bf16", "fp16"),
+        choices=("auto", "off", *(p for p in TORCH_PRECISIONS if p != "fp32")),  # off: fp32
     )
     channels_last: bool | None = _opt(
         None, SPEED, "channels_last memory format (default: on for GPU, and on CPU with bf16: measured 1.2x there)"

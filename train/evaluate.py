@@ -16,6 +16,7 @@ import torch
 
 import resnet
 from resnet import UsageError
+from resnet.runtime.crops import CROP_NAMES
 from resnet.weights import add_source_arguments, load_model_source
 
 from . import distributed as D
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--crops",
-        choices=("ten", "center", "multiscale", "all"),
+        choices=(*CROP_NAMES, "all"),
         default="ten",
         help="ten or center crops, the paper's multi-scale test, or all three side by side",
     )
