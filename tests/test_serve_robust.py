@@ -234,12 +234,11 @@ def test_healthz_is_503_once_the_backend_has_failed(digits_checkpoint):
     """A real uvicorn (in this process) around a backend that starts failing after warm-up."""
     import uvicorn
 
+    from resnet.runtime.runner import Runner
     from serve.app import create_app
     from serve.backends import load_backend
     from serve.settings import Settings
     from tests.serve_support import free_port
-
-    from resnet.runtime.runner import Runner
 
     class Breaking:
         """The torch runner, with every field a Runner declares, until the device is "lost"."""

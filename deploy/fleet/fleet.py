@@ -233,7 +233,11 @@ class Nginx:
                 f.seek(offset)
                 for line in f.read().decode(errors="replace").splitlines():
                     fields = line.split(" ", 2)
-                    if len(fields) == 3 and fields[1] == "200" and fields[2].partition('"')[0].split(",")[-1].strip() == addr:
+                    if (
+                        len(fields) == 3
+                        and fields[1] == "200"
+                        and fields[2].partition('"')[0].split(",")[-1].strip() == addr
+                    ):
                         return time.monotonic() - t
             time.sleep(0.1)
         raise RuntimeError(f"nginx sent no request to {addr} within {timeout:.0f} s of its /readyz turning 200")
