@@ -317,6 +317,9 @@ def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Bac
             " (chosen)" * (i == best),
             extra={"fields": row},
         )
+    for i, b in enumerate(backends):  # the losers' sessions, weights and thread pools are not kept
+        if i != best:
+            b.close()
     return backends[best]
 
 

@@ -20,8 +20,19 @@ from PIL import Image
 
 from resnet import UserError
 from resnet.artifacts import report_path
-from serve.precision import DecodeLoad, Timing, choose, find_candidates, pick, precision_of, select_backend
+from serve.precision import (
+    DecodeLoad,
+    Timing,
+    _fastest,
+    _load,
+    choose,
+    find_candidates,
+    pick,
+    precision_of,
+    select_backend,
+)
 from serve.settings import Settings
+from serve.torch_backend import TorchBackend
 from tests.serve_support import REPO, Server, encode, until
 
 GATE_POINTS = 0.5  # the int8 gate: labelled top-1 accuracy drop at most 0.5 points
@@ -92,6 +103,23 @@ def test_auto_times_every_gated_artifact_and_serves_the_fastest(run_dir: Path, c
     assert chosen[0]["score"] == min(r["score"] for r in rows)
     if chosen[0]["artifact"] != "model.pt":
         assert json.loads(report_path(run_dir / chosen[0]["artifact"]).read_text())["passed"] is True
+
+
+def test_auto_closes_the_candidates_it_did_not_choose(run_dir: Path):
+    """The losers' sessions and weights are released: a folder with three candidates must not hold three models."""
+    s = settings(run_dir)
+    loaded = [(c, _load(c, s)) for c in find_candidates(run_dir) if not c.excluded]
+    assert len(loaded) == 3
+    chosen = _fastest(s, loaded)
+    size = chosen.card.input_size
+    assert chosen.run(np.zeros((1, 3, size, size), np.float32)).shape[0] == 1  # the winner still serves
+    for _, b in loaded:
+        if b is chosen:
+            continue
+        if isinstance(b, TorchBackend):
+            assert b.model is None, f"{b.name} kept its weights"
+        else:
+            assert b.session is None and b.multi_session is None, f"{b.name} kept its sessions"
 
 
 def test_rule_prefers_the_candidate_that_holds_up_under_load_over_the_one_fastest_alone():
