@@ -206,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = serve_rows(run, int8, pt, args.work, args.requests, args.rounds, args.servers)
     if set(args.servers) != set(SERVERS):
         print_rows(args.arch, rows)
+        if "serve DIR auto" in rows:
+            print(f"auto chose: {rows['serve DIR auto']['auto'][:300]}")
         return 0
     fp32_whole, fp32_infer = in_process(run / f"{run.name}.onnx", *_images_and_rounds(args.rounds))
     int8_whole, int8_infer = in_process(int8, *_images_and_rounds(args.rounds))
@@ -233,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     best_c1, best_c8 = max(rows[k]["c1"] for k in singles), max(rows[k]["c8"] for k in singles)
     ratio_cold = median["default flags"] / median["--batch-sizes 1"]
     ratio_int8 = rows["serve INT8"]["p50"] / int8_whole
+    print(f"auto chose: {auto['auto'][:300]}")
     print(f"- cold start default / --batch-sizes 1: {ratio_cold:.2f} (target <= 1.5)")
     print(
         f"- auto / best single precision it could choose ({', '.join(singles)}): c=1 {auto['c1'] / best_c1:.2f}, "
@@ -253,8 +256,6 @@ def print_rows(arch: str, rows: dict[str, dict]) -> None:
     print("| | c=1 img/s | c=8 img/s | p50 c=1 |\n|---|---:|---:|---:|")
     for k, r in rows.items():
         print(f"| {k} | {r['c1']:.2f} | {r['c8']:.2f} | {r['p50'] * 1e3:.0f} ms |")
-    if "serve DIR auto" in rows:
-        print(f"auto chose: {rows['serve DIR auto']['auto'][:300]}")
 
 
 def _images_and_rounds(rounds: int) -> tuple[list[bytes], int]:
