@@ -156,8 +156,7 @@ def serve_rows(
         "serve DIR auto": [*serve, "--model", str(run), "--precision", "auto"],
     }
     commands = {k: v for k, v in commands.items() if k in kinds}
-    photos = {p.name: p for p in sample_photo_paths()}
-    images = [photos[n].read_bytes() for n in PHOTOS if n in photos]
+    images, _ = _images_and_rounds(rounds)
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
     c1: dict[str, list[float]] = {k: [] for k in commands}
