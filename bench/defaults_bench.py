@@ -127,7 +127,7 @@ async def load(url: str, images: list[bytes], requests: int, concurrency: int) -
 def in_process(model: Path, images: list[bytes], rounds: int) -> tuple[float, float]:
     """Median seconds per image in one process: (decode + preprocess + ten-crop inference, inference alone)."""
     from resnet.preprocess import preprocess
-    from serve.backends import load_backend
+    from serve.engine.backends import load_backend
 
     backend = load_backend(model, "onnxruntime")
     backend.run(preprocess(images[0], backend.card))

@@ -1,4 +1,4 @@
-"""Does pinning a dynamic-H/W graph's height and width recover the fixed-size speed? (serve.backends)
+"""Does pinning a dynamic-H/W graph's height and width recover the fixed-size speed? (serve.engine.backends)
 
 One ImageNet ResNet (random weights: speed does not depend on them) exported twice with the TorchScript exporter:
 input ``[N, 3, 224, 224]`` (fixed size) and ``[N, 3, H, W]`` (H, W symbolic "height"/"width", as export.onnx

@@ -44,7 +44,7 @@ def cpu_seconds(pid: int) -> float:
 def bench_arch(arch: str, folder: Path, requests: int, threads: int, rounds: int = 3) -> dict[str, float]:
     """Interleaved rounds (server burst, raw backend, naive burst, latency pairs) so that a load change on a shared
     machine hits both sides of each ratio alike; each ratio is computed from the summed times of all rounds."""
-    from serve.backends import load_backend
+    from serve.engine.backends import load_backend
 
     pt, onnx_path = build_artifacts(arch, folder)
     photos = {p.name: p for p in sample_photo_paths()}
@@ -128,7 +128,7 @@ def _phase_mean_batch(before: str, after: str) -> float:
 def thread_sweep(arch: str, folder: Path) -> None:
     """Raw ONNX Runtime CPU time per crop at batch 10 and 64 for each intra-op thread count (1 .. all CPUs)."""
     from resnet.runtime.ort import cpu_threads
-    from serve.backends import load_backend
+    from serve.engine.backends import load_backend
 
     _, onnx_path = build_artifacts(arch, folder)
     print(f"\n| {arch} ORT CPU intra-op threads | ms/crop @ batch 10 | ms/crop @ batch 64 |\n|---:|---:|---:|")

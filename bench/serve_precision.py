@@ -55,7 +55,7 @@ def server_commands(pt: Path, onnx_fp32: Path, onnx_int8: Path, threads: int) ->
 
 def bench_precisions(arch: str, folder: Path, requests: int, rounds: int, threads: int) -> dict[str, Any]:
     """Throughput @c8 and p50 @c1 of the four servers, and the raw in-process int8 ten-crop, interleaved."""
-    from serve.backends import load_backend
+    from serve.engine.backends import load_backend
 
     pt, onnx_fp32 = build_artifacts(arch, folder)
     onnx_int8, report = build_int8(pt, folder)

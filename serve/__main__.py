@@ -1,5 +1,5 @@
 """``python -m serve --model PATH [--backend auto|tensorrt|cuda|onnxruntime|torch] [--host] [--port] ...``
-``python -m serve --model-repository DIR [--model-control-mode none|poll|explicit] ...`` (serve.repository)
+``python -m serve --model-repository DIR [--model-control-mode none|poll|explicit] ...`` (serve.repository.manager)
 
 Loads the model and checks that its card agrees with the graph by one real inference (a bad artifact is one clear
 line and a non-zero exit, before any port is opened), then runs uvicorn (``serve.server``) with every log line
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 from resnet import run_cli
 
-from .app import create_app
+from .api.app import create_app
+from .engine.precision import select_backend
+from .engine.service import check_backend
 from .logs import JsonFormatter, json_logs, setup_logging
-from .precision import select_backend
 from .server import DrainingServer, make_server
-from .service import check_backend
 from .settings import Settings, settings_from
 
 __all__ = ["DrainingServer", "JsonFormatter", "main", "setup_logging"]
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
     if settings.model_repository:
         return _serve_repository(settings)
-    backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/precision.py)
+    backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/engine/precision.py)
     took = check_backend(backend)  # card vs graph, by one real inference: CardError (exit 1) when they disagree
     app = create_app(settings, backend)
     server = make_server(app, settings)

@@ -1,4 +1,4 @@
-"""uvicorn, with the limits of ``serve.protocol`` and a drain whose deadline bounds the whole exit.
+"""uvicorn, with the limits of ``serve.api.protocol`` and a drain whose deadline bounds the whole exit.
 
 The first SIGTERM/SIGINT drains: /readyz and new requests answer 503, requests in flight go on. When none is left
 (and ``--drain-grace-s`` has passed) the server exits. At ``--drain-timeout-s`` after the signal at the latest,
@@ -18,7 +18,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from .protocol import Limits, uvicorn_options
+from .api.protocol import Limits, uvicorn_options
 from .settings import Settings
 
 log = logging.getLogger("serve")

@@ -26,7 +26,7 @@ from resnet.runtime.ort import (
     session_options,
 )
 from resnet.runtime.report import ParityReport, ReportError, admitting_report, combination_report_path
-from serve.backends import load_backend
+from serve.engine.backends import load_backend
 from tests.serve_support import Server
 from tests.test_torch_free_serve import make_tiny_model
 

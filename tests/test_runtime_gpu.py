@@ -20,7 +20,7 @@ from export import parity
 from resnet.runtime.kinds import Combination
 from resnet.runtime.ort import preload_tensorrt
 from resnet.runtime.report import ParityReport, combination_report_path
-from serve.backends import load_backend
+from serve.engine.backends import load_backend
 
 AVAILABLE = ort.get_available_providers()
 HAS_CUDA_EP = "CUDAExecutionProvider" in AVAILABLE

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.backends import load_backend
-from serve.batcher import Batcher, QueueFull, batch_shapes
+from serve.engine.backends import load_backend
+from serve.engine.batcher import Batcher, QueueFull, batch_shapes
 from tests.serve_support import export_onnx
 
 

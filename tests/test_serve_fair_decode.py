@@ -108,7 +108,7 @@ def test_a_small_image_is_answered_while_two_clients_flood_large_pngs(fair_serve
 def test_small_jobs_get_a_thread_while_large_ones_hold_all_the_others() -> None:
     import threading
 
-    from serve.decode import FairPool
+    from serve.engine.decode import FairPool
 
     async def scenario() -> list[str]:
         pool = FairPool(2, max_pixels=None, small_pixels=100)
@@ -137,7 +137,7 @@ def test_small_jobs_get_a_thread_while_large_ones_hold_all_the_others() -> None:
 
 
 def test_the_decode_queue_is_bounded_in_pixels_per_size() -> None:
-    from serve.decode import DecodeQueueFull, FairPool
+    from serve.engine.decode import DecodeQueueFull, FairPool
 
     pool = FairPool(1, max_pixels=100, small_pixels=10)
     with pool.admitted([60]):

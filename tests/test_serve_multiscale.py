@@ -17,7 +17,7 @@ from PIL import Image
 import resnet
 from resnet.multiscale import ANY_SIZE, multiscale_probabilities, multiscale_views, view_pixels
 from resnet.samples import digits_images
-from serve.backends import load_backend
+from serve.engine.backends import load_backend
 from tests.serve_support import REPO, Server, classify, encode, export_onnx, probs_from_answer
 
 NUM_CLASSES = 10

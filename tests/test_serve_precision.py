@@ -20,7 +20,7 @@ from PIL import Image
 
 from resnet import UserError
 from resnet.artifacts import report_path
-from serve.precision import (
+from serve.engine.precision import (
     DecodeLoad,
     Timing,
     _fastest,
@@ -31,8 +31,8 @@ from serve.precision import (
     precision_of,
     select_backend,
 )
+from serve.engine.torch_backend import TorchBackend
 from serve.settings import Settings
-from serve.torch_backend import TorchBackend
 from tests.serve_support import REPO, Server, encode, until
 
 GATE_POINTS = 0.5  # the int8 gate: labelled top-1 accuracy drop at most 0.5 points
@@ -69,7 +69,7 @@ def settings(folder: Path, precision: str = "auto") -> Settings:
 
 
 def table(records: list[logging.LogRecord]) -> list[dict]:
-    return [r.fields for r in records if r.name == "serve.precision" and hasattr(r, "fields")]
+    return [r.fields for r in records if r.name == "serve.engine.precision" and hasattr(r, "fields")]
 
 
 def copy_artifacts(src: Path, dst: Path, names: list[str]) -> Path:
@@ -82,7 +82,7 @@ def copy_artifacts(src: Path, dst: Path, names: list[str]) -> Path:
 
 
 def test_auto_times_every_gated_artifact_and_serves_the_fastest(run_dir: Path, caplog):
-    caplog.set_level(logging.INFO, logger="serve.precision")
+    caplog.set_level(logging.INFO, logger="serve.engine.precision")
     backend = choose(settings(run_dir), run_dir)
     rows = table(caplog.records)
     assert {r["artifact"] for r in rows} == {"model.onnx", "model.int8.onnx", "model.pt"}
@@ -154,7 +154,7 @@ def test_failed_or_missing_report_is_never_considered(run_dir: Path, tmp_path: P
     shutil.copy(run_dir / "model.onnx", folder / "model.fp16.onnx")  # published without any report
     found = {c.path.name: c.excluded for c in find_candidates(folder)}
     assert "gate failed" in found["model.int8.onnx"] and "no parity report" in found["model.fp16.onnx"]
-    caplog.set_level(logging.INFO, logger="serve.precision")
+    caplog.set_level(logging.INFO, logger="serve.engine.precision")
     backend = choose(settings(folder), folder)
     rows = table(caplog.records)
     assert [r["artifact"] for r in rows] == ["model.onnx"] and rows[0]["chosen"]
@@ -173,7 +173,7 @@ def test_the_tensorrt_ready_int8_graph_is_never_a_cpu_candidate(run_dir: Path, t
 
 @pytest.mark.parametrize("precision", ["int8", "fp32", "bf16"])
 def test_explicit_precision_picks_that_artifact(run_dir: Path, precision: str, caplog):
-    caplog.set_level(logging.INFO, logger="serve.precision")
+    caplog.set_level(logging.INFO, logger="serve.engine.precision")
     backend = select_backend(settings(run_dir, precision))
     assert precision_of(backend) == precision and backend.card.name == "digits-resnet8"
     assert not table(caplog.records)  # nothing timed: the choice was given
@@ -250,7 +250,7 @@ def test_auto_server_logs_the_table_and_reports_what_it_serves(run_dir: Path):
     finally:
         server.stop()
     lines = [json.loads(ln) for ln in (run_dir.parent / "auto.log").read_text().splitlines() if ln.startswith("{")]
-    rows = [ln for ln in lines if ln.get("logger") == "serve.precision" and "ms_per_batch" in ln]
+    rows = [ln for ln in lines if ln.get("logger") == "serve.engine.precision" and "ms_per_batch" in ln]
     assert {r["artifact"] for r in rows} == {"model.onnx", "model.int8.onnx", "model.pt"}
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and ready["precision"] == chosen[0]["precision"] and ready["status"] == "ready"
@@ -261,7 +261,7 @@ def test_torch_backend_threads_sleep_between_layers_unless_told_otherwise(digits
     """Like the ONNX Runtime sessions (no spinning), torch's OpenMP threads wait passively, so the decode threads
     get the cores between layers; an OMP_WAIT_POLICY from the environment wins."""
     code = (
-        "import os, sys; from serve.backends import load_backend; "
+        "import os, sys; from serve.engine.backends import load_backend; "
         "b = load_backend(sys.argv[1], 'torch', threads=2); b.run(__import__('numpy').zeros((1, 3, 32, 32), 'f4')); "
         "print(os.environ.get('OMP_WAIT_POLICY'))"
     )

@@ -1,4 +1,4 @@
-"""The model repository (serve.repository): a real server on 127.0.0.1 over a folder in Triton's layout with real
+"""The model repository (serve.repository.manager): a real server on 127.0.0.1 over a folder in Triton's layout with real
 ONNX graphs (the digits model): models and versions by name, a new version swapped in under load with no failed
 request, a broken version reported and skipped, unload/load, and export.triton's folder served as it is."""
 
@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from resnet.samples import digits_images
-from serve.pbtxt import PbtxtError, VersionPolicy, model_config, parse_pbtxt
-from serve.repository import READY, UNAVAILABLE, ModelRepository
+from serve.repository.manager import READY, UNAVAILABLE, ModelRepository
+from serve.repository.pbtxt import PbtxtError, VersionPolicy, model_config, parse_pbtxt
 from serve.settings import Settings, settings_from
 from tests.serve_support import REPO, Server, encode, until
 

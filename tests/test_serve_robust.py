@@ -235,8 +235,8 @@ def test_healthz_is_503_once_the_backend_has_failed(digits_checkpoint):
     import uvicorn
 
     from resnet.runtime.runner import Runner
-    from serve.app import create_app
-    from serve.backends import load_backend
+    from serve.api.app import create_app
+    from serve.engine.backends import load_backend
     from serve.settings import Settings
     from tests.serve_support import free_port
 
@@ -356,8 +356,8 @@ def test_health_stays_open_with_a_key_and_public_metrics_opens_metrics_and_docs(
 
 
 def test_card_check_helper_accepts_the_real_model(digits_onnx_model):
-    from serve.backends import load_backend
-    from serve.service import check_backend
+    from serve.engine.backends import load_backend
+    from serve.engine.service import check_backend
 
     assert check_backend(load_backend(digits_onnx_model, "onnxruntime")) >= 0
     assert resnet.onnx_card.read_onnx_card(digits_onnx_model).input_size == 32

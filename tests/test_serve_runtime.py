@@ -25,7 +25,7 @@ from resnet import artifacts
 from resnet.runtime.kinds import Combination
 from resnet.runtime.ort import TrtOptions, conflicting_runtimes, trt_cache_dir
 from resnet.runtime.report import combination_report_path, write_report
-from serve.backends import trt_profile
+from serve.engine.backends import trt_profile
 from serve.settings import Settings
 from tests.engine_support import write_test_sidecar
 from tests.serve_support import REPO, Server
@@ -147,7 +147,7 @@ def test_conflicting_runtimes_is_silent_with_one_and_explains_two(monkeypatch: p
     ],
 )
 def test_tensorrt_profile_covers_every_batch_shape_the_server_runs(settings: dict, profile: tuple) -> None:
-    from serve.batcher import batch_shapes
+    from serve.engine.batcher import batch_shapes
 
     s = Settings(model="m.onnx", **settings)
     lo, opt, hi = trt_profile(s)

@@ -73,7 +73,7 @@ def test_onnx_is_served_correctly_without_torch(
 ) -> None:
     ckpt, onnx_path = tiny_model
     model, card = resnet.load_checkpoint(ckpt)
-    probe = "import sys, serve.__main__, serve.backends; print(sorted(m for m in sys.modules if m.startswith('torch')))"
+    probe = "import sys, serve.__main__, serve.engine.backends; print(sorted(m for m in sys.modules if m.startswith('torch')))"
     proc = subprocess.run(
         [sys.executable, "-c", probe], env={**os.environ, **no_torch_env}, capture_output=True, text=True, timeout=60
     )

@@ -30,7 +30,7 @@ from resnet.errors import UsageError
 from resnet.onnx_card import read_onnx_card
 from resnet.samples import sample_photo_paths
 from resnet.weights import load_model_source, load_named
-from serve.backends import load_backend
+from serve.engine.backends import load_backend
 from serve.settings import Settings
 from tests.serve_support import REPO, Server, probs_from_answer, reference_probs
 from tests.weights_support import R18_FILE

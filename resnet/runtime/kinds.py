@@ -60,7 +60,7 @@ def ep_combinations(ep: str, card_precision: str) -> list[tuple[Combination, boo
     """The combinations an ONNX Runtime execution provider may run a graph in, fastest first, each with whether the
     TensorRT EP is told ``trt_fp16_enable``: an FP32 graph on the TensorRT EP in FP16, then FP32; otherwise the
     graph's own precision. The gate runs each (``export.gate.gate_gpu_providers``), the server serves the first one
-    a passing report admits (``serve.backends``)."""
+    a passing report admits (``serve.engine.backends``)."""
     provider = EP_PROVIDERS[ep]
     if ep == "tensorrt" and card_precision == "fp32":
         return [

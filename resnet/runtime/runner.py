@@ -83,7 +83,7 @@ class OnnxRunner:
 
     kind: Runtime = "onnxruntime"
     profiles = None  # engines only
-    report: str | None = None  # set by whoever admitted this combination (serve.backends)
+    report: str | None = None  # set by whoever admitted this combination (serve.engine.backends)
 
     def __init__(
         self,

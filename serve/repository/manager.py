@@ -35,13 +35,13 @@ from pathlib import Path
 from resnet import UserError
 from resnet.artifacts import artifact_kind, report_path
 
-from .backends import Backend
+from ..engine.backends import Backend
+from ..engine.precision import gate_verdict, select_backend
+from ..engine.service import ClassifyService, check_backend
+from ..settings import Settings
 from .pbtxt import ModelConfig, PbtxtError, read_model_config
-from .precision import gate_verdict, select_backend
-from .service import ClassifyService, check_backend
-from .settings import Settings
 
-log = logging.getLogger("serve.repository")
+log = logging.getLogger("serve.repository.manager")
 
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
 CONFIG_FILE = "config.pbtxt"
@@ -172,7 +172,7 @@ def _gate(artifact: Path, model_dir: Path) -> str:
 
 def open_version(folder: Path, model_dir: Path, settings: Settings) -> Backend:
     """Load and check the backend of one version folder (blocking): one artifact is served as ``--model FILE``, several
-    as ``--model DIR --precision`` (serve.precision). Raises ``UserError`` with the reason it cannot be served."""
+    as ``--model DIR --precision`` (serve.engine.precision). Raises ``UserError`` with the reason it cannot be served."""
     files = artifacts_in(folder)
     if not files:
         raise UserError(f"no artifact in {folder.name}/ (expected one of {', '.join(ARTIFACT_SUFFIXES)})")

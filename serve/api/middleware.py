@@ -11,8 +11,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..metrics import Metrics
 from .http import CLIENT_GONE, BodyTooLarge, answer
-from .metrics import Metrics
 
 access_log = logging.getLogger("serve.access")
 

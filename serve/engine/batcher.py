@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-log = logging.getLogger("serve.batcher")
+log = logging.getLogger("serve.engine.batcher")
 
 DEFAULT_SHAPES = (1, 2, 4, 8, 10, 16, 20, 30, 32, 40, 50, 60, 64)
 

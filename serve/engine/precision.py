@@ -14,7 +14,7 @@ and times it at start-up at the two operating points the server runs (``time_bac
 Rule: serve the candidate whose worse ratio to the best candidate, over the two points, is the smallest (min-max
 shortfall: ``max(latency / best latency, best throughput / throughput)``). One JSON line per candidate gives both
 measurements and the score. ``--precision fp32|fp16|int8|bf16`` picks that one. torch is imported only for the
-checkpoint candidate (through ``serve.backends``).
+checkpoint candidate (through ``serve.engine.backends``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from resnet.names import is_torchvision_spec
 from resnet.runtime.kinds import PRECISIONS
 from resnet.runtime.report import ParityReport, ReportError
 
+from ..settings import Settings
 from .backends import Backend, load_backend_for
 from .batcher import batch_shapes
-from .settings import Settings
 
-log = logging.getLogger("serve.precision")
+log = logging.getLogger("serve.engine.precision")
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 TIMING_BUDGET_S = 20.0  # all candidates and both operating points together, warm-up runs included

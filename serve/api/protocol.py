@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - uvicorn without its [standard] extra: h11 and its own head limit
     httptools = HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
-log = logging.getLogger("serve.protocol")
+log = logging.getLogger("serve.api.protocol")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from fastapi import Query, Request
 
+from ..engine.service import ClassifyService
+from ..repository.manager import READY, ModelRepository, RepositoryError, Version
 from .http import ApiError
-from .repository import READY, ModelRepository, RepositoryError, Version
-from .service import ClassifyService
 from .v2_schema import V2Error
 
 

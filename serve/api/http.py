@@ -22,12 +22,12 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .batcher import BackendFailed, QueueFull
-from .decode import DecodeQueueFull
-from .service import ClassifyService, ImageError
+from ..engine.batcher import BackendFailed, QueueFull
+from ..engine.decode import DecodeQueueFull
+from ..engine.service import ClassifyService, ImageError
 from .v2_schema import V2Error
 
-log = logging.getLogger("serve.app")
+log = logging.getLogger("serve.api.app")
 T = TypeVar("T")
 CLIENT_GONE = 499  # nginx's status for "client closed the request": counted, never sent
 

@@ -3,7 +3,7 @@
 - ``ImageError``: one bad image of a request, with its HTTP status and error code (docs/DESIGN.md §4).
 - ``image_errors()``: turns ``resnet.preprocess``'s and Pillow's exceptions into ``ImageError`` (400/413/415).
 - ``header_sizes(images, max_pixels)``: width x height of each image from its header alone, nothing decoded.
-- ``decode_pixels(images, resize_size, max_pixels, draft)``: what each costs the decode queue (``serve.decode``).
+- ``decode_pixels(images, resize_size, max_pixels, draft)``: what each costs the decode queue (``serve.engine.decode``).
 - ``decode_checked`` / ``multiscale_views_of``: decode once with the server's limits, then crops or views.
 """
 
@@ -29,7 +29,7 @@ from resnet.preprocess import (
     resized_size,
 )
 
-log = logging.getLogger("serve.service")
+log = logging.getLogger("serve.engine.service")
 
 
 class ImageError(Exception):

@@ -21,7 +21,7 @@ from resnet.names import parse_torchvision_spec
 from resnet.runtime.kinds import Precision, Runtime
 from resnet.runtime.ort import cpu_threads
 
-log = logging.getLogger("serve.torch_backend")
+log = logging.getLogger("serve.engine.torch_backend")
 
 
 def passive_omp_waits() -> bool:

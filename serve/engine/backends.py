@@ -39,7 +39,7 @@ from resnet.runtime.runner import MULTISCALE_FIXED, REEXPORT, EngineRunner, Onnx
 
 from .torch_backend import TorchBackend
 
-log = logging.getLogger("serve.backends")
+log = logging.getLogger("serve.engine.backends")
 OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
 
 # The names the server's modules use: one type, the runners of resnet.runtime.

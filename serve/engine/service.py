@@ -1,7 +1,7 @@
 """The inference service the HTTP layers call: images in, ten-crop (centre, multi-scale) top-k out (docs/DESIGN.md
 §3-4).
 
-This is the narrow interface the protocol routers (``/classify`` in ``serve/app.py``, KServe v2 in ``serve/kserve.py``) use
+This is the narrow interface the protocol routers (``/classify`` in ``serve/api/app.py``, KServe v2 in ``serve/api/kserve.py``) use
 via ``app.state.service``:
 
 - ``await service.classify(images: list[bytes], crops="ten"|"center"|"multiscale", topk=5) -> Classified``
@@ -32,14 +32,14 @@ from resnet.preprocess import topk as top_k
 from resnet.runtime.crops import MULTISCALE
 from resnet.runtime.ort import cpu_threads
 
+from ..settings import Settings
 from .backends import MULTISCALE_FIXED, REEXPORT, Backend
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
 from .images import ImageError, decode_checked, decode_pixels, header_sizes, image_errors, multiscale_views_of
 from .precision import precision_of
-from .settings import Settings
 
-log = logging.getLogger("serve.service")
+log = logging.getLogger("serve.engine.service")
 TEN_CROP = 10  # crops of one ten-crop image
 FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
 __all__ = ["MULTISCALE", "Classified", "ClassifyService", "ImageError", "check_backend"]
@@ -225,7 +225,7 @@ class ClassifyService:
         return total
 
     async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[Any], float]:
-        """Decode a request's images on the decode queue (``serve.decode``: small images first, then round-robin
+        """Decode a request's images on the decode queue (``serve.engine.decode``: small images first, then round-robin
         between requests). The pixel budget and the queue's costs come from the image headers, here on the event
         loop, so a request is refused (413, or 503 past ``--max-decode-pixels``) without waiting behind decodes."""
         started = time.perf_counter()

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from resnet.runtime.crops import CropName
 
+from ..settings import Settings
 from .http import (
     ApiError,
     error_response,
@@ -25,7 +26,6 @@ from .http import (
 )
 from .routing import Routed, admit_model, server_unavailable
 from .schemas import ClassifyResponse, ErrorResponse, Health, ImageResult, Timings
-from .settings import Settings
 
 RAW_TYPES = ("image/", "application/octet-stream")
 

@@ -1,8 +1,8 @@
 """The HTTP layer: ``create_app(settings) -> FastAPI`` with /classify, /v2 (KServe), /healthz, /readyz, /metrics,
 /docs and the upload page at /.
 
-Routes live in ``serve.routes`` and ``serve.kserve`` (APIRouters); what they share (error answers, API key, the
-``admit`` dependency for readiness and in-flight accounting) in ``serve.http``; middleware in ``serve.middleware``.
+Routes live in ``serve.api.routes`` and ``serve.api.kserve`` (APIRouters); what they share (error answers, API key, the
+``admit`` dependency for readiness and in-flight accounting) in ``serve.api.http``; middleware in ``serve.api.middleware``.
 The app talks to the model only through ``app.state.service`` (``serve.service.ClassifyService``); it never touches
 ONNX Runtime, TensorRT or torch.
 """
@@ -21,20 +21,20 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from .backends import Backend
+from ..engine.backends import Backend
+from ..engine.precision import select_backend
+from ..engine.service import ClassifyService
+from ..metrics import Metrics
+from ..repository.manager import ModelRepository
+from ..settings import Settings
 from .http import ApiError, error_response, install_error_handlers
 from .kserve import repository_router
 from .kserve import routers as kserve_routers
-from .metrics import Metrics
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, ShutdownGuard
-from .precision import select_backend
-from .repository import ModelRepository
 from .routes import classify_router, docs_router, ops_router
-from .service import ClassifyService
-from .settings import Settings
 
 __all__ = ["ApiError", "create_app", "error_response"]
-log = logging.getLogger("serve.app")
+log = logging.getLogger("serve.api.app")
 
 
 def _lifespan(settings: Settings, backend: Backend | None):
@@ -133,7 +133,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         description="Ten-crop ResNet classification (He et al. 2016) with crop-level dynamic batching.",
         version="0.1.0",
         lifespan=_lifespan(settings, backend),
-        docs_url=None,  # /docs and /openapi.json are serve.routes' own, behind the API key unless --public-metrics
+        docs_url=None,  # /docs and /openapi.json are serve.api.routes' own, behind the API key unless --public-metrics
         redoc_url=None,
         openapi_url=None,
     )

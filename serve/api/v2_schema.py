@@ -1,5 +1,5 @@
 """The Open Inference Protocol's request JSON as pydantic models, its binary tensor extension, and the parse of one
-request body into what ``serve.kserve`` runs. Every way a body can be wrong is a ``V2Error`` (400 unless said),
+request body into what ``serve.api.kserve`` runs. Every way a body can be wrong is a ``V2Error`` (400 unless said),
 never an exception that escapes as a 500; the whole parse is synchronous so the router runs it in a thread pool
 (large JSON bodies never hold the event loop).
 """

@@ -6,9 +6,9 @@ Routes (``routers``, included by ``serve.app.create_app``):
 - ``GET /v2`` server metadata · ``GET /v2/models/{name}`` model metadata · ``.../ready`` · ``.../config``: behind
   the API key when one is set, like /classify
 - ``POST /v2/repository/index``, ``POST /v2/repository/models/{name}/load|unload``: the model repository extension
-  (``serve.repository``), behind the API key
+  (``serve.repository.manager``), behind the API key
 - every model route also under ``/v2/models/{name}/versions/{version}``; without a version: the model's highest
-  version loaded (``serve.routing``)
+  version loaded (``serve.api.routing``)
 - ``POST /v2/models/{name}/infer`` with exactly one input:
     * ``input``  FP32  ``[N, 3, S, S]`` crops already pre-processed (``resnet.preprocess``) -> ``logits`` FP32 [N, C]
     * ``image``  BYTES ``[B]`` encoded images (JPEG, PNG, ...; base64 strings in JSON form) -> ``probabilities``
@@ -19,7 +19,7 @@ Both tensor encodings of the protocol are accepted and produced: JSON ``data`` a
 (``Inference-Header-Content-Length``; tritonclient's default). The classification extension works too: ask for an
 output with ``parameters.classification = k`` (tritonclient ``class_count=k``) and get BYTES ``"value:index:label"``.
 
-The request is validated by the pydantic models of ``serve.v2_schema`` in a worker thread (a large JSON body never
+The request is validated by the pydantic models of ``serve.api.v2_schema`` in a worker thread (a large JSON body never
 holds the event loop). Crops go through the same ``app.state.service`` as ``/classify`` (the shared batching queue)
 and the same admission dependency (``serve.http.admit``). Errors use the protocol's shape ``{"error": "message"}``
 (statuses of docs/DESIGN.md §4: 400 bad tensor, 404 unknown model, 413/415 image limits, 503 + Retry-After, 504
@@ -41,10 +41,10 @@ from starlette.concurrency import run_in_threadpool
 
 from resnet.preprocess import topk_indices
 
+from ..engine.service import ClassifyService
+from ..repository.manager import RepositoryError, Version
 from .http import read_body, require_api_key, within
-from .repository import RepositoryError, Version
 from .routing import Routed, admit_v2, server_unavailable, v2_version
-from .service import ClassifyService
 from .v2_schema import (
     HEADER_LENGTH,
     IMAGE_INPUT,
