@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resnet import UsageError
+from resnet.dataclass_cli import UsageParser, add_options, env_name, flag, option, values_from
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
 from resnet.runtime.kinds import PRECISIONS, TORCH_PRECISIONS
 
@@ -23,7 +24,7 @@ DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+    return option(default, help, **extra)
 
 
 @dataclass
@@ -236,49 +237,15 @@ class Settings:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _env_value(f: dataclasses.Field, raw: str) -> Any:
-    kind = type(f.default)
-    if kind is bool:
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off", ""):
-            return False
-        raise UsageError(f"{ENV_PREFIX}{f.name.upper()} must be true or false, not {raw!r}")
-    try:
-        return kind(raw)
-    except ValueError:
-        raise UsageError(f"{ENV_PREFIX}{f.name.upper()} must be a {kind.__name__}, not {raw!r}") from None
-
-
 def build_parser(prog: str = "python -m serve") -> argparse.ArgumentParser:
-    """The argparse parser: one option per ``Settings`` field, each naming its environment variable."""
-    p = argparse.ArgumentParser(
+    """The argparse parser: one option per ``Settings`` field (``resnet.dataclass_cli``), each naming its
+    environment variable."""
+    p = UsageParser(
         prog=prog,
         description="Serve 10-crop ResNet classification over HTTP (POST /classify, /healthz, /readyz, /metrics, "
         "/docs). Every option can also be set by the environment variable named in its help.",
     )
-    for f in dataclasses.fields(Settings):
-        env = ENV_PREFIX + f.name.upper()
-        help_text = f"{f.metadata['help']} [env {env}; default: {f.default!r}]"
-        if isinstance(f.default, bool):
-            p.add_argument(
-                _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            p.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                type=type(f.default),
-                default=None,
-                choices=f.metadata.get("choices"),
-                help=help_text,
-                metavar=f.name.upper() if f.metadata.get("choices") is None else None,
-            )
+    add_options(p, Settings, env_prefix=ENV_PREFIX)
     return p
 
 
@@ -286,17 +253,7 @@ def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     """Settings from ``argv`` (flags) over ``environ`` (``RESNET_SERVE_*``) over the defaults."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(Settings):
-        env = ENV_PREFIX + f.name.upper()
-        if getattr(args, f.name) is not None:
-            values[f.name] = getattr(args, f.name)
-        elif env in environ:
-            values[f.name] = _env_value(f, environ[env])
-            choices = f.metadata.get("choices")
-            if choices and values[f.name] not in choices:
-                raise UsageError(f"{env} must be one of {', '.join(choices)}, not {values[f.name]!r}")
-    settings = Settings(**values)
+    settings = Settings(**values_from(Settings, args, environ, ENV_PREFIX))
     if not settings.model and not settings.model_repository:
         raise UsageError(
             "no model given: pass --model PATH or --model-repository DIR (or set RESNET_SERVE_MODEL or "
@@ -314,5 +271,5 @@ def settings_table() -> str:
         else:
             default = f"`{f.default}`" if f.default != "" else "(none)"
         meaning = f.metadata["help"].replace("|", "\\|")
-        rows.append(f"| `{_flag(f.name)}` | `{ENV_PREFIX}{f.name.upper()}` | {default} | {meaning} |")
+        rows.append(f"| `{flag(f.name)}` | `{env_name(ENV_PREFIX, f.name)}` | {default} | {meaning} |")
     return "\n".join(rows)

@@ -20,6 +20,7 @@ from typing import Any
 
 import resnet
 from resnet import UsageError
+from resnet.dataclass_cli import option
 from resnet.runtime.crops import FIXED_CROPS
 from resnet.runtime.kinds import TORCH_PRECISIONS
 
@@ -83,9 +84,8 @@ def _opt(
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
 ) -> Any:
-    """A field that is also a command-line option: ``x_y`` is ``--x-y``; ``parse`` turns the text into the value."""
-    meta = {"group": group, "help": help, "parse": parse, "choices": choices, "metavar": metavar}
-    return field(default=default, metadata=meta)
+    """A field that is also a command-line option (``resnet.dataclass_cli``): ``x_y`` is ``--x-y``."""
+    return option(default, help, parse=parse, choices=choices, group=group, metavar=metavar)
 
 
 @dataclass(frozen=True)
