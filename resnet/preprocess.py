@@ -8,6 +8,10 @@ The result equals torchvision's ``Resize`` + ``TenCrop``/``CenterCrop`` + ``ToTe
 PIL image (max abs diff <= 1e-5, tested). With ``draft=True`` (the default) a JPEG that is at least four times larger
 than needed on its shorter side is DCT-reduced while decoding (Pillow's draft mode) to no less than twice the resize
 size, then resized as usual; bench/RESULTS.md records the speed-up and the (small) difference that buys.
+
+Decoding cost is bounded before anything is decoded: a JPEG's scans are counted from its markers (``jpeg_scans``;
+every scan of a progressive JPEG is a pass over all of its coefficients) and refused past ``max_scans``; a decode
+given a ``cancel`` event stops at the next block of input it reads once the event is set.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +40,12 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # File names every stage treats as images (folders of images for evaluation, calibration, gates and clients).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 40_000_000
+# Most scans a JPEG may hold: libjpeg's progressive JPEGs have 10 (colour) or 6 (grey); each scan is a pass over
+# every coefficient, so a "scan bomb" repeating one scan thousands of times costs thousands of decodes.
+DEFAULT_MAX_SCANS = 32
+CANCEL_BLOCK = 1024  # bytes fed to the decoder between two looks at ``cancel`` (Pillow reads 64 KB)
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker: not byte stuffing, a restart or a fill byte
+_PROGRESSIVE_SOF = (0xC2, 0xC6, 0xCA, 0xCE)
 ImageInput = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
 
 
@@ -49,11 +61,80 @@ class ImageTooLargeError(UserError):
     """An image over the pixel cap, e.g. a decompression bomb (HTTP 413)."""
 
 
-def _open(source: ImageInput) -> Image.Image:
+class TooManyScansError(UserError):
+    """A JPEG with more scans (or marker segments) than decoding it is worth, e.g. a scan bomb (HTTP 413)."""
+
+
+class DecodeCancelled(Exception):
+    """A decode stopped because its ``cancel`` event was set (its request's deadline passed or its client left)."""
+
+
+class _CancellableBytes(io.BytesIO):
+    """Image bytes whose every read first checks ``cancel``: Pillow feeds its decoders through ``read``."""
+
+    def __init__(self, data: bytes, cancel: threading.Event) -> None:
+        super().__init__(data)
+        self._cancel = cancel
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._cancel.is_set():
+            raise DecodeCancelled("decode cancelled")
+        return super().read(size)
+
+
+def jpeg_scans(data: bytes, limit: int = DEFAULT_MAX_SCANS) -> tuple[int, bool]:
+    """(scans, progressive) of JPEG bytes, from their markers alone (nothing decoded); (0, False) for other bytes.
+
+    Walks the marker segments as a decoder does and skips each scan's entropy-coded data to the next marker, up to
+    the end of the image. Stops counting past ``limit`` scans, and raises ``TooManyScansError`` for a JPEG of more
+    than ``16 * limit + 64`` segments (what a legal JPEG holds is far fewer), so the walk itself stays cheap.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return 0, False
+    scans, segments, progressive, at, end = 0, 0, False, 2, len(data)
+    while at + 4 <= end and scans <= limit:
+        if data[at] != 0xFF or data[at + 1] in (0x00, 0xFF):  # junk or fill bytes: on to the next marker
+            found = _JPEG_MARKER.search(data, at)
+            if found is None:
+                break
+            at = found.start()
+            continue
+        marker = data[at + 1]
+        if marker == 0xD9:  # end of image
+            break
+        segments += 1
+        if segments > 16 * limit + 64:
+            raise TooManyScansError(f"the JPEG holds more than {16 * limit + 64} marker segments")
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            at += 2
+            continue
+        progressive = progressive or marker in _PROGRESSIVE_SOF
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+            scans += 1
+            found = _JPEG_MARKER.search(data, at)
+            if found is None:
+                break
+            at = found.start()
+    return scans, progressive
+
+
+def check_scans(data: bytes, max_scans: int) -> tuple[int, bool]:
+    """``jpeg_scans`` of image bytes ((0, False) for other formats); ``TooManyScansError`` past ``max_scans``."""
+    scans, progressive = jpeg_scans(data, max_scans)
+    if scans > max_scans:
+        raise TooManyScansError(
+            f"the JPEG holds more than {max_scans} scans (a progressive JPEG has about 10): each scan is another "
+            "decode of the whole image"
+        )
+    return scans, progressive
+
+
+def _open(source: ImageInput, cancel: threading.Event | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
-        fp: Any = io.BytesIO(bytes(source))
+        fp: Any = io.BytesIO(bytes(source)) if cancel is None else _CancellableBytes(bytes(source), cancel)
     else:
         fp = Path(source)
         if not fp.is_file():
@@ -86,13 +167,21 @@ def decode_image(
     resize_size: int | None = None,
     draft: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_scans: int | None = DEFAULT_MAX_SCANS,
+    cancel: threading.Event | None = None,
 ) -> Image.Image:
     """Open image bytes, a path or a PIL image -> an RGB PIL image with EXIF orientation applied.
 
-    ``max_pixels`` caps width x height before anything is decoded (``ImageTooLargeError``); GIFs give their first
-    frame. With ``resize_size`` and ``draft`` a large JPEG is reduced while decoding (see the module docstring).
+    ``max_pixels`` caps width x height and ``max_scans`` a JPEG's scans before anything is decoded
+    (``ImageTooLargeError``, ``TooManyScansError``); GIFs give their first frame. With ``resize_size`` and ``draft``
+    a large JPEG is reduced while decoding (see the module docstring). Bytes decoded with a ``cancel`` event raise
+    ``DecodeCancelled`` soon after it is set.
     """
-    img = _open(source)
+    if max_scans is not None and isinstance(source, (bytes, bytearray, memoryview)):
+        check_scans(bytes(source), max_scans)
+    img = _open(source, cancel)
+    if cancel is not None:
+        img.decodermaxblock = CANCEL_BLOCK  # look at ``cancel`` every KB of input
     try:
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ImageTooLargeError(

@@ -125,14 +125,21 @@ class Settings:
     )
     max_decode_pixels: int = _opt(
         100_000_000,
-        "bound on the decode queue, in pixels (images' decoded sizes from their headers, JPEGs at their draft size; "
-        "queued or decoding), kept separately for small and large images; a request past it gets 503 + Retry-After",
+        "bound on the decode queue, in pixels of decoding cost (from the image headers: width x height, baseline "
+        "JPEGs at their draft size, progressive JPEGs at full size x scans / 10; queued or decoding), kept "
+        "separately for small and large images; a request past it gets 503 + Retry-After",
     )
     decode_small_pixels: int = _opt(
-        4_000_000,
-        "decoding is fair by size: images of at most this many pixels are small, decoded before large ones on a "
-        "thread large ones never take (a thumbnail never waits behind a 36-megapixel PNG); then round-robin "
-        "between requests",
+        1_000_000,
+        "decoding is fair by cost: images costing at most this many pixels (see --max-decode-pixels) are small, "
+        "decoded before large ones on a thread large ones never take (a thumbnail never waits behind a 4-megapixel "
+        "PNG or a 36-megapixel progressive JPEG); then round-robin between requests",
+    )
+    max_jpeg_scans: int = _opt(
+        32,
+        "most scans in one JPEG, counted from its markers before decoding (413 too_many_scans): a progressive JPEG "
+        "has about 10, and each scan is another pass over the whole image (a scan bomb repeats one thousands of "
+        "times)",
     )
     threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
     torch_precision: str = _opt(
@@ -180,7 +187,15 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``UsageError`` for values that make no sense."""
-        positive = ("max_wait_ms", "request_timeout_s", "max_body_bytes", "max_pixels", "max_aspect", "max_images")
+        positive = (
+            "max_wait_ms",
+            "request_timeout_s",
+            "max_body_bytes",
+            "max_pixels",
+            "max_aspect",
+            "max_images",
+            "max_jpeg_scans",
+        )
         for name in positive:
             if getattr(self, name) <= 0 and not (name == "max_wait_ms" and self.max_wait_ms == 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")

@@ -204,7 +204,7 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def within(request: Request, work: Awaitable[T], deadline_s: float, what: str = "an answer") -> T:
+async def within(request: Request, work: Awaitable[T], deadline_s: float, what: str = "answer") -> T:
     """Await ``work`` until it is done, the client disconnects (``ClientGone``) or ``deadline_s`` passes (504).
 
     Either way out, the work is cancelled: its crops leave the batching queue at once.

@@ -1,8 +1,9 @@
 """The decode queue: a bounded, size-fair pool of decode threads (docs/DESIGN.md §4, "Decoding").
 
-Fairness is per size, then per request. Each image is a job whose cost is its decoded pixels, read from its header
-before anything is decoded (``serve.images.decode_pixels``). Jobs of at most ``small_pixels`` go to the *small* lane,
-the others to the *large* lane:
+Fairness is per cost, then per request. Each image is a job whose cost is what decoding it will take, in pixels, read
+from its header and markers before anything is decoded (``serve.engine.images.decode_costs``: width x height, a
+baseline JPEG at its draft size, a progressive JPEG at its full size x scans / 10). Jobs of at most ``small_pixels``
+go to the *small* lane, the others to the *large* lane:
 
 - small jobs are taken first and have a thread of their own: the pool runs ``threads + 1`` threads and large jobs
   never hold more than ``threads`` of them, so a thumbnail never waits behind a 36-megapixel PNG; large jobs always
@@ -13,7 +14,8 @@ the others to the *large* lane:
   ``max_pixels`` pixels (queued or decoding, admitted requests not yet finished), else ``DecodeQueueFull`` (503 +
   Retry-After). A lane that is empty takes any one request, so a request over the bound alone is still served.
 
-A cancelled caller's queued jobs are dropped.
+A cancelled caller's queued jobs are dropped; its running ones stop when the caller sets their ``cancel`` event
+(``serve.engine.service``).
 """
 
 from __future__ import annotations

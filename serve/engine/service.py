@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ..settings import Settings
 from .backends import MULTISCALE_FIXED, REEXPORT, Backend
 from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
 from .decode import FairPool
-from .images import ImageError, decode_checked, decode_pixels, header_sizes, image_errors, multiscale_views_of
+from .images import ImageError, decode_checked, decode_costs, header_sizes, image_errors, multiscale_views_of
 from .precision import precision_of
 
 log = logging.getLogger("serve.engine.service")
@@ -176,25 +177,26 @@ class ClassifyService:
     def pending_crops(self) -> int:
         return self.batcher.pending_crops if self.batcher else 0
 
-    def preprocess(self, data: bytes, crops: str) -> np.ndarray:
-        """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415).
+    def preprocess(self, data: bytes, crops: str, cancel: threading.Event | None = None) -> np.ndarray:
+        """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415), or
+        ``DecodeCancelled`` soon after ``cancel`` is set.
 
         Decoded once: ``decode_image``, then the resize, then ``resnet.preprocess`` crops the already resized image
         (its own decode and resize steps are no-ops on it), so the result is ``resnet.preprocess``'s exactly.
         """
         size = self.card.resize_size
         with image_errors():
-            img = decode_checked(data, size, self.settings)
+            img = decode_checked(data, size, self.settings, cancel)
             target = resized_size(*img.size, size)
             if target != img.size:
                 img = img.resize(target, Image.Resampling.BILINEAR)  # what resnet.preprocess does, done once here
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
 
-    def views(self, data: bytes) -> list[np.ndarray]:
+    def views(self, data: bytes, cancel: threading.Event | None = None) -> list[np.ndarray]:
         """Bytes -> multi-scale views, one ``[2, 3, H, W]`` array per side, with the server's limits (ImageError)."""
         spatial = self.backend.spatial
         assert spatial is not None, "classify() refuses multi-scale on a backend that takes only S x S"
-        return multiscale_views_of(data, self.card, self.sides, self.settings, spatial)
+        return multiscale_views_of(data, self.card, self.sides, self.settings, spatial, cancel)
 
     def check_budget(self, images: list[bytes], crops: str = "ten") -> int:
         """Decoded pixels the request asks for, from the image headers alone (nothing decoded); 413 over the budget.
@@ -226,24 +228,29 @@ class ClassifyService:
 
     async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[Any], float]:
         """Decode a request's images on the decode queue (``serve.engine.decode``: small images first, then round-robin
-        between requests). The pixel budget and the queue's costs come from the image headers, here on the event
-        loop, so a request is refused (413, or 503 past ``--max-decode-pixels``) without waiting behind decodes."""
+        between requests). The pixel budget and the queue's costs come from the image headers and JPEG markers, here
+        on the event loop, so a request is refused (413, or 503 past ``--max-decode-pixels``) without waiting behind
+        decodes. Cancelled (deadline, client gone), its decodes still running stop at their next block of input."""
         started = time.perf_counter()
         self.check_budget(images, crops)
         size = max(self.sides) if crops == MULTISCALE else self.card.resize_size
-        costs = decode_pixels(images, size, self.settings.max_pixels, self.settings.draft)
+        costs = decode_costs(images, size, self.settings)
+        cancel = threading.Event()
         with self.decode_pool.admitted(costs) as owner:
             pool = self.decode_pool
             if crops == MULTISCALE:
-                jobs = [asyncio.ensure_future(pool.run(owner, self.views, d, cost=c)) for d, c in zip(images, costs)]
+                jobs = [
+                    asyncio.ensure_future(pool.run(owner, self.views, d, cancel, cost=c)) for d, c in zip(images, costs)
+                ]
             else:
                 jobs = [
-                    asyncio.ensure_future(pool.run(owner, self.preprocess, d, crops, cost=c))
+                    asyncio.ensure_future(pool.run(owner, self.preprocess, d, crops, cancel, cost=c))
                     for d, c in zip(images, costs)
                 ]
             try:
                 results = await asyncio.gather(*jobs, return_exceptions=True)
             except BaseException:
+                cancel.set()  # decodes already running stop too: nobody waits for them any more
                 for job in jobs:
                     job.cancel()
                 raise
