@@ -192,6 +192,17 @@ def reject(staged: Path, final: Path) -> Path:
 
 # ---- the engine sidecar (docs/DESIGN.md §2.5) ------------------------------------------------------------------
 
+
+def _check_card(data: dict[str, Any], where: str) -> None:
+    """The sidecar's card against its ``card_sha256`` (``CheckpointError``); none recorded: one log line."""
+    recorded = digest.recorded(data.get(digest.CARD_DIGEST_KEY), where, "model card")
+    try:
+        actual = digest.card_sha256(digest.card_json(data.get("card"))) if recorded else ""
+    except (ValueError, TypeError, RecursionError):
+        actual = "0" * 64
+    digest.check(where, recorded, actual, what="model card")
+
+
 SIDECAR_FORMAT = "resnet-engine"
 SIDECAR_VERSION = 2
 
@@ -220,6 +231,7 @@ class EngineSidecar:
             "format": SIDECAR_FORMAT,
             "version": SIDECAR_VERSION,
             "card": self.card.to_dict(),
+            digest.CARD_DIGEST_KEY: digest.card_sha256(self.card.to_json()),
             "tensorrt": self.tensorrt,
             "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
             "profile": dict(self.profile),
@@ -239,6 +251,7 @@ class EngineSidecar:
                 f"{where} is sidecar version {_peek(data, 'version')}; this release reads version {SIDECAR_VERSION}"
             )
         gpu, profile = data.get("gpu"), data.get("profile")
+        _check_card(data, where)
         try:
             if not isinstance(gpu, dict) or not isinstance(profile, dict):
                 raise TypeError("gpu and profile must be objects")

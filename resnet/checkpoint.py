@@ -37,14 +37,16 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: ModelCard) -> Path:
-    """Write ``{"format", "version", "model_card", "state_dict", "weights_sha256"}`` atomically; tensors are moved
-    to the CPU. ``weights_sha256`` (``state_dict_sha256``) is checked by every load."""
+    """Write ``{"format", "version", "model_card", "state_dict", "weights_sha256", "card_sha256"}`` atomically;
+    tensors are moved to the CPU. Both digests (``state_dict_sha256``, ``digest.card_sha256``) are checked by every
+    load."""
     if not isinstance(card, ModelCard):
         raise TypeError(f"save_checkpoint needs a ModelCard, not {type(card).__name__}")
     model = unwrap(model)
     state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "version": VERSION, "model_card": card.to_dict(), "state_dict": state_dict}
     obj[digest.DIGEST_KEY] = state_dict_sha256(state_dict)
+    obj[digest.CARD_DIGEST_KEY] = digest.card_sha256(card.to_json())
     return atomic_save(obj, path)
 
 
@@ -232,7 +234,8 @@ def _plain(value: Any, depth: int = 0) -> bool:
 
 
 def _header(obj: dict[str, Any], path: str | os.PathLike[str]) -> tuple[ModelCard, dict[str, torch.Tensor]]:
-    """The validated card and state dict of our checkpoint, its weights checked against ``weights_sha256``.
+    """The validated card and state dict of our checkpoint, its card and weights checked against ``card_sha256`` and
+    ``weights_sha256``.
 
     Every header field is checked for its type before it is compared: a damaged file may hold a tensor (of any
     number of elements) where a number or a string belongs, and comparing that raises ``RuntimeError``."""
@@ -243,6 +246,12 @@ def _header(obj: dict[str, Any], path: str | os.PathLike[str]) -> tuple[ModelCar
     raw_card = obj.get("model_card")
     if not _plain(raw_card):
         raise CheckpointError(f"{path}: its model card holds something other than JSON data (a damaged file)")
+    card_recorded = digest.recorded(obj.get(digest.CARD_DIGEST_KEY), path, "model card")
+    try:
+        card_actual = digest.card_sha256(digest.card_json(raw_card)) if card_recorded else ""
+    except (ValueError, TypeError, RecursionError):  # not what to_json wrote: cannot match
+        card_actual = "0" * 64
+    digest.check(path, card_recorded, card_actual, what="model card")
     try:
         card = ModelCard.from_dict(raw_card)
     except CardError as e:

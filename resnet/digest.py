@@ -1,19 +1,24 @@
-"""Weight digests (docs/DESIGN.md §2): a SHA-256 every artifact carries of what it computes with, checked at load.
+"""Weight and card digests (docs/DESIGN.md §2): SHA-256s every artifact carries of what it computes with and of the
+card that says how to feed it, checked at load.
 
 torch does not check its archive's CRCs and protobuf has no checksum, so a bit flipped in a checkpoint's or an ONNX
 graph's weights would load and serve wrong answers silently. Each writer records a digest; each reader recomputes it:
 
 - checkpoint: ``weights_sha256`` in the checkpoint header, over the state dict (``resnet.checkpoint``);
 - ONNX graph: ``metadata_props["weights_sha256"]`` beside the card, over the serialised graph (``resnet.onnx_card``);
-- engine: ``plan_sha256`` in the sidecar, over the ``.plan`` file's bytes (``resnet.artifacts``).
+- engine: ``plan_sha256`` in the sidecar, over the ``.plan`` file's bytes (``resnet.artifacts``);
+- the card, in all three: ``card_sha256`` beside ``weights_sha256`` (ONNX ``metadata_props``, the sidecar), over the
+  card's compact JSON as written (``ModelCard.to_json()``: labels, sizes, mean/std, name, metrics, provenance), so
+  a flipped byte in a label or in the mean is refused like one in the weights.
 
-A mismatch is a ``CheckpointError`` naming the file (exit 1). An artifact written before digests were recorded has
-none: it loads, and ``unchecked`` says so in one log line. No torch here.
+A mismatch is a ``CheckpointError`` naming the file (exit 1). An artifact written before a digest was recorded has
+none: it loads, and ``check`` says so in one log line. No torch here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -23,6 +28,7 @@ from typing import Any
 from .errors import CheckpointError
 
 DIGEST_KEY = "weights_sha256"
+CARD_DIGEST_KEY = "card_sha256"
 _HEX = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger("resnet.digest")
 
@@ -58,12 +64,22 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def recorded(value: object, path: str | os.PathLike[str]) -> str | None:
+def card_sha256(card_json: str | bytes) -> str:
+    """Hex SHA-256 of a card's compact JSON as written (``ModelCard.to_json()``, UTF-8)."""
+    return bytes_sha256(card_json.encode() if isinstance(card_json, str) else bytes(card_json))
+
+
+def card_json(raw: Any) -> str:
+    """A card object as read back (checkpoint, sidecar) as the compact JSON ``ModelCard.to_json()`` wrote."""
+    return json.dumps(raw, separators=(",", ":"))
+
+
+def recorded(value: object, path: str | os.PathLike[str], what: str = "weights") -> str | None:
     """The digest an artifact recorded: None when it has none, ``CheckpointError`` when it is not a SHA-256."""
     if value is None:
         return None
     if not isinstance(value, str) or not _HEX.fullmatch(value):
-        raise CheckpointError(f"{path} is corrupt: its recorded weights digest is not a SHA-256 ({str(value)[:20]!r})")
+        raise CheckpointError(f"{path} is corrupt: its recorded {what} digest is not a SHA-256 ({str(value)[:20]!r})")
     return value
 
 

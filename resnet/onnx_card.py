@@ -1,10 +1,11 @@
 """The model card inside ONNX files (docs/DESIGN.md §2: ``metadata_props["model_card"]``), shared by export and serve,
-and beside it the graph's digest (``metadata_props["weights_sha256"]``, ``resnet.digest``), checked by every read.
+and beside it the graph's and the card's digests (``metadata_props["weights_sha256"]``, ``["card_sha256"]``,
+``resnet.digest``), checked by every read.
 
 The digest is the SHA-256 of the serialised ``GraphProto`` (its initializers, i.e. the weights, its nodes and I/O):
 ``set_onnx_card`` computes it from the in-memory graph, ``check_onnx_file`` from the graph's bytes as stored in the
 file, found by walking the top level of the protobuf wire format (no ``onnx`` package needed: the ``[serve]``
-install has none).
+install has none). The card's digest is over the card's JSON bytes as stored.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ def graph_sha256(model: Any) -> str:
 
 
 def set_onnx_card(model: Any, card: ModelCard) -> None:
-    """Store the card and the graph's digest in an ``onnx.ModelProto``'s ``metadata_props`` (replacing earlier
-    ones). Call it last, once the graph is final: every graph we write (FP32, FP16, INT8) is sealed here."""
-    keep = [p for p in model.metadata_props if p.key not in (CARD_KEY, digest.DIGEST_KEY)]
+    """Store the card, its digest and the graph's digest in an ``onnx.ModelProto``'s ``metadata_props`` (replacing
+    earlier ones). Call it last, once the graph is final: every graph we write (FP32, FP16, INT8) is sealed here."""
+    keep = [p for p in model.metadata_props if p.key not in (CARD_KEY, digest.DIGEST_KEY, digest.CARD_DIGEST_KEY)]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
+    text = card.to_json()
     entry = model.metadata_props.add()
-    entry.key, entry.value = CARD_KEY, card.to_json()
+    entry.key, entry.value = CARD_KEY, text
+    entry = model.metadata_props.add()
+    entry.key, entry.value = digest.CARD_DIGEST_KEY, digest.card_sha256(text)
     entry = model.metadata_props.add()
     entry.key, entry.value = digest.DIGEST_KEY, graph_sha256(model)
 
@@ -76,29 +80,35 @@ def _fields(data: bytes) -> list[tuple[int, memoryview]]:
     return out
 
 
-def _stored(data: bytes) -> tuple[dict[str, str], list[memoryview]]:
-    """The metadata_props and the graph field(s) of a serialised ModelProto, as stored."""
-    props: dict[str, str] = {}
+def _stored(data: bytes) -> tuple[dict[str, bytes], list[memoryview]]:
+    """The metadata_props (values as stored bytes) and the graph field(s) of a serialised ModelProto."""
+    props: dict[str, bytes] = {}
     graphs: list[memoryview] = []
     for number, payload in _fields(data):
         if number == _GRAPH_FIELD:
             graphs.append(payload)
         elif number == _METADATA_FIELD:
             entry = dict(_fields(bytes(payload)))
-            props[bytes(entry.get(1, b"")).decode("utf-8", "replace")] = bytes(entry.get(2, b"")).decode(
-                "utf-8", "replace"
-            )
+            props[bytes(entry.get(1, b"")).decode("utf-8", "replace")] = bytes(entry.get(2, b""))
     return props, graphs
 
 
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "replace")
+
+
 def check_onnx_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Refuse (``CheckpointError``) a serialised ONNX model whose graph does not hash to its recorded digest; log
-    one line for a graph written before digests were recorded. ``CardError`` for bytes that are not protobuf."""
+    """Refuse (``CheckpointError``) a serialised ONNX model whose graph or card does not hash to its recorded
+    digest; log one line for one written before digests were recorded. ``CardError`` for bytes that are not
+    protobuf."""
     try:
         props, graphs = _stored(data)
     except ValueError as e:
         raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({e})") from None
-    recorded = digest.recorded(props.get(digest.DIGEST_KEY), path)
+    card = digest.recorded(_text(props.get(digest.CARD_DIGEST_KEY)), path, "model card")
+    if CARD_KEY in props:
+        digest.check(path, card, digest.card_sha256(props[CARD_KEY]) if card else "", what="model card")
+    recorded = digest.recorded(_text(props.get(digest.DIGEST_KEY)), path)
     if recorded is not None and len(graphs) != 1:
         raise CheckpointError(f"{path} is corrupt: it holds {len(graphs)} graphs")
     digest.check(path, recorded, digest.bytes_sha256(graphs[0]) if recorded else "", what="graph")
@@ -133,10 +143,9 @@ def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
         raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({type(e).__name__})") from None
     for prop in model.metadata_props:
         if prop.key == CARD_KEY:
+            check_onnx_bytes(data, path)  # a changed card is refused as corrupt before it is read
             try:
-                card = ModelCard.from_json(prop.value)
+                return ModelCard.from_json(prop.value)
             except CardError as e:
                 raise CardError(f"{path}: {e}") from None
-            check_onnx_bytes(data, path)
-            return card
     raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")

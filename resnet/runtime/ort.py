@@ -24,9 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .. import digest
 from ..artifacts import ensure_writable
 from ..card import ModelCard
-from ..errors import CardError, MissingComponentError, UserError
+from ..errors import CardError, CheckpointError, MissingComponentError, UserError
 from ..onnx_card import CARD_KEY
 from .kinds import EP_PROVIDERS as PROVIDERS
 
@@ -191,10 +192,16 @@ def rss_mib() -> float:
 
 
 def onnx_session_card(session: Any, path: Path) -> ModelCard:
-    """The card from an open session's model metadata (no ``onnx`` package needed)."""
-    meta = session.get_modelmeta().custom_metadata_map
+    """The card from an open session's model metadata (no ``onnx`` package needed), checked against the card digest
+    beside it; metadata that is not UTF-8 text (a flipped high bit) is a ``CheckpointError`` too."""
+    try:
+        meta = session.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is corrupt: its metadata is not UTF-8 text (copy or export it again)") from None
     if CARD_KEY not in meta:
         raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
+    recorded = digest.recorded(meta.get(digest.CARD_DIGEST_KEY), path, "model card")
+    digest.check(path, recorded, digest.card_sha256(meta[CARD_KEY]) if recorded else "", what="model card")
     return ModelCard.from_json(meta[CARD_KEY])
 
 
