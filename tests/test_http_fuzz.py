@@ -99,3 +99,24 @@ def test_mutated_images_get_a_clean_answer(server, data):
 def test_seed_images_decode():
     for data in SEEDS:
         Image.open(io.BytesIO(data)).load()
+
+
+def test_openapi_says_what_the_routes_really_take(server):
+    """The infer body is documented as the protocol's request (``inputs`` required, each tensor's name, shape and
+    datatype), not ``{"type": "object"}``; routes without ``{version}`` take no ``version`` query parameter."""
+    doc = httpx.get(server.url + "/openapi.json", headers=AUTH, timeout=10).json()
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == ["inputs"] and body["type"] == "object"
+        assert body["properties"]["inputs"]["items"]["required"] == ["name", "shape", "datatype"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            params = {(p["name"], p["in"]) for p in op.get("parameters", [])}
+            if path.startswith("/v2/models/") and "{version}" not in path:
+                assert ("version", "query") not in params, (method, path)
+            if "{version}" in path:
+                assert ("version", "path") in params, (method, path)
+    r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json={}, headers=AUTH, timeout=10)
+    assert r.status_code == 400 and "inputs" in r.json()["error"]  # {} is invalid by the documented schema too
+    r = httpx.get(f"{server.url}/v2/models/{MODEL}", params={"version": "9"}, headers=AUTH, timeout=10)
+    assert r.status_code == 200  # an undocumented query parameter is ignored, as for any route

@@ -28,9 +28,11 @@ deadline); the shared API-key check answers 401 with the server's usual error bo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,7 @@ from .v2_schema import (
     TensorMeta,
     V2Error,
     V2ErrorBody,
+    infer_body_schema,
     parse_infer,
     serialize_bytes,
 )
@@ -150,7 +153,7 @@ async def _run(request: Request, service: ClassifyService, parsed: Parsed, deadl
     return probs
 
 
-async def infer(request: Request, routed: Routed = Depends(admit_v2)) -> Response:
+async def infer(request: Request, routed: Routed) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer on the version the path names (no version: the highest)."""
     started = time.perf_counter()
     settings = request.app.state.settings
@@ -242,16 +245,38 @@ async def server_metadata() -> ServerMetadata:
     )
 
 
+def _path_version(version: str) -> str:
+    """The ``{version}`` of a versioned route (a path parameter in the OpenAPI document)."""
+    return version
+
+
+def _no_version() -> None:
+    """Routes without ``{version}`` take none (not a query parameter either): the highest loaded version."""
+    return None
+
+
+async def _admit_versioned(request: Request, name: str, version: str) -> AsyncIterator[Routed]:
+    async with contextlib.asynccontextmanager(admit_v2)(request, name, version) as routed:
+        yield routed
+
+
+async def _admit_latest(request: Request, name: str) -> AsyncIterator[Routed]:
+    async with contextlib.asynccontextmanager(admit_v2)(request, name, None) as routed:
+        yield routed
+
+
 def _model_routes(prefix: str) -> None:
     errors = {s: V2_ERRORS[s] for s in (404, 503)}
+    versioned = "{version}" in prefix
+    version_of = _path_version if versioned else _no_version
 
     @keyed.get(prefix, response_model=ModelMetadata, summary="Model metadata", responses=errors)
-    async def metadata(request: Request, name: str, version: str | None = None) -> Any:
+    async def metadata(request: Request, name: str, version: str | None = Depends(version_of)) -> Any:
         v, service = _model(request, name, version)
         return model_metadata(service, v.model, _versions(request, v.model))
 
     @keyed.get(prefix + "/ready", summary="Model ready", responses=errors)
-    async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    async def model_ready(request: Request, name: str, version: str | None = Depends(version_of)) -> Response:
         try:
             _model(request, name, version)
         except V2Error as e:
@@ -263,7 +288,7 @@ def _model_routes(prefix: str) -> None:
     @keyed.get(
         prefix + "/config", summary="Model configuration (Triton's model_configuration extension)", responses=errors
     )
-    async def config(request: Request, name: str, version: str | None = None) -> Response:
+    async def config(request: Request, name: str, version: str | None = Depends(version_of)) -> Response:
         v, service = _model(request, name, version)
         meta = model_metadata(service, v.model, _versions(request, v.model))
         return JSONResponse(
@@ -285,9 +310,15 @@ def _model_routes(prefix: str) -> None:
             }
         )
 
+    async def infer_here(
+        request: Request, routed: Routed = Depends(_admit_versioned if versioned else _admit_latest)
+    ) -> Response:
+        return await infer(request, routed)
+
+    infer_here.__doc__ = infer.__doc__
     keyed.add_api_route(
         prefix + "/infer",
-        infer,
+        infer_here,
         methods=["POST"],
         summary="Inference: FP32 crops -> logits, or BYTES images -> ten-crop probabilities",
         response_class=Response,
@@ -296,7 +327,7 @@ def _model_routes(prefix: str) -> None:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {"schema": {"type": "object"}},
+                    "application/json": {"schema": infer_body_schema()},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 },
             }

@@ -86,6 +86,25 @@ class InferRequest(BaseModel):
     outputs: Annotated[list[OutputIn], Field(max_length=MAX_INPUTS)] | None = None
 
 
+def infer_body_schema() -> dict[str, Any]:
+    """The JSON Schema of an infer request body (``InferRequest``) with its definitions inlined, for the OpenAPI
+    document: what the route really requires (``inputs``; each tensor's ``name``, ``shape`` and ``datatype``)."""
+    schema = InferRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
 class TensorMeta(BaseModel):
     name: str
     datatype: str
