@@ -204,7 +204,8 @@ def test_the_decode_of_a_request_past_its_deadline_stops(digits_onnx_model: Path
     slow = scan_bomb(big_progressive, 300)
     large = solid_png(2000, 2000, (1, 2, 3))  # 4 MP: the large lane
     args = ["--model", str(digits_onnx_model), "--max-jpeg-scans", "1000", "--request-timeout-s", "1"]
-    server = Server([*args, "--decode-threads", "1"]).start(warm=False)
+    log = digits_onnx_model.parent / "deadline.log"
+    server = Server([*args, "--decode-threads", "1"], log_path=log).start(warm=False)
     try:
         for _ in range(2):
             r = httpx.post(server.url + "/classify", files={"file": ("b.jpg", slow, "image/jpeg")}, timeout=30)
@@ -223,3 +224,4 @@ def test_the_decode_of_a_request_past_its_deadline_stops(digits_onnx_model: Path
             assert ok, "the large lane's thread is still decoding the bomb"
     finally:
         server.stop()
+    assert "Traceback" not in log.read_text() and "never retrieved" not in log.read_text()

@@ -128,11 +128,12 @@ class FairPool:
 
     def _finished(self, done: asyncio.Future, future: asyncio.Future, lane: int) -> None:
         self._running[lane] -= 1
+        error = None if done.cancelled() else done.exception()  # retrieved even when nobody waits (a cancelled decode)
         if not future.done():
             if done.cancelled():
                 future.cancel()
-            elif done.exception() is not None:
-                future.set_exception(done.exception())
+            elif error is not None:
+                future.set_exception(error)
             else:
                 future.set_result(done.result())
         self._dispatch()
