@@ -217,7 +217,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_weights_only_load_works_on_our_file(small_checkpoint: Path) -> None:
     obj = read_checkpoint_file(small_checkpoint)
-    assert set(obj) == {"format", "version", "model_card", "state_dict", "weights_sha256"}
+    assert set(obj) == {"format", "version", "model_card", "state_dict", "weights_sha256", "card_sha256"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
