@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from resnet import IMAGE_SUFFIXES, UsageError, UserError
-from resnet.runtime.crops import CROP_NAMES
+from resnet.runtime.crops import CROP_NAMES, crop_protocol
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 CROPS = CROP_NAMES  # ten, center, multiscale (resnet.runtime.crops; the server must offer multiscale)
@@ -221,8 +221,10 @@ class Client:
     ) -> Classification:
         """Classify one image given as a path or its bytes, by the server's default model or ``model_name`` (and
         ``model_version``) of its model repository; raises `ClientError` on any failure."""
-        if crops not in CROPS:
-            raise UsageError(f"crops must be one of {', '.join(CROPS)}, not {crops!r}")
+        try:
+            crops = crop_protocol(crops).name
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if topk < 1:
             raise UsageError(f"topk must be at least 1, not {topk}")
         if isinstance(image, (bytes, bytearray)):

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
-from .runtime.crops import FIXED_CROPS, FixedCropName
+from .runtime.crops import CROP_PROTOCOLS, FIXED_CROPS, CropProtocol, FixedCropName
 
 Crops = FixedCropName  # the fixed-crop protocols of resnet.runtime.crops
 CROPS: dict[str, int] = FIXED_CROPS
@@ -212,12 +212,21 @@ def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
     return int(resize_size * width / height), resize_size
 
 
-def crop_boxes(width: int, height: int, size: int, crops: str) -> list[tuple[int, int]]:
-    """Top-left corners of the crops in torchvision's order: tl, tr, bl, br, centre (``ten`` repeats them flipped)."""
+def fixed_protocol(crops: str | CropProtocol) -> CropProtocol:
+    """The fixed S x S crop protocol ``crops`` names; ``ValueError`` for multi-scale or an unknown name."""
+    protocol = crops if isinstance(crops, CropProtocol) else CROP_PROTOCOLS.get(crops)
+    if protocol is None or not protocol.fixed_size:
+        raise ValueError(f"crops must be one of {', '.join(CROPS)}, not {getattr(crops, 'name', crops)!r}")
+    return protocol
+
+
+def crop_boxes(width: int, height: int, size: int, crops: str | CropProtocol) -> list[tuple[int, int]]:
+    """Top-left corners of the unmirrored crops in torchvision's order: tl, tr, bl, br, centre (or the centre alone
+    for one crop); a protocol with twice as many crops as boxes (``ten``) repeats them on the mirrored image."""
     if size > width or size > height:
         raise ValueError(f"crop {size} larger than image {width}x{height}")
     centre = (int(round((width - size) / 2.0)), int(round((height - size) / 2.0)))
-    if crops == "center":
+    if fixed_protocol(crops).crops == 1:
         return [centre]
     return [(0, 0), (width - size, 0), (0, height - size), (width - size, height - size), centre]
 
@@ -231,13 +240,12 @@ def _sizes(card: Mapping[str, Any]) -> tuple[int, int, np.ndarray, np.ndarray]:
 def preprocess(
     image: ImageInput,
     card: Mapping[str, Any],
-    crops: str = "ten",
+    crops: str | CropProtocol = "ten",
     draft: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Image (bytes, path or PIL) -> float32 ``[1 or 10, 3, input_size, input_size]`` per the card's sizes/mean/std."""
-    if crops not in CROPS:
-        raise ValueError(f"crops must be one of {', '.join(CROPS)}, not {crops!r}")
+    protocol = fixed_protocol(crops)
     resize_size, size, mean, std = _sizes(card)
     img = decode_image(image, resize_size, draft=draft, max_pixels=max_pixels)
     new_w, new_h = resized_size(img.width, img.height, resize_size)
@@ -245,14 +253,14 @@ def preprocess(
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     chw = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     chw = (chw.astype(np.float32) / np.float32(255.0) - mean) / std
-    out = np.empty((CROPS[crops], 3, size, size), dtype=np.float32)
-    boxes = crop_boxes(new_w, new_h, size, crops)
+    out = np.empty((protocol.crops, 3, size, size), dtype=np.float32)
+    boxes = crop_boxes(new_w, new_h, size, protocol)
     for i, (x, y) in enumerate(boxes):
         out[i] = chw[:, y : y + size, x : x + size]
-    if crops == "ten":
+    if protocol.crops > len(boxes):  # ten: the same boxes on the mirrored image
         flipped = chw[:, :, ::-1]
         for i, (x, y) in enumerate(boxes):
-            out[5 + i] = flipped[:, y : y + size, x : x + size]
+            out[len(boxes) + i] = flipped[:, y : y + size, x : x + size]
     return out
 
 

@@ -19,6 +19,7 @@ from resnet import UserError
 from resnet.card import ModelCard
 from resnet.multiscale import multiscale_probabilities, multiscale_sides, multiscale_views
 from resnet.preprocess import topk_indices
+from resnet.runtime.crops import MULTISCALE, crop_protocol
 
 from .distributed import DistInfo, all_reduce_sum, shard_indices
 
@@ -138,7 +139,7 @@ def evaluate_crops(
 
 def protocol_name(crops: str, n_images: int, what: str) -> str:
     """The card's ``metrics.protocol`` text, e.g. ``"10-crop, sklearn digits test split (360 images)"``."""
-    return f"{'10-crop' if crops == 'ten' else 'center crop'}, {what} ({n_images} images)"
+    return crop_protocol(crops).describe(n_images, what)
 
 
 class MultiScaleDataset(CropDataset):
@@ -216,4 +217,4 @@ def evaluate_multiscale(
 
 def multiscale_protocol_name(sides: tuple[int, ...], n_images: int, what: str) -> str:
     """``metrics.protocol`` text of the multi-scale test, e.g. ``"multi-scale 32/40/48 + flips, digits ... (360 images)"``."""
-    return f"multi-scale {'/'.join(map(str, sides))} + flips, {what} ({n_images} images)"
+    return crop_protocol(MULTISCALE).describe(n_images, what, sides)

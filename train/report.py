@@ -12,6 +12,7 @@ import torch
 
 from resnet.atomic import atomic_write
 from resnet.card import ModelCard
+from resnet.runtime.crops import crop_protocol
 
 from .data import DataBundle
 from .distributed import DistInfo
@@ -31,7 +32,7 @@ def final_test(
         model,
         CropDataset(source, card, crops),
         info,
-        batch_images=max(1, 400 // (10 if crops == "ten" else 1)),
+        batch_images=max(1, 400 // (crop_protocol(crops).crops or 1)),
         channels_last=channels_last,
     )
     what = "validation folder" if data.kind == "folder" else f"{data.name} test split"

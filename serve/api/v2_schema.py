@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
-from resnet.runtime.crops import CROP_NAMES
+from resnet.runtime.crops import crop_protocol
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TENSOR_INPUT, IMAGE_INPUT = "input", "image"
@@ -37,13 +37,8 @@ class V2Error(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-V2_CROPS = CROP_NAMES  # the image path's protocols, as /classify's crops (docs/DESIGN.md §4)
-
-
 def _crops(value: Any) -> Any:
-    if value is not None and (not isinstance(value, str) or value not in V2_CROPS):
-        raise ValueError(f"crops must be one of {sorted(V2_CROPS)}, not {value!r}")
-    return value
+    return None if value is None else crop_protocol(value).name  # ValueError names the protocols
 
 
 class TensorParameters(BaseModel):

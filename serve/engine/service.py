@@ -26,11 +26,11 @@ from PIL import Image
 
 import resnet
 from resnet.artifacts import DEFAULT_MAX_BATCH
-from resnet.multiscale import multiscale_probabilities, multiscale_sides, view_pixels
-from resnet.preprocess import CROPS, crop_probabilities, resized_size
+from resnet.multiscale import multiscale_sides, view_pixels
 from resnet.preprocess import preprocess as preprocess_image
+from resnet.preprocess import resized_size
 from resnet.preprocess import topk as top_k
-from resnet.runtime.crops import MULTISCALE
+from resnet.runtime.crops import MULTISCALE, TEN_CROPS, CropProtocol, crop_protocol
 from resnet.runtime.ort import cpu_threads
 
 from ..settings import Settings
@@ -41,7 +41,6 @@ from .images import ImageError, decode_checked, decode_costs, header_sizes, imag
 from .precision import precision_of
 
 log = logging.getLogger("serve.engine.service")
-TEN_CROP = 10  # crops of one ten-crop image
 FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
 __all__ = ["MULTISCALE", "Classified", "ClassifyService", "ImageError", "check_backend"]
 
@@ -105,7 +104,7 @@ class ClassifyService:
         then the shape one ten-crop request fills, then the rest from small to large, each while the queue is empty.
         """
         first, rest = self.shapes[:1], self.shapes[1:]
-        ten = next((n for n in rest if n >= TEN_CROP), None)
+        ten = next((n for n in rest if n >= TEN_CROPS), None)
         return first, ([ten] if ten is not None else []) + [n for n in rest if n != ten]
 
     async def start(self) -> None:
@@ -177,7 +176,7 @@ class ClassifyService:
     def pending_crops(self) -> int:
         return self.batcher.pending_crops if self.batcher else 0
 
-    def preprocess(self, data: bytes, crops: str, cancel: threading.Event | None = None) -> np.ndarray:
+    def preprocess(self, data: bytes, crops: str | CropProtocol, cancel: threading.Event | None = None) -> np.ndarray:
         """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415), or
         ``DecodeCancelled`` soon after ``cancel`` is set.
 
@@ -198,7 +197,7 @@ class ClassifyService:
         assert spatial is not None, "classify() refuses multi-scale on a backend that takes only S x S"
         return multiscale_views_of(data, self.card, self.sides, self.settings, spatial, cancel)
 
-    def check_budget(self, images: list[bytes], crops: str = "ten") -> int:
+    def check_budget(self, images: list[bytes], crops: str | CropProtocol = "ten") -> int:
         """Decoded pixels the request asks for, from the image headers alone (nothing decoded); 413 over the budget.
         Multi-scale: the pixels of all views too (``view_pixels``), against ``--max-multiscale-pixels``.
 
@@ -214,7 +213,7 @@ class ClassifyService:
                 f"the request's {len(images)} images hold {total} pixels, over the per-request budget of {budget} "
                 "(send fewer or smaller images per request)",
             )
-        if crops == MULTISCALE:
+        if crop_protocol(crops).multiscale:
             views = sum(view_pixels(w, h, self.sides) for w, h in sizes)
             if views > self.settings.max_multiscale_pixels:
                 raise ImageError(
@@ -226,27 +225,30 @@ class ClassifyService:
                 )
         return total
 
-    async def decode_all(self, images: list[bytes], crops: str) -> tuple[list[Any], float]:
+    def protocol_views(
+        self, data: bytes, protocol: CropProtocol, cancel: threading.Event | None = None
+    ) -> list[np.ndarray]:
+        """Bytes -> the protocol's network inputs (``CropProtocol.views``' shapes), with the server's limits."""
+        return self.views(data, cancel) if protocol.multiscale else [self.preprocess(data, protocol, cancel)]
+
+    async def decode_all(self, images: list[bytes], crops: str | CropProtocol) -> tuple[list[list[np.ndarray]], float]:
         """Decode a request's images on the decode queue (``serve.engine.decode``: small images first, then round-robin
-        between requests). The pixel budget and the queue's costs come from the image headers and JPEG markers, here
-        on the event loop, so a request is refused (413, or 503 past ``--max-decode-pixels``) without waiting behind
-        decodes. Cancelled (deadline, client gone), its decodes still running stop at their next block of input."""
+        between requests) -> per image its view arrays. The pixel budget and the queue's costs come from the image
+        headers and JPEG markers, here on the event loop, so a request is refused (413, or 503 past
+        ``--max-decode-pixels``) without waiting behind decodes. Cancelled (deadline, client gone), its decodes still
+        running stop at their next block of input."""
         started = time.perf_counter()
-        self.check_budget(images, crops)
-        size = max(self.sides) if crops == MULTISCALE else self.card.resize_size
+        protocol = crop_protocol(crops)
+        self.check_budget(images, protocol)
+        size = protocol.decode_side(self.card, self.sides)
         costs = decode_costs(images, size, self.settings)
         cancel = threading.Event()
         with self.decode_pool.admitted(costs) as owner:
             pool = self.decode_pool
-            if crops == MULTISCALE:
-                jobs = [
-                    asyncio.ensure_future(pool.run(owner, self.views, d, cancel, cost=c)) for d, c in zip(images, costs)
-                ]
-            else:
-                jobs = [
-                    asyncio.ensure_future(pool.run(owner, self.preprocess, d, crops, cancel, cost=c))
-                    for d, c in zip(images, costs)
-                ]
+            jobs = [
+                asyncio.ensure_future(pool.run(owner, self.protocol_views, d, protocol, cancel, cost=c))
+                for d, c in zip(images, costs)
+            ]
             try:
                 results = await asyncio.gather(*jobs, return_exceptions=True)
             except BaseException:
@@ -268,17 +270,16 @@ class ClassifyService:
         assert self.batcher is not None
         return (await self.batcher.submit(np.ascontiguousarray(batch, np.float32))).logits
 
-    async def classify(self, images: list[bytes], crops: str = "ten", topk: int = 5) -> Classified:
+    async def classify(self, images: list[bytes], crops: str | CropProtocol = "ten", topk: int = 5) -> Classified:
         """Decode, batch, and score images: per image the top-k ``{index, label, probability}`` of the ten-crop,
         centre-crop or multi-scale mean softmax. Multi-scale unavailable: ``ImageError`` 422."""
         assert self.batcher is not None
-        if crops not in (*CROPS, MULTISCALE):
-            raise ValueError(f"crops must be one of {', '.join((*CROPS, MULTISCALE))}")
-        if crops == MULTISCALE and self.multiscale_off:
+        protocol = crop_protocol(crops)  # ValueError for an unknown name
+        if protocol.multiscale and self.multiscale_off:
             raise ImageError(422, "multiscale_unavailable", f"crops=multiscale is not available: {self.multiscale_off}")
-        decoded, decode_s = await self.decode_all(images, crops)
-        # one item per image (crops), or per image and side (multi-scale views): image-major
-        arrays: list[np.ndarray] = [a for views in decoded for a in views] if crops == MULTISCALE else decoded
+        decoded, decode_s = await self.decode_all(images, protocol)
+        # one item per view array: per image its crops, or its views at each side (multi-scale); image-major
+        arrays: list[np.ndarray] = [a for views in decoded for a in views]
         total = sum(self.batcher.cost(a) for a in arrays)
         if self.batcher.pending_crops + total > self.batcher.max_queue_crops:
             raise QueueFull(f"{self.batcher.pending_crops} crops queued (bound {self.batcher.max_queue_crops})")
@@ -289,20 +290,17 @@ class ClassifyService:
             for t in tasks:
                 t.cancel()
             raise
-        if crops == MULTISCALE:
-            per = len(self.sides)
-            probs = [
-                multiscale_probabilities([st.logits for st in stats[i : i + per]])[0] for i in range(0, len(stats), per)
-            ]
-        else:
-            probs = [crop_probabilities(st.logits, CROPS[crops])[0] for st in stats]
+        probs, start = [], 0
+        for views in decoded:
+            probs.append(protocol.combine([st.logits for st in stats[start : start + len(views)]]))
+            start += len(views)
         return Classified(
             results=[top_k(p, topk, self.labels) for p in probs],
             decode_s=decode_s,
             queue_s=max(st.queue_s for st in stats),
             inference_s=max(st.inference_s for st in stats),
             batch_sizes=sorted({b for st in stats for b in st.batch_sizes}),
-            sides=self.sides if crops == MULTISCALE else None,
+            sides=self.sides if protocol.multiscale else None,
         )
 
 
