@@ -75,17 +75,22 @@ class DevicePreprocess:
         return self.normalise(self.torch.cat(crops), dtype)
 
     def host_crops(self, image: np.ndarray, protocol: str | CropProtocol = "ten") -> np.ndarray:
-        """One resized uint8 HWC host image -> its uint8 crops ``[k, 3, S, S]`` on the host (slices, no arithmetic):
-        what the server's batcher queues for a device-side runner, which normalises them there (``normalise``)."""
-        p = fixed_protocol(protocol)
-        chw = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-        h, w, s = chw.shape[1], chw.shape[2], self.size
-        boxes = crop_boxes(w, h, s, p)
-        out = np.empty((p.crops or 1, 3, s, s), dtype=np.uint8)
+        """``host_crops`` at this card's input size."""
+        return host_crops(image, self.size, protocol)
+
+
+def host_crops(image: np.ndarray, size: int, protocol: str | CropProtocol = "ten") -> np.ndarray:
+    """One resized uint8 HWC host image -> its uint8 crops ``[k, 3, S, S]`` on the host (slices, no arithmetic):
+    what the server's batcher queues for a device-side runner, which normalises them there (``normalise``)."""
+    p = fixed_protocol(protocol)
+    chw = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    h, w = chw.shape[1], chw.shape[2]
+    boxes = crop_boxes(w, h, size, p)
+    out = np.empty((p.crops or 1, 3, size, size), dtype=np.uint8)
+    for i, (x, y) in enumerate(boxes):
+        out[i] = chw[:, y : y + size, x : x + size]
+    if len(out) > len(boxes):
+        mirrored = chw[:, :, ::-1]
         for i, (x, y) in enumerate(boxes):
-            out[i] = chw[:, y : y + s, x : x + s]
-        if len(out) > len(boxes):
-            mirrored = chw[:, :, ::-1]
-            for i, (x, y) in enumerate(boxes):
-                out[len(boxes) + i] = mirrored[:, y : y + s, x : x + s]
-        return out
+            out[len(boxes) + i] = mirrored[:, y : y + size, x : x + size]
+    return out

@@ -16,6 +16,7 @@ import resnet
 from resnet.device_preprocess import DevicePreprocess
 from resnet.preprocess import decode_image, resized_size, softmax
 from resnet.runtime.crops import CROP_PROTOCOLS, TEN_CROPS, crop_protocol
+from serve.engine.batcher import GPU_BATCHES
 
 IMAGENET = resnet.make_card("resnet50")
 CIFAR = resnet.make_card("cifar_resnet20", resize_size=36)
@@ -79,3 +80,47 @@ def test_protocols_combine_their_views_as_the_mean_softmax() -> None:
     )
     with pytest.raises(ValueError, match="crops must be one of ten, center, multiscale"):
         crop_protocol("five")
+
+
+def _service(device_side: bool):
+    from serve.engine.service import ClassifyService
+    from serve.engine.torch_backend import TorchBackend
+    from serve.settings import Settings
+
+    torch.manual_seed(0)
+    backend = TorchBackend(resnet.create_model("cifar_resnet20").eval(), CIFAR)
+    backend.device_side = device_side  # the GPU's code path, on CPU tensors
+    return ClassifyService(backend, Settings(decode_threads=1))
+
+
+def test_server_device_side_path_answers_as_the_cpu_path(photo_paths: list[Path]) -> None:
+    """A device-side runner gets uint8 crops (normalised in torch) and a measured largest batch; the answers are
+    the CPU path's, ten-crop and centre crop."""
+    import asyncio
+
+    images = [p.read_bytes() for p in photo_paths[:4]]
+
+    async def classify(device_side: bool):
+        service = _service(device_side)
+        await service.start()
+        try:
+            return service, [await service.classify(images, crops, topk=3) for crops in ("ten", "center")]
+        finally:
+            await service.close()
+
+    gpu, on_device = asyncio.run(classify(True))
+    cpu, on_host = asyncio.run(classify(False))
+    assert gpu.max_batch in GPU_BATCHES and gpu.preprocess(images[0], "ten").dtype == np.uint8
+    for device_answer, host_answer in zip(on_device, on_host):
+        for a, b in zip(device_answer.results, host_answer.results):
+            assert [r["index"] for r in a] == [r["index"] for r in b]
+            assert np.allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=1e-6)
+
+
+def test_measured_max_batch_picks_the_smallest_batch_near_the_best_rate() -> None:
+    from serve.engine.batcher import measured_max_batch
+
+    # rows/s: 10 -> 100, 20 -> 190, 40 -> 380, 80 -> 400 (best), 160 -> 405: 40 is within 10% of 405
+    per = {10: 0.1, 20: 20 / 190, 40: 40 / 380, 80: 0.2, 160: 160 / 405}
+    n, rate = measured_max_batch(per.__getitem__, tuple(per))
+    assert n == 40 and round(rate[160]) == 405

@@ -25,7 +25,7 @@ import concurrent.futures
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +33,24 @@ import numpy as np
 log = logging.getLogger("serve.engine.batcher")
 
 DEFAULT_SHAPES = (1, 2, 4, 8, 10, 16, 20, 30, 32, 40, 50, 60, 64)
+
+
+GPU_BATCHES = (10, 20, 40, 80, 160, 320)  # candidate largest batches timed on a device-side runner (whole ten-crops)
+
+
+def measured_max_batch(seconds: Callable[[int], float], candidates: Sequence[int] = GPU_BATCHES) -> tuple[int, dict]:
+    """The largest batch for a device: the smallest candidate whose rows/s (``n / seconds(n)``, ``seconds`` timing
+    one warm batch of n) is within 10% of the best candidate's; bigger batches would only add queueing latency.
+    Returns (that batch, {n: rows/s})."""
+    rate = {n: n / max(seconds(n), 1e-9) for n in candidates}
+    best = max(rate.values())
+    return min(n for n, r in rate.items() if r >= 0.9 * best), rate
+
+
+def _kind(crops: np.ndarray) -> tuple:
+    """What must agree for rows to share a batch: the row shape and the dtype (float32 normalised crops, or uint8
+    crops that a device-side runner normalises on the device: ``resnet.device_preprocess``)."""
+    return (*crops.shape[1:], crops.dtype.str)
 
 
 class QueueFull(Exception):
@@ -233,9 +251,9 @@ class Batcher:
             self._drop(self._queue[0])
         return self._queue[0] if self._queue else None
 
-    def _rows_of(self, shape: tuple[int, ...]) -> int:
-        """Rows of ``shape`` queued and not yet batched."""
-        return sum(len(i.crops) - i.taken for i in self._queue if i.crops.shape[1:] == shape and not i.future.done())
+    def _rows_of(self, kind: tuple) -> int:
+        """Rows of ``kind`` (shape and dtype, ``_kind``) queued and not yet batched."""
+        return sum(len(i.crops) - i.taken for i in self._queue if _kind(i.crops) == kind and not i.future.done())
 
     def _take(self) -> list[tuple[_Item, int, int]]:
         """Pop rows of the oldest item's shape in arrival order, up to the row limit, as (item, start, stop) slices.
@@ -249,6 +267,7 @@ class Batcher:
         if oldest is None:
             return parts
         shape = oldest.crops.shape[1:]
+        kind = _kind(oldest.crops)
         room = self._row_limit(shape, len(oldest.crops) - oldest.taken)
         cost = self.row_cost(shape)
         for item in list(self._queue):
@@ -257,7 +276,7 @@ class Batcher:
             if item.future.done():  # cancelled meanwhile
                 self._drop(item)
                 continue
-            if item.crops.shape[1:] != shape:
+            if _kind(item.crops) != kind:
                 continue
             start = item.taken
             if len(item.crops) - start > room and parts:
@@ -277,13 +296,13 @@ class Batcher:
         at batch 10); else the rows are copied in and only the padding rows zeroed."""
         first = parts[0][0].crops
         if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(first) == size:
-            return np.ascontiguousarray(first, np.float32)
-        batch = np.empty((size, *first.shape[1:]), dtype=np.float32)
+            return np.ascontiguousarray(first)
+        batch = np.empty((size, *first.shape[1:]), dtype=first.dtype)
         row = 0
         for item, start, stop in parts:
             batch[row : row + stop - start] = item.crops[start:stop]
             row += stop - start
-        batch[n:] = 0.0
+        batch[n:] = 0
         return batch
 
     async def _worker(self) -> None:
@@ -303,7 +322,7 @@ class Batcher:
             deadline = oldest.enqueued + self.max_wait_s
             shape = oldest.crops.shape[1:]
             limit = self._row_limit(shape, len(oldest.crops) - oldest.taken)
-            while self._rows_of(shape) < limit:
+            while self._rows_of(_kind(oldest.crops)) < limit:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from PIL import Image
 
 import resnet
 from resnet.artifacts import DEFAULT_MAX_BATCH
+from resnet.device_preprocess import host_crops
 from resnet.multiscale import multiscale_sides, view_pixels
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import resized_size
@@ -35,7 +37,7 @@ from resnet.runtime.ort import cpu_threads
 
 from ..settings import Settings
 from .backends import MULTISCALE_FIXED, REEXPORT, Backend
-from .batcher import Batcher, BatchStats, QueueFull, batch_shapes
+from .batcher import DEFAULT_SHAPES, GPU_BATCHES, Batcher, BatchStats, QueueFull, batch_shapes, measured_max_batch
 from .decode import FairPool
 from .images import ImageError, decode_checked, decode_costs, header_sizes, image_errors, multiscale_views_of
 from .precision import precision_of
@@ -70,12 +72,19 @@ class ClassifyService:
         self.backend_name = backend.name
         self.precision = precision_of(backend)
         self.report = backend.report  # the parity report that admitted what is served (None: none was needed)
+        # A runner on a GPU takes uint8 crops and normalises them there (resnet.device_preprocess); its largest
+        # batch is measured at start-up. ``max_batch`` is the operating point auto's timing should use on a GPU.
+        self.device_side = bool(getattr(backend, "device_side", False))
         limit = backend.max_batch
-        max_batch = settings.max_batch or limit or DEFAULT_MAX_BATCH
+        max_batch = settings.max_batch or limit
+        max_batch = max_batch or (self._device_max_batch() if self.device_side else DEFAULT_MAX_BATCH)
         if limit is not None and max_batch > limit:
             raise resnet.UsageError(f"--max-batch {max_batch} exceeds the engine's max profile {limit}")
         self.max_batch = max_batch
-        self.shapes = batch_shapes(max_batch, settings.parsed_batch_sizes(), backend.min_batch)
+        explicit = settings.parsed_batch_sizes()
+        if not explicit and self.device_side:
+            explicit = sorted({*DEFAULT_SHAPES, *GPU_BATCHES})
+        self.shapes = batch_shapes(max_batch, explicit, backend.min_batch)
         self._on_batch = on_batch
         self.batcher: Batcher | None = None
         self.decode_pool = FairPool(
@@ -96,6 +105,27 @@ class ClassifyService:
         elif backend.spatial is None:
             self.multiscale_off = f"the model served {MULTISCALE_FIXED}: {REEXPORT}"
         log.info("multi-scale (crops=multiscale): %s", self.multiscale_off or f"served at sides {self.sides}")
+
+    def _uint8_crops(self, n: int) -> np.ndarray:
+        size = self.card.input_size
+        return np.random.default_rng(n).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+    def _device_max_batch(self) -> int:
+        """The largest batch for a device-side runner, by timing uint8 batches (``measured_max_batch``)."""
+
+        def seconds(n: int) -> float:
+            x = self._uint8_crops(n)
+            self.backend.run(x)  # warm: the first call of a shape picks its kernels
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                self.backend.run(x)
+                times.append(time.perf_counter() - started)
+            return statistics.median(times)
+
+        n, rate = measured_max_batch(seconds)
+        log.info("largest batch %d, measured (crops/s by batch: %s)", n, {k: round(v) for k, v in rate.items()})
+        return n
 
     def warm_order(self) -> tuple[list[int], list[int]]:
         """(shapes warmed before ready, shapes warmed in the background in this order).
@@ -119,6 +149,7 @@ class ClassifyService:
             self.shapes,
             self._on_batch,
             input_size=self.card.input_size,
+            warm_input=self._uint8_crops if self.device_side else None,
             min_batch=self.backend.min_batch,
             max_view_batch=self.backend.max_view_batch,
             cold_shapes=first + later,
@@ -177,7 +208,8 @@ class ClassifyService:
         return self.batcher.pending_crops if self.batcher else 0
 
     def preprocess(self, data: bytes, crops: str | CropProtocol, cancel: threading.Event | None = None) -> np.ndarray:
-        """Bytes -> normalised crops, with the server's limits. Raises ``ImageError`` (400/413/415), or
+        """Bytes -> normalised crops (uint8 crops for a device-side runner, which normalises them on its device:
+        ``resnet.device_preprocess``), with the server's limits. Raises ``ImageError`` (400/413/415), or
         ``DecodeCancelled`` soon after ``cancel`` is set.
 
         Decoded once: ``decode_image``, then the resize, then ``resnet.preprocess`` crops the already resized image
@@ -189,6 +221,8 @@ class ClassifyService:
             target = resized_size(*img.size, size)
             if target != img.size:
                 img = img.resize(target, Image.Resampling.BILINEAR)  # what resnet.preprocess does, done once here
+            if self.device_side:  # uint8 crops: the runner normalises them on its device
+                return host_crops(np.asarray(img, np.uint8), self.card.input_size, crop_protocol(crops))
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
 
     def views(self, data: bytes, cancel: threading.Event | None = None) -> list[np.ndarray]:

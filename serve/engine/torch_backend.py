@@ -65,6 +65,13 @@ class TorchBackend:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.precision: Precision = precision  # type: ignore[assignment]
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        # On CUDA the weights are cast once (no autocast on every call) and the server sends uint8 crops that are
+        # normalised on the device (``run`` / ``run_device``); the CPU keeps fp32 weights (+ bf16 autocast).
+        self.device_side = self.device.type == "cuda"
+        self.weights_dtype = self.dtype if self.device_side else None
+        if self.weights_dtype is not None:
+            self.model = self.model.to(self.weights_dtype)
+        self._pre: Any = None
         self.card = card
         self.name = f"torch:{self.device.type}:{precision}"
         self.provider = f"torch:{self.device.type}"
@@ -121,10 +128,25 @@ class TorchBackend:
         return cls(model, card, precision, threads, multiscale)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 normalised crops, or uint8 crops (normalised on the device: ``DevicePreprocess``) -> logits."""
         torch = self.torch
+        if batch.dtype == np.uint8:
+            if self._pre is None:
+                from resnet.device_preprocess import DevicePreprocess
+
+                self._pre = DevicePreprocess(self.card, self.device)
+            with torch.inference_mode():
+                return self.run_device(self._pre.normalise(self._pre.upload(batch), self.weights_dtype))
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        return self.run_device(x.contiguous(memory_format=torch.channels_last))
+
+    def run_device(self, x: Any) -> np.ndarray:
+        """Normalised crops already on the device (a torch tensor) -> float32 logits on the host."""
+        torch = self.torch
+        autocast = self.dtype is not None and self.weights_dtype is None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+            if self.weights_dtype is not None and x.dtype != self.weights_dtype:
+                x = x.to(self.weights_dtype)
             out = self.model(x)
         return out.float().cpu().numpy()
 
