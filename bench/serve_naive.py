@@ -19,8 +19,9 @@ from torchvision import transforms as T
 import resnet
 
 
-def create_naive_app(model_path: str) -> FastAPI:
+def create_naive_app(model_path: str, device: str = "cpu") -> FastAPI:
     model, card = resnet.load_checkpoint(model_path)
+    model = model.to(device)
     norm = T.Compose([T.ToTensor(), T.Normalize(card.mean, card.std)])
     resize, ten = T.Resize(card.resize_size), T.TenCrop(card.input_size)
     app = FastAPI()
@@ -29,7 +30,7 @@ def create_naive_app(model_path: str) -> FastAPI:
     def classify(file: UploadFile = File(...)) -> dict:
         img = Image.open(io.BytesIO(file.file.read()))
         img = (ImageOps.exif_transpose(img) or img).convert("RGB")
-        x = torch.stack([norm(c) for c in ten(resize(img))])
+        x = torch.stack([norm(c) for c in ten(resize(img))]).to(device)
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1).mean(0)
         top = torch.topk(probs, 5)
@@ -51,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Naive per-request torch FastAPI server (benchmark baseline).")
     p.add_argument("--model", required=True, help="checkpoint (.pt) to serve")
     p.add_argument("--port", type=int, default=8100, help="TCP port on 127.0.0.1")
+    p.add_argument("--device", default="cpu", help="torch device the model runs on (cpu, cuda)")
     args = p.parse_args(argv)
-    uvicorn.run(create_naive_app(args.model), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(create_naive_app(args.model, args.device), host="127.0.0.1", port=args.port, log_level="warning")
     return 0
 
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 27's GPU serving benchmark in one go (bench/gpu_bench.py): naive, ours fp16 (1 worker and the default
+# workers), ours auto, the in-process ceiling; c=1 and c=64; GPU utilisation. Writes gpu_bench.json and
+# gpu_bench.log into $OUT and prints the table last. About 5 minutes on an H200; stopped at 8.
+#
+#   device run:      OUT=$OUT WHEELS=shared/wheels bash bench/gpu_bench.sh
+#   CPU rehearsal:   GPU_BENCH_ARGS="--device cpu --arch cifar_resnet20 --max-batch 20 --c64-requests 64" \
+#                    bash bench/gpu_bench.sh
+#
+# The wheel folder, made on a machine with network for the device's Python (check it there first:
+# python3 -c 'import sys; print(sys.version_info[:2])'; here 3.11 and x86-64 Linux are assumed):
+#
+#   pip download --only-binary :all: --python-version 3.11 --platform manylinux2014_x86_64 \
+#       --platform manylinux_2_17_x86_64 --implementation cp --abi cp311 -d shared/wheels \
+#       fastapi starlette "uvicorn[standard]" pydantic python-multipart httpx prometheus-client
+#
+# gpu_bench.py installs only what the device lacks: pip install --no-index --find-links $WHEELS --target
+# $OUT/site, then PYTHONPATH (no network).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/gpu_bench}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_bench.log"
+WHEEL_ARGS=()
+if [ -n "${WHEELS:-}" ]; then WHEEL_ARGS=(--wheels "$WHEELS"); fi
+# shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of flags
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not available"
+  timeout 480 "$PY" -m bench.gpu_bench --work "$OUT/work" --out "$OUT/gpu_bench.json" "${WHEEL_ARGS[@]}" \
+    ${GPU_BENCH_ARGS:-}
+  echo "gpu_bench.py exit $?"
+} >"$LOG" 2>&1
+rc=$(tail -n 1 "$LOG" | awk '{print $NF}')
+tail -n 20 "$LOG"
+exit "${rc:-1}"
