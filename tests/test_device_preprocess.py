@@ -124,3 +124,45 @@ def test_measured_max_batch_picks_the_smallest_batch_near_the_best_rate() -> Non
     per = {10: 0.1, 20: 20 / 190, 40: 40 / 380, 80: 0.2, 160: 160 / 405}
     n, rate = measured_max_batch(per.__getitem__, tuple(per))
     assert n == 40 and round(rate[160]) == 405
+
+
+def test_torch_runner_takes_uint8_crops_and_device_tensors(photo_paths: list[Path]) -> None:
+    """uint8 crops are normalised by the runner itself, and ``run_device`` takes a tensor already on the device:
+    both give the logits of the float32 CPU path."""
+    from serve.engine.torch_backend import TorchBackend
+
+    torch.manual_seed(0)
+    backend = TorchBackend(resnet.create_model("cifar_resnet20").eval(), CIFAR)
+    u8 = DevicePreprocess(CIFAR).host_crops(resized(photo_paths[0], CIFAR), "ten")
+    want = backend.run(resnet.preprocess(photo_paths[0].read_bytes(), CIFAR, "ten", draft=False))
+    assert np.abs(backend.run(u8) - want).max() <= 1e-4
+    on_device = DevicePreprocess(CIFAR, backend.device).normalise(torch.from_numpy(u8))
+    assert np.abs(backend.run_device(on_device) - want).max() <= 1e-4
+
+
+def test_batcher_never_mixes_uint8_and_float32_rows() -> None:
+    """Rows of the same shape but another dtype wait for their own batch (a uint8 row in a float32 batch would be
+    read as unnormalised pixels)."""
+    import asyncio
+
+    from serve.engine.batcher import Batcher
+    from serve.engine.torch_backend import TorchBackend
+
+    backend = TorchBackend(resnet.create_model("cifar_resnet20").eval(), CIFAR)
+    seen: list[str] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.dtype.str)
+        return backend.run(batch)
+
+    async def go() -> None:
+        batcher = Batcher(run, 40, 0.05, 1000, [1, 10, 20, 40], input_size=32)
+        batcher.start()
+        u8 = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
+        f32 = np.zeros((10, 3, 32, 32), np.float32)
+        out = await asyncio.gather(*(batcher.submit(a) for a in (u8, f32, u8, f32)))
+        await batcher.close()
+        assert all(st.logits.shape == (10, 10) for st in out)
+
+    asyncio.run(go())
+    assert sorted(seen) == ["<f4", "|u1"]  # two batches of 20 rows, one per dtype
