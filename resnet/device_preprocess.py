@@ -4,8 +4,10 @@ The CPU path (``resnet.preprocess``) decodes, resizes, normalises the whole imag
 Here the host does only the decode and the resize: the resized image (or its uint8 crops) goes to the device as
 uint8 -- from pinned memory with a non-blocking copy when the device is CUDA -- and the crops, the mirror and
 ``(x / 255 - mean) / std`` run there, in the same float32 operations in the same order, so the numbers are the
-CPU path's (tested on CPU tensors: the same code path; on CUDA too when present). A ten-crop image moves as 0.26 MB
-of uint8 (256 x 341 x 3) instead of 6 MB of float32 crops.
+CPU path's (tested on CPU tensors: the same code path; on CUDA too when present). ``batch`` moves the resized image
+alone (0.26 MB of uint8 for 256 x 341 x 3); the server's batcher, whose unit is the crop, queues uint8 crops
+(``host_crops``: 1.5 MB per ten-crop image of 224, a quarter of the 6 MB of float32 crops) that the runner
+normalises on the device.
 
 torch is imported only when a ``DevicePreprocess`` is made (the ONNX-only server never makes one).
 """
