@@ -96,3 +96,23 @@ def host_crops(image: np.ndarray, size: int, protocol: str | CropProtocol = "ten
         for i, (x, y) in enumerate(boxes):
             out[len(boxes) + i] = mirrored[:, y : y + size, x : x + size]
     return out
+
+
+def ort_run_device(session: Any, x: Any) -> np.ndarray:
+    """Run an ONNX Runtime session on a contiguous torch tensor where it lies, by I/O binding its memory
+    (``bind_input(name, device_type, device_id, element_type, shape, buffer_ptr)``, ONNX Runtime's API summary,
+    "IOBinding"): on CUDA the CUDA/TensorRT providers read the device crops with no host round trip. The first
+    output comes back to the host as numpy."""
+    import torch
+
+    x = x.contiguous()
+    if x.is_cuda:  # ONNX Runtime runs on its own stream: torch's queued copies and kernels must be done first
+        torch.cuda.current_stream(x.device).synchronize()
+    element = {torch.float32: np.float32, torch.float16: np.float16}[x.dtype]
+    binding = session.io_binding()
+    index = x.device.index or 0
+    name = session.get_inputs()[0].name
+    binding.bind_input(name, x.device.type, index, element, tuple(x.shape), x.data_ptr())
+    binding.bind_output(session.get_outputs()[0].name)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]

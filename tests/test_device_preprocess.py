@@ -166,3 +166,27 @@ def test_batcher_never_mixes_uint8_and_float32_rows() -> None:
 
     asyncio.run(go())
     assert sorted(seen) == ["<f4", "|u1"]  # two batches of 20 rows, one per dtype
+
+
+def test_onnx_runtime_reads_device_tensors_by_io_binding(tmp_path: Path) -> None:
+    """A real ONNX Runtime session on a bound tensor's memory gives what ``session.run`` gives on the same array."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from resnet.device_preprocess import ort_run_device
+
+    node = helper.make_node("ReduceMean", ["input"], ["logits"], axes=[2, 3], keepdims=0)
+    graph = helper.make_graph(
+        [node],
+        "mean",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    u8 = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
+    x = DevicePreprocess(CIFAR).normalise(torch.from_numpy(u8))  # channels_last: bound after .contiguous()
+    want = session.run(None, {"input": x.contiguous().numpy()})[0]
+    assert np.array_equal(ort_run_device(session, x), want)
