@@ -1,5 +1,6 @@
 """``python -m serve --model PATH [--backend auto|tensorrt|cuda|onnxruntime|torch] [--host] [--port] ...``
 ``python -m serve --model-repository DIR [--model-control-mode none|poll|explicit] ...`` (serve.repository.manager)
+``python -m serve ... --workers N``: N such servers on one port under a supervisor (serve.workers)
 
 Loads the model and checks that its card agrees with the graph by one real inference (a bad artifact is one clear
 line and a non-zero exit, before any port is opened), then runs uvicorn (``serve.server``) with every log line
@@ -9,6 +10,7 @@ JSON (``serve.logs``). SIGTERM/SIGINT drain within ``--drain-timeout-s``; a seco
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 
 from resnet import run_cli
@@ -19,6 +21,8 @@ from .engine.service import check_backend
 from .logs import JsonFormatter, json_logs, setup_logging
 from .server import DrainingServer, make_server
 from .settings import Settings, settings_from
+from .siblings import is_worker, watch_parent, worker_sockets
+from .workers import supervise, worker_count
 
 __all__ = ["DrainingServer", "JsonFormatter", "main", "setup_logging"]
 log = logging.getLogger("serve")
@@ -27,6 +31,9 @@ log = logging.getLogger("serve")
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv)
     setup_logging(settings.log_level)
+    workers = worker_count(settings.workers)
+    if workers > 1 and not is_worker():
+        return supervise(settings, sys.argv[1:] if argv is None else argv, workers)
     if settings.model_repository:
         return _serve_repository(settings)
     backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/engine/precision.py)
@@ -36,8 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     capture = json_logs(settings.log_level)  # from here on every line on stderr is JSON, libraries' too
     log.info("serving %s (%s) on http://%s:%d", backend.card.name, backend.name, settings.host, settings.port)
     log.info("start-up inference at the card's input size %d took %.3f s", backend.card.input_size, took)
+    return _run(server, capture)
+
+
+def _run(server: DrainingServer, capture) -> int:
+    """Serve until drained: on the settings' address, or in a ``--workers`` worker on the supervisor's sockets."""
+    sockets = worker_sockets()
+    if sockets is not None:
+        watch_parent(server.app_ref.state.metrics.refresh)
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         capture.restore()
     return 0 if server.started else 1
@@ -56,11 +71,7 @@ def _serve_repository(settings: Settings) -> int:
         settings.host,
         settings.port,
     )
-    try:
-        server.run()
-    finally:
-        capture.restore()
-    return 0 if server.started else 1
+    return _run(server, capture)
 
 
 if __name__ == "__main__":

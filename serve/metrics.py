@@ -1,12 +1,21 @@
-"""Prometheus metrics (prometheus-client), one registry per app so several apps can live in one process."""
+"""Prometheus metrics (prometheus-client), one registry per app so several apps can live in one process.
+
+Under ``--workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) every worker writes its values to files
+there and ``render()`` reads all of them (prometheus-client's multiprocess mode): counters and histograms are the sums
+over every worker, dead ones included; gauges are the live workers' sum or max (each gauge's ``multiprocess_mode``),
+refreshed from their functions at each scrape and every half second (``serve.siblings.watch_parent``). The
+per-version gauges (``_VersionCollector``) are the answering worker's: every worker loads the same versions.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 10, 16, 20, 30, 32, 40, 50, 60, 64, 96, 128, 256)
@@ -17,6 +26,8 @@ class Metrics:
 
     def __init__(self, queue_depth: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._functions: list[tuple[Any, Callable[[], float]]] = []
         r = self.registry
         self.requests = Counter(
             "resnet_serve_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -40,16 +51,24 @@ class Metrics:
         self.batch_seconds = Histogram(
             "resnet_serve_batch_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("resnet_serve_queue_crops", "Crops waiting for a batch", registry=r)
-        self.queue_depth.set_function(queue_depth)
+        self.queue_depth = Gauge(
+            "resnet_serve_queue_crops", "Crops waiting for a batch", registry=r, multiprocess_mode="livesum"
+        )
+        self.gauge_function(self.queue_depth, queue_depth)
         self.batch_shapes = Gauge(
             "resnet_serve_batch_shapes",
             "Batch shapes by state: warm, or cold (ready after the first is warm; the others warm in the background "
             "while the queue is empty, and batches use warm shapes only)",
             ["state"],
             registry=r,
+            multiprocess_mode="livemax",  # with several workers: the most of any worker (cold 0 = every one warm)
         )
-        self.in_flight = Gauge("resnet_serve_in_flight_requests", "/classify requests being handled", registry=r)
+        self.in_flight = Gauge(
+            "resnet_serve_in_flight_requests",
+            "/classify requests being handled",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.images = Counter("resnet_serve_images", "Images classified", registry=r)
         self.crops = Counter("resnet_serve_crops", "Crops run through the backend", registry=r)
         self.rejected = Counter("resnet_serve_rejected", "Requests turned away, by reason", ["reason"], registry=r)
@@ -58,6 +77,7 @@ class Metrics:
             "What actually runs the model (1 on the one series): backend, provider as its runtime names it, precision",
             ["backend", "provider", "precision"],
             registry=r,
+            multiprocess_mode="livemax",
         )
 
         # Per model and version (the model repository): the families above stay the server's totals.
@@ -79,6 +99,29 @@ class Metrics:
         self._versions: Callable[[], list[Any]] = list
         r.register(_VersionCollector(lambda: self._versions()))
 
+    def gauge_function(self, gauge: Any, f: Callable[[], float]) -> None:
+        """Report ``f()`` as the (labelled child) gauge's value: read at each scrape, and with several workers
+        written at each ``refresh()`` so the other workers' scrapes see it."""
+        if self.multiprocess:
+            self._functions.append((gauge, f))
+        else:
+            gauge.set_function(f)
+
+    def refresh(self) -> None:
+        """Write the function gauges' values now (several workers only; one process reads them at scrape time)."""
+        for gauge, f in self._functions:
+            gauge.set(float(f()))
+
+    def render(self) -> bytes:
+        """The text exposition of /metrics: this app's registry, or with several workers the whole server's."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.refresh()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(_VersionCollector(lambda: self._versions()))
+        return generate_latest(registry)
+
     def watch_versions(self, versions: Callable[[], list[Any]]) -> None:
         """Report ``versions()`` (``serve.repository.Version`` objects) in the per-version gauges at each scrape."""
         self._versions = versions
@@ -97,7 +140,11 @@ class Metrics:
 
     def set_backend(self, backend: Any) -> None:
         """Report the loaded backend (``kind``, ``provider``, ``precision``) as the one series of the info gauge."""
-        self.backend_info.clear()
+        if self.multiprocess:  # the workers' shared files keep every series: the old one reads 0
+            for labels in list(self.backend_info._metrics):
+                self.backend_info.labels(*labels).set(0)
+        else:
+            self.backend_info.clear()
         self.backend_info.labels(backend.kind, backend.provider, backend.precision).set(1)
 
     def observe_batch(self, n: int, padded: int, seconds: float) -> None:

@@ -141,6 +141,13 @@ class Settings:
         "has about 10, and each scan is another pass over the whole image (a scan bomb repeats one thousands of "
         "times)",
     )
+    workers: int = _opt(
+        1,
+        "server processes sharing the port (a supervisor binds it once, starts N workers and replaces any that dies; "
+        "/metrics is the whole server's); 1 = one process, no supervisor; 0 = one per 4 CPU cores, 1 to 8 (one "
+        "process keeps 2-4 cores busy on the CPU path, a GPU needs several to feed it). With N > 1, --threads and "
+        "--decode-threads 0 mean each worker's share of the CPUs",
+    )
     threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
     torch_precision: str = _opt(
         "fp32",
@@ -199,7 +206,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0 and not (name == "max_wait_ms" and self.max_wait_ms == 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
-        for name in ("max_batch", "max_queue_crops", "decode_threads", "threads", "port", "decode_small_pixels"):
+        nonneg = ("max_batch", "max_queue_crops", "decode_threads", "threads", "port", "decode_small_pixels", "workers")
+        for name in nonneg:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if self.max_queue_crops == 0:

@@ -27,6 +27,7 @@ from ..engine.service import ClassifyService
 from ..metrics import Metrics
 from ..repository.manager import ModelRepository
 from ..settings import Settings
+from ..siblings import SiblingForwarder, is_worker
 from .http import ApiError, error_response, install_error_handlers
 from .kserve import repository_router
 from .kserve import routers as kserve_routers
@@ -52,8 +53,8 @@ def _lifespan(settings: Settings, backend: Backend | None):
             asyncio.create_task(_serve_repository(repo) if settings.model_repository else _serve_one(app, backend))
         ]
         shapes = metrics.batch_shapes  # the default model's serving version (app.state.service)
-        shapes.labels("warm").set_function(lambda: float(_service_shapes(app)[0]))
-        shapes.labels("cold").set_function(lambda: float(_service_shapes(app)[1]))
+        metrics.gauge_function(shapes.labels("warm"), lambda: float(_service_shapes(app)[0]))
+        metrics.gauge_function(shapes.labels("cold"), lambda: float(_service_shapes(app)[1]))
         try:
             yield
         finally:
@@ -159,4 +160,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ShutdownGuard, abort=state.abort)
     app.add_middleware(AccessLogMiddleware, metrics=state.metrics)
+    if is_worker():  # one of --workers N: repository loads/unloads reach the sibling workers too
+        app.add_middleware(SiblingForwarder)
     return app
