@@ -46,11 +46,13 @@ PHOTOS = (
     "hubble_deep_field.jpg",
 )
 SERVERS = ("naive FastAPI + torch eager", "serve fp32 ONNX", "serve INT8", "serve torch bf16", "serve DIR auto")
+WORKERS_ROW = "serve fp32 ONNX --workers 2"  # the one-process / several-process A/B: asked for by --servers only
 
 
-def build(arch: str, work: Path) -> tuple[Path, Path, Path]:
+def build(arch: str, work: Path, int8_too: bool = True) -> tuple[Path, Path, Path]:
     """(run folder with checkpoint, gated fp32 ONNX and, if its gate passed, the INT8 graph; the INT8 graph to serve
-    directly; the checkpoint), made with the project's own tools; reused when present."""
+    directly; the checkpoint), made with the project's own tools; reused when present. ``int8_too=False`` skips
+    the INT8 calibration (minutes) when no row needs it."""
     run, int8_dir = work / arch, work / f"{arch}-int8"
     run.mkdir(parents=True, exist_ok=True)
     int8_dir.mkdir(exist_ok=True)
@@ -67,7 +69,7 @@ def build(arch: str, work: Path) -> tuple[Path, Path, Path]:
         cmd = [*py, "export.onnx", str(pt), "-o", str(onnx), "--exporter", "torchscript", "--limit", "4"]
         subprocess.run(cmd, cwd=REPO, check=True)
     served = int8_dir / int8.name
-    if not served.exists():
+    if int8_too and not served.exists():
         cmd = [*py, "export.quantize", str(pt), "-o", str(int8), "--calib", "samples", "--limit", "4"]
         p = subprocess.run(cmd, cwd=REPO, check=False)
         if p.returncode not in (0, 3):
@@ -151,6 +153,7 @@ def serve_rows(
     commands = {
         "naive FastAPI + torch eager": [sys.executable, "-m", "bench.serve_naive", "--model", str(pt)],
         "serve fp32 ONNX": [*serve, "--model", str(run / f"{run.name}.onnx")],
+        WORKERS_ROW: [*serve, "--model", str(run / f"{run.name}.onnx"), "--workers", "2"],
         "serve INT8": [*serve, "--model", str(int8)],
         "serve torch bf16": [*serve, "--model", str(pt), "--precision", "bf16"],
         "serve DIR auto": [*serve, "--model", str(run), "--precision", "auto"],
@@ -194,17 +197,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--servers",
         nargs="+",
-        choices=SERVERS,
+        choices=(*SERVERS, WORKERS_ROW),
         default=list(SERVERS),
-        help="only these server rows (an A/B); the in-process rows, cold starts and targets need all of them",
+        help="only these server rows (an A/B); the in-process rows, cold starts and targets need all of them; "
+        f"'{WORKERS_ROW}' is the fp32 ONNX row served by two processes (serve --workers 2)",
     )
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the servers (finally)
     started = time.perf_counter()
-    run, int8, pt = build(args.arch, args.work)
+    int8_too = set(args.servers) == set(SERVERS) or bool({"serve INT8", "serve DIR auto"} & set(args.servers))
+    run, int8, pt = build(args.arch, args.work, int8_too)
     rows = serve_rows(run, int8, pt, args.work, args.requests, args.rounds, args.servers)
     if set(args.servers) != set(SERVERS):
         print_rows(args.arch, rows)
+        if WORKERS_ROW in rows and "serve fp32 ONNX" in rows:
+            w, one = rows[WORKERS_ROW], rows["serve fp32 ONNX"]
+            print(
+                f"- --workers 2 / --workers 1, fp32 ONNX: c=1 {w['c1'] / one['c1']:.2f}, c=8 {w['c8'] / one['c8']:.2f}"
+            )
+        print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if "serve DIR auto" in rows:
             print(f"auto chose: {rows['serve DIR auto']['auto'][:300]}")
         return 0
