@@ -115,6 +115,8 @@ class Supervisor:
         try:
             log.info("serving on http://%s:%d with %d workers", self.settings.host, self.port, self.n)
             self.workers = [self.spawn(i) for i in range(self.n)]
+            if self.stop_signal is not None:  # a signal came while they were being started
+                self._on_signal(self.stop_signal, None)
             return self._watch()
         finally:
             self._kill_all()
