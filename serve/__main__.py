@@ -18,7 +18,7 @@ from resnet import run_cli
 from .api.app import create_app
 from .engine.precision import select_backend
 from .engine.service import check_backend
-from .logs import JsonFormatter, json_logs, setup_logging
+from .logs import JsonFormatter, StderrToLog, json_logs, setup_logging
 from .server import DrainingServer, make_server
 from .settings import Settings, settings_from
 from .siblings import is_worker, watch_parent, worker_sockets
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(server, capture)
 
 
-def _run(server: DrainingServer, capture) -> int:
+def _run(server: DrainingServer, capture: StderrToLog) -> int:
     """Serve until drained: on the settings' address, or in a ``--workers`` worker on the supervisor's sockets."""
     sockets = worker_sockets()
     if sockets is not None:
