@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from resnet import run_cli
 
 from .api.app import create_app
-from .engine.precision import select_backend
-from .engine.service import check_backend
 from .logs import JsonFormatter, json_logs, setup_logging
+from .repository.lifecycle import open_source
 from .server import DrainingServer, make_server
 from .settings import Settings, settings_from
 
@@ -29,13 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
     if settings.model_repository:
         return _serve_repository(settings)
-    backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/engine/precision.py)
-    took = check_backend(backend)  # card vs graph, by one real inference: CardError (exit 1) when they disagree
+    # --model FILE, or DIR + --precision, opened by the lifecycle's one opener before any port opens: card vs graph
+    # by one real inference (CardError, exit 1, when they disagree); the version then lives as the repository's do
+    backend = open_source(settings, settings.model)
     app = create_app(settings, backend)
     server = make_server(app, settings)
     capture = json_logs(settings.log_level)  # from here on every line on stderr is JSON, libraries' too
     log.info("serving %s (%s) on http://%s:%d", backend.card.name, backend.name, settings.host, settings.port)
-    log.info("start-up inference at the card's input size %d took %.3f s", backend.card.input_size, took)
     try:
         server.run()
     finally:
