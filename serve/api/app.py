@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from ..engine.backends import Backend
 from ..metrics import Metrics
 from ..repository.manager import ModelRepository
-from ..settings import ModelControl, Settings
+from ..settings import Settings
 from .http import ApiError, error_response, install_error_handlers
 from .kserve import repository_router
 from .kserve import routers as kserve_routers
@@ -76,12 +76,11 @@ class StaticFallback:
 
 
 async def _run_repository(repo: ModelRepository, backend: Backend | None) -> None:
-    """Load what there is (``--model``: its one version; ``backend`` already opened), then (poll mode) follow the
-    folder."""
+    """Load what there is (``--model``: its one version; ``backend`` already opened), then follow the folder (poll
+    mode)."""
     await repo.start(backend)
     log.info("models: %s", json.dumps(repo.index()))
-    if repo.root is not None and repo.control == ModelControl.POLL:
-        await repo.poll_forever()
+    await repo.follow()
 
 
 def _service_shapes(state: ServeState) -> tuple[int, int]:

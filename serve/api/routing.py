@@ -40,10 +40,8 @@ def server_unavailable(request: Request) -> str | None:
         return "draining"
     if not repo.started:
         return "warming up"
-    loaded = [v.service for v in repo.loaded() if v.state == READY and v.service is not None]
-    if repo.root is None:  # --model: warming up until its one version is ready (once unloaded: 404 by name)
-        return "warming up" if any(not s.ready for s in loaded) else None
-    return None if any(s.ready for s in loaded) else "warming up"
+    ready = [v for v in repo.loaded() if v.state == READY and v.service is not None and v.service.ready]
+    return None if ready else "warming up"
 
 
 def _resolve(request: Request, name: str | None, version: str | None) -> Version:
@@ -92,7 +90,7 @@ async def admit_model(
         v = _resolve(request, model, version)
     except RepositoryError as e:
         if e.status == 400:  # a version that is not a number: a bad query parameter, as topk's
-            raise ApiError(422, "invalid_parameter", f"version: {e.message}") from None
+            raise ApiError(422, "invalid_parameter", e.message) from None
         code = "model_not_found" if e.status == 404 else "unavailable"
         raise ApiError(e.status, code, e.message, {"Retry-After": "1"} if e.retry else None) from None
     with _admitted(request, v) as routed:

@@ -173,7 +173,11 @@ class ModelRepository:
         else:
             self.failed = f"warm-up {v.reason}"
 
-    async def poll_forever(self) -> None:
+    async def follow(self) -> None:
+        """``--model-control-mode poll``: look at the folder every ``--repository-poll-secs`` until the drain (returns
+        at once in the other modes and for ``--model``)."""
+        if self.root is None or self.control != ModelControl.POLL:
+            return
         while not self.draining:
             await asyncio.sleep(self.settings.repository_poll_secs)
             try:
