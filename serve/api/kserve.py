@@ -370,7 +370,8 @@ async def repository_index(request: Request, body: IndexRequest | None = None) -
 
 @repository_router.post(
     "/models/{name}/load",
-    summary="Load (or reload) a model: its versions per the version policy; 400 with the reason when none loads",
+    summary="Load (or reload) a model: its versions per the version policy; 400 with the reason when none loads, "
+    "under model control mode none, or for a name that cannot be a model's",
     responses={s: V2_ERRORS[s] for s in (400, 404)},
 )
 async def repository_load(request: Request, name: str) -> Response:
@@ -383,8 +384,9 @@ async def repository_load(request: Request, name: str) -> Response:
 
 @repository_router.post(
     "/models/{name}/unload",
-    summary="Unload a model: requests already admitted finish first; later ones get 404",
-    responses={404: V2_ERRORS[404]},
+    summary="Unload a model: requests already admitted finish first; later ones get 404; 400 under model control "
+    "mode none or for a name that cannot be a model's",
+    responses={s: V2_ERRORS[s] for s in (400, 404)},
 )
 async def repository_unload(request: Request, name: str) -> Response:
     try:
