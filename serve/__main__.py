@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from resnet import run_cli
 
 from .api.app import create_app
-from .engine.precision import select_backend
-from .engine.service import check_backend
 from .logs import JsonFormatter, StderrToLog, json_logs, setup_logging
+from .repository.lifecycle import open_source
 from .server import DrainingServer, make_server
 from .settings import Settings, settings_from
 from .siblings import is_worker, watch_parent, worker_sockets
@@ -36,13 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(settings, sys.argv[1:] if argv is None else argv, workers)
     if settings.model_repository:
         return _serve_repository(settings)
-    backend = select_backend(settings)  # --model FILE, or DIR + --precision (serve/engine/precision.py)
-    took = check_backend(backend)  # card vs graph, by one real inference: CardError (exit 1) when they disagree
+    # --model FILE, or DIR + --precision, opened by the lifecycle's one opener before any port opens: card vs graph
+    # by one real inference (CardError, exit 1, when they disagree); the version then lives as the repository's do
+    backend = open_source(settings, settings.model)
     app = create_app(settings, backend)
     server = make_server(app, settings)
     capture = json_logs(settings.log_level)  # from here on every line on stderr is JSON, libraries' too
     log.info("serving %s (%s) on http://%s:%d", backend.card.name, backend.name, settings.host, settings.port)
-    log.info("start-up inference at the card's input size %d took %.3f s", backend.card.input_size, took)
     return _run(server, capture)
 
 
@@ -50,7 +49,7 @@ def _run(server: DrainingServer, capture: StderrToLog) -> int:
     """Serve until drained: on the settings' address, or in a ``--workers`` worker on the supervisor's sockets."""
     sockets = worker_sockets()
     if sockets is not None:
-        watch_parent(server.app_ref.state.metrics.refresh)
+        watch_parent(server.app_ref.state.serve.metrics.refresh)
     try:
         server.run(sockets=sockets)
     finally:

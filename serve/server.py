@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .api.protocol import Limits, uvicorn_options
+from .api.state import ServeState
 from .settings import Settings
 
 log = logging.getLogger("serve")
@@ -30,7 +31,8 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
         super().__init__(config)
-        self.app_ref, self.settings = app, settings
+        self.settings = settings
+        self.state: ServeState = app.state.serve  # serve.api.app.create_app's typed state
         self._drain_task: asyncio.Task | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -39,17 +41,15 @@ class DrainingServer(uvicorn.Server):
                 self.force_exit = True
             self.should_exit = True
             return
-        service = getattr(self.app_ref.state, "service", None)
+        service = self.state.service
         if service is not None:
             service.draining = True
-        repository = getattr(self.app_ref.state, "repository", None)
-        if repository is not None:
-            repository.draining = True  # every model version: readiness 503, new requests 503
+        self.state.repository.draining = True  # every model version: readiness 503, new requests 503
         log.info("signal %s: draining (readiness 503, finishing in-flight requests)", signal.Signals(sig).name)
         self._drain_task = asyncio.get_event_loop().create_task(self._drain(time.monotonic()))
 
     async def _drain(self, started: float) -> None:
-        state, s = self.app_ref.state, self.settings
+        state, s = self.state, self.settings
         deadline = started + s.drain_timeout_s
         close_s = min(CLOSE_S, s.drain_timeout_s / 4)
         while time.monotonic() < deadline - close_s:
@@ -74,7 +74,7 @@ class DrainingServer(uvicorn.Server):
 
 def make_server(app: FastAPI, settings: Settings) -> DrainingServer:
     """uvicorn for ``app`` with the settings' address, head limits and timeouts."""
-    metrics = app.state.metrics
+    metrics = app.state.serve.metrics
     limits = Limits(settings.max_header_bytes, settings.max_headers, settings.header_timeout_s)
     config = uvicorn.Config(
         app,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ from resnet.runtime.kinds import PRECISIONS, TORCH_PRECISIONS
 
 ENV_PREFIX = "RESNET_SERVE_"
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+
+
+class ModelControl(str, enum.Enum):
+    """Who changes the loaded models, as Triton's model control modes: ``none`` = nobody after the start (load and
+    unload requests are refused); ``poll`` = the folder (rescanned) and requests; ``explicit`` = requests only."""
+
+    NONE = "none"
+    POLL = "poll"
+    EXPLICIT = "explicit"
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -44,12 +54,21 @@ class Settings:
     )
     model_control_mode: str = _opt(
         "none",
-        "with --model-repository, as Triton names them: none = load what is there at start; poll = also rescan every "
-        "--repository-poll-secs and load, swap and unload versions as the folder changes; explicit = load what is "
-        "there at start, then change only on POST /v2/repository/models/NAME/load|unload",
-        choices=("none", "poll", "explicit"),
+        "as Triton names them: none = serve what is there at start, POST /v2/repository/models/NAME/load|unload "
+        "answer 400; poll = also rescan every --repository-poll-secs and load, swap and unload versions as the folder "
+        "changes (load/unload requests work too); explicit = load what is there at start, then change only on "
+        "POST /v2/repository/models/NAME/load|unload",
+        choices=tuple(m.value for m in ModelControl),
     )
     repository_poll_secs: float = _opt(5.0, "with --model-control-mode poll: seconds between rescans")
+    follow_outside_symlinks: bool = _opt(
+        False,
+        "with --model-repository: follow symlinks (model folders, version folders, files) whose target lies outside "
+        "the repository folder; by default such an entry is UNAVAILABLE with the reason",
+    )
+    max_config_bytes: int = _opt(
+        1 << 20, "with --model-repository: largest config.pbtxt read; a larger one makes its model UNAVAILABLE"
+    )
     default_model: str = _opt(
         "", "the model /classify serves when the request names none; empty = the repository's first model by name"
     )
@@ -237,6 +256,8 @@ class Settings:
             raise UsageError("pass --model or --model-repository, not both")
         if self.repository_poll_secs <= 0:
             raise UsageError(f"--repository-poll-secs must be > 0, not {self.repository_poll_secs}")
+        if self.max_config_bytes <= 0:
+            raise UsageError(f"--max-config-bytes must be > 0, not {self.max_config_bytes}")
         for name in ("max_loaded_models", "max_model_memory_mb"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from resnet.samples import digits_images
+from serve.repository.folder import parse_version
 from serve.repository.manager import READY, UNAVAILABLE, ModelRepository
-from serve.repository.pbtxt import PbtxtError, VersionPolicy, model_config, parse_pbtxt
+from serve.repository.pbtxt import PbtxtError, VersionPolicy, model_config, parse_pbtxt, read_model_config
 from serve.settings import Settings, settings_from
 from tests.serve_support import REPO, Server, encode, until
 
@@ -257,7 +258,8 @@ def test_version_folders_without_a_servable_artifact(digits_onnx_model: Path, tm
     assert rows[("noversions", "")]["reason"] == "no version folder"
     assert not any(name.startswith(".") for name, _ in rows)
     assert "num_versions must be >= 1" in rows[("badconfig", "")]["reason"]
-    assert rows[("badconfig", "1")]["state"] == READY  # the default policy (latest 1) still serves it
+    assert rows[("badconfig", "")]["state"] == UNAVAILABLE and "not loaded" in rows[("badconfig", "")]["reason"]
+    assert ("badconfig", "1") not in rows  # as Triton: a model whose config does not read is not loaded (one row)
 
 
 # ---- settings and config.pbtxt -------------------------------------------------------------------------------------
@@ -344,11 +346,27 @@ def test_export_triton_config_is_read(digits_onnx_model: Path) -> None:
         ("version_policy: { latest {} all {} }", "exactly one"),
         ("max_batch_size: -1", ">= 0"),
         ("max_batch_size: 'x'", "must be an integer"),
+        ('name: "\\x"', "line 1: bad escape"),  # was a UnicodeDecodeError that stopped every scan
+        ("a {" * 3000 + "}" * 3000, "nested more than 32 deep"),  # was a RecursionError
     ],
 )
 def test_pbtxt_errors_say_where(text: str, message: str) -> None:
     with pytest.raises(PbtxtError, match=message):
         model_config(text)
+
+
+def test_a_config_over_the_size_bound_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "config.pbtxt"
+    big.write_text("max_batch_size: 8\n" + "# padding\n" * 200)
+    assert read_model_config(big).max_batch_size == 8
+    with pytest.raises(PbtxtError, match="bytes, over the 1000"):
+        read_model_config(big, max_bytes=1000)
+
+
+def test_version_names_are_plain_ascii_decimal() -> None:
+    assert [parse_version(t) for t in ("0", "12", "007")] == [0, 12, 7]
+    for text in ("\u00b2", "\u0661", "1" * 19, "", "-1", "+1", " 1", "1.0"):
+        assert parse_version(text) is None, text
 
 
 def test_version_policies_select() -> None:

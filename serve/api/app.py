@@ -3,8 +3,9 @@
 
 Routes live in ``serve.api.routes`` and ``serve.api.kserve`` (APIRouters); what they share (error answers, API key, the
 ``admit`` dependency for readiness and in-flight accounting) in ``serve.api.http``; middleware in ``serve.api.middleware``.
-The app talks to the model only through ``app.state.service`` (``serve.service.ClassifyService``); it never touches
-ONNX Runtime, TensorRT or torch.
+The app's state is one typed ``serve.api.state.ServeState`` (the lifespan yields it); models are reached only through
+its ``ModelRepository`` (``--model`` is a one-model repository); the app never touches ONNX Runtime, TensorRT or
+torch.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from ..engine.backends import Backend
-from ..engine.precision import select_backend
-from ..engine.service import ClassifyService
 from ..metrics import Metrics
 from ..repository.manager import ModelRepository
 from ..settings import Settings
@@ -33,38 +32,30 @@ from .kserve import repository_router
 from .kserve import routers as kserve_routers
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, ShutdownGuard
 from .routes import classify_router, docs_router, ops_router
+from .state import ServeState
 
 __all__ = ["ApiError", "create_app", "error_response"]
 log = logging.getLogger("serve.api.app")
 
 
-def _lifespan(settings: Settings, backend: Backend | None):
+def _lifespan(state: ServeState, backend: Backend | None):
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics: Metrics = app.state.metrics
-        repo = ModelRepository(
-            settings,
-            on_batch=lambda v: metrics.model_batch_observer(v.model, v.label),
-            on_change=lambda: _on_repository_change(app),
-        )
-        app.state.repository = repo
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServeState]]:
+        repo, metrics = state.repository, state.metrics
         metrics.watch_versions(lambda: [v for m in repo.models.values() for v in m.versions.values()])
-        tasks = [
-            asyncio.create_task(_serve_repository(repo) if settings.model_repository else _serve_one(app, backend))
-        ]
-        shapes = metrics.batch_shapes  # the default model's serving version (app.state.service)
-        metrics.gauge_function(shapes.labels("warm"), lambda: float(_service_shapes(app)[0]))
-        metrics.gauge_function(shapes.labels("cold"), lambda: float(_service_shapes(app)[1]))
+        task = asyncio.create_task(_run_repository(repo, backend))
+        shapes = metrics.batch_shapes  # the default model's serving version
+        metrics.gauge_function(shapes.labels("warm"), lambda: float(_service_shapes(state)[0]))
+        metrics.gauge_function(shapes.labels("cold"), lambda: float(_service_shapes(state)[1]))
         try:
-            yield
+            yield {"serve": state}
         finally:
             repo.draining = True
-            if app.state.service is not None:
-                app.state.service.draining = True
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if state.service is not None:
+                state.service.draining = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
             await repo.close()
 
     return lifespan
@@ -85,64 +76,46 @@ class StaticFallback:
         await self.files(scope, receive, send)
 
 
-async def _serve_one(app: FastAPI, backend: Backend | None) -> None:
-    """``--model``: load (unless given), register as the one-model repository, warm up; failure -> /healthz 503."""
-    settings, metrics, repo = app.state.settings, app.state.metrics, app.state.repository
-    loaded = backend
-    if loaded is None:
-        loaded = await asyncio.get_running_loop().run_in_executor(None, select_backend, settings)
-    metrics.set_backend(loaded)
-    name = loaded.card.name
-    service = ClassifyService(loaded, settings, on_batch=metrics.model_batch_observer(name, "1"))
-    repo.add_single(name, service)
-    try:
-        await service.start()
-    except Exception as e:  # /healthz and /readyz say why (503); the log has one line
-        app.state.failed = f"warm-up failed: {type(e).__name__}: {e}"
-        log.error("%s", app.state.failed)
+async def _run_repository(repo: ModelRepository, backend: Backend | None) -> None:
+    """Load what there is (``--model``: its one version; ``backend`` already opened), then follow the folder (poll
+    mode)."""
+    await repo.start(backend)
+    log.info("models: %s", json.dumps(repo.index()))
+    await repo.follow()
 
 
-async def _serve_repository(repo: ModelRepository) -> None:
-    """``--model-repository``: load what is there, then (poll mode) follow the folder."""
-    await repo.start()
-    log.info("model repository %s: %s", repo.root, json.dumps(repo.index()))
-    if repo.settings.model_control_mode == "poll":
-        await repo.poll_forever()
-
-
-def _service_shapes(app: FastAPI) -> tuple[int, int]:
-    """(warm, cold) batch shapes of the service ``app.state.service`` names now; (0, 0) before one is loaded."""
-    service = app.state.service
+def _service_shapes(state: ServeState) -> tuple[int, int]:
+    """(warm, cold) batch shapes of the default model's serving version; (0, 0) before one is loaded."""
+    service = state.service
     if service is None:
         return 0, 0
     return service.warm_shapes, len(service.shapes) - service.warm_shapes
 
 
-def _on_repository_change(app: FastAPI) -> None:
-    """Keep ``app.state.service`` (readiness, /healthz, the drain) on the default model's serving version."""
-    repo: ModelRepository = app.state.repository
-    service = repo.default_service()
-    app.state.service = service
-    if repo.root is not None and service is not None:
-        app.state.metrics.set_backend(service.backend)
-
-
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
-    """The FastAPI app. ``backend`` is loaded from ``settings.model`` in the lifespan when not given."""
+    """The FastAPI app. ``backend``: ``--model``'s backend, already opened and checked (opened in the lifespan when
+    not given)."""
+    metrics = Metrics(lambda: float(repo.pending_crops))
+
+    def on_change() -> None:  # the backend info gauge follows the default model's serving version
+        service = repo.default_service()
+        if service is not None:
+            metrics.set_backend(service.backend)
+
+    repo = ModelRepository(
+        settings, on_batch=lambda v: metrics.model_batch_observer(v.model, v.label), on_change=on_change
+    )
+    state = ServeState(settings, metrics, repo)
     app = FastAPI(
         title="resnet-stack serve",
         description="Ten-crop ResNet classification (He et al. 2016) with crop-level dynamic batching.",
         version="0.1.0",
-        lifespan=_lifespan(settings, backend),
+        lifespan=_lifespan(state, backend),
         docs_url=None,  # /docs and /openapi.json are serve.api.routes' own, behind the API key unless --public-metrics
         redoc_url=None,
         openapi_url=None,
     )
-    state = app.state
-    state.settings, state.service, state.failed, state.in_flight = settings, None, None, 0
-    state.repository = None  # serve.repository.ModelRepository, made in the lifespan
-    state.abort = asyncio.Event()  # set at the drain deadline: requests still running are answered 503
-    state.metrics = Metrics(lambda: float(state.repository.pending_crops) if state.repository else 0.0)
+    app.state.serve = state  # the one attribute; routes read the lifespan's copy (serve.api.state.state_of)
     install_error_handlers(app)
     for router in (classify_router, ops_router, docs_router, *kserve_routers, repository_router):
         app.include_router(router)

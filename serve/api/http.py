@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from ..engine.batcher import BackendFailed, QueueFull
 from ..engine.decode import DecodeQueueFull
 from ..engine.service import ClassifyService, ImageError
+from .state import state_of
 from .v2_schema import V2Error
 
 log = logging.getLogger("serve.api.app")
@@ -79,12 +80,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @on(QueueFull)
     async def _full(request: Request, e: QueueFull) -> Response:
-        request.app.state.metrics.rejected.labels("queue_full").inc()
+        state_of(request).metrics.rejected.labels("queue_full").inc()
         return answer(request, 503, "queue_full", f"server busy: {e}; retry shortly", {"Retry-After": "1"})
 
     @on(DecodeQueueFull)
     async def _decode_full(request: Request, e: DecodeQueueFull) -> Response:
-        request.app.state.metrics.rejected.labels("decode_queue_full").inc()
+        state_of(request).metrics.rejected.labels("decode_queue_full").inc()
         return answer(request, 503, "queue_full", f"server busy: {e}; retry shortly", {"Retry-After": "1"})
 
     @on(BackendFailed)
@@ -98,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @on(ClientDisconnect)
     @on(ClientGone)
     async def _gone(request: Request, e: Exception) -> Response:
-        request.app.state.metrics.rejected.labels("client_gone").inc()
+        state_of(request).metrics.rejected.labels("client_gone").inc()
         return Response(status_code=CLIENT_GONE)  # nobody is listening; counted under its own status
 
     @on(RequestValidationError)
@@ -136,7 +137,7 @@ def require_api_key(
     header_key: str | None = Depends(api_key_header),
 ) -> None:
     """With ``--api-key`` set, accept ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (constant-time compare)."""
-    expected: str = request.app.state.settings.api_key
+    expected: str = state_of(request).settings.api_key
     if not expected:
         return
     given = header_key or (creds.credentials if creds else None)
@@ -151,7 +152,7 @@ def require_api_key(
 
 def require_api_key_unless_public(request: Request) -> None:
     """/metrics, /docs and the OpenAPI schema: behind the API key too, unless ``--public-metrics``."""
-    if request.app.state.settings.public_metrics:
+    if state_of(request).settings.public_metrics:
         return
     key = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
@@ -166,7 +167,7 @@ def require_api_key_unless_public(request: Request) -> None:
 
 def unavailable_reason(request: Request) -> str | None:
     """Why the server takes no work now (None when it does)."""
-    state = request.app.state
+    state = state_of(request)
     service: ClassifyService | None = state.service
     if state.failed or (service is not None and service.failed):
         return "failed"
@@ -180,7 +181,7 @@ def unavailable_reason(request: Request) -> str | None:
 async def admit(request: Request) -> AsyncIterator[ClassifyService]:
     """The dependency of every inference route: 503 + Retry-After unless ready; counts the request in flight."""
     why = unavailable_reason(request)
-    state = request.app.state
+    state = state_of(request)
     if why is not None:
         state.metrics.rejected.labels(why.replace(" ", "_")).inc()
         if why == "failed":
@@ -222,8 +223,8 @@ async def within(request: Request, work: Awaitable[T], deadline_s: float, what: 
         await task
     if gone in done:
         raise ClientGone()
-    request.app.state.metrics.rejected.labels("deadline").inc()
-    limit = request.app.state.settings.request_timeout_s
+    state_of(request).metrics.rejected.labels("deadline").inc()
+    limit = state_of(request).settings.request_timeout_s
     raise ApiError(504, "deadline_exceeded", f"no {what} within the {limit:g} s deadline")
 
 

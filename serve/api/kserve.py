@@ -20,7 +20,7 @@ Both tensor encodings of the protocol are accepted and produced: JSON ``data`` a
 output with ``parameters.classification = k`` (tritonclient ``class_count=k``) and get BYTES ``"value:index:label"``.
 
 The request is validated by the pydantic models of ``serve.api.v2_schema`` in a worker thread (a large JSON body never
-holds the event loop). Crops go through the same ``app.state.service`` as ``/classify`` (the shared batching queue)
+holds the event loop). Crops go through the same version's ``ClassifyService`` as ``/classify`` (the shared batching queue)
 and the same admission dependency (``serve.http.admit``). Errors use the protocol's shape ``{"error": "message"}``
 (statuses of docs/DESIGN.md §4: 400 bad tensor, 404 unknown model, 413/415 image limits, 503 + Retry-After, 504
 deadline); the shared API-key check answers 401 with the server's usual error body.
@@ -47,6 +47,7 @@ from ..engine.service import ClassifyService
 from ..repository.manager import RepositoryError, Version
 from .http import read_body, require_api_key, within
 from .routing import Routed, admit_v2, server_unavailable, v2_version
+from .state import state_of
 from .v2_schema import (
     HEADER_LENGTH,
     IMAGE_INPUT,
@@ -104,7 +105,7 @@ def backend_kind(backend_name: str) -> str:
 
 
 def _versions(request: Request, name: str) -> list[str]:
-    model = request.app.state.repository.models.get(name)
+    model = state_of(request).repository.models.get(name)
     return [str(n) for n in sorted(model.serving)] if model is not None else []
 
 
@@ -145,7 +146,7 @@ async def _run(request: Request, service: ClassifyService, parsed: Parsed, deadl
     images = parsed.values
     work = service.classify(images, parsed.crops, len(service.labels))
     out = await within(request, work, deadline - time.perf_counter())
-    request.app.state.metrics.images.inc(len(images))
+    state_of(request).metrics.images.inc(len(images))
     probs = np.zeros((len(images), len(service.labels)), dtype=np.float32)
     for row, top in enumerate(out.results):
         for entry in top:
@@ -156,7 +157,7 @@ async def _run(request: Request, service: ClassifyService, parsed: Parsed, deadl
 async def infer(request: Request, routed: Routed) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer on the version the path names (no version: the highest)."""
     started = time.perf_counter()
-    settings = request.app.state.settings
+    settings = state_of(request).settings
     deadline = started + settings.request_timeout_s
     service = routed.service
     encoding = request.headers.get("content-encoding", "identity").lower()
@@ -364,17 +365,18 @@ def _repository_error(e: RepositoryError) -> V2Error:
 
 @repository_router.post("/index", response_model=list[IndexEntry], summary="Every model and version, with its state")
 async def repository_index(request: Request, body: IndexRequest | None = None) -> Any:
-    return request.app.state.repository.index(ready_only=bool(body and body.ready))
+    return state_of(request).repository.index(ready_only=bool(body and body.ready))
 
 
 @repository_router.post(
     "/models/{name}/load",
-    summary="Load (or reload) a model: its versions per the version policy; 400 with the reason when none loads",
+    summary="Load (or reload) a model: its versions per the version policy; 400 with the reason when none loads, "
+    "under model control mode none, or for a name that cannot be a model's",
     responses={s: V2_ERRORS[s] for s in (400, 404)},
 )
 async def repository_load(request: Request, name: str) -> Response:
     try:
-        await request.app.state.repository.load(name)
+        await state_of(request).repository.load(name)
     except RepositoryError as e:
         raise _repository_error(e) from None
     return JSONResponse({})
@@ -382,12 +384,13 @@ async def repository_load(request: Request, name: str) -> Response:
 
 @repository_router.post(
     "/models/{name}/unload",
-    summary="Unload a model: requests already admitted finish first; later ones get 404",
-    responses={404: V2_ERRORS[404]},
+    summary="Unload a model: requests already admitted finish first; later ones get 404; 400 under model control "
+    "mode none or for a name that cannot be a model's",
+    responses={s: V2_ERRORS[s] for s in (400, 404)},
 )
 async def repository_unload(request: Request, name: str) -> Response:
     try:
-        await request.app.state.repository.unload(name)
+        await state_of(request).repository.unload(name)
     except RepositoryError as e:
         raise _repository_error(e) from None
     return JSONResponse({})

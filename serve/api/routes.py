@@ -1,5 +1,5 @@
 """The server's own routes: ``classify`` (POST /classify) and ``ops`` (/healthz, /readyz, /metrics, /docs and the
-OpenAPI schema). They reach the model only through ``app.state.service`` (``serve.service.ClassifyService``)."""
+OpenAPI schema). They reach models only through the typed state's repository (``serve.api.state``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from .http import (
 )
 from .routing import Routed, admit_model, server_unavailable
 from .schemas import ClassifyResponse, ErrorResponse, Health, ImageResult, Timings
+from .state import state_of
 
 RAW_TYPES = ("image/", "application/octet-stream")
 
@@ -104,8 +105,8 @@ async def classify(
 ) -> ClassifyResponse:
     started = time.perf_counter()
     service = routed.service
-    settings: Settings = request.app.state.settings
-    metrics = request.app.state.metrics
+    settings: Settings = state_of(request).settings
+    metrics = state_of(request).metrics
     deadline = started + settings.request_timeout_s
     if topk > len(service.labels):
         raise ApiError(422, "invalid_parameter", f"topk: must be <= {len(service.labels)} (the model's classes)")
@@ -143,7 +144,7 @@ async def classify_wrong_method(request: Request) -> JSONResponse:
 
 
 def _failure(request: Request) -> str | None:
-    state = request.app.state
+    state = state_of(request)
     return state.failed or (state.service.failed if state.service is not None else None)
 
 
@@ -160,7 +161,7 @@ async def healthz(request: Request) -> Any:
 async def readyz(request: Request) -> Any:
     """200 once the model (with a repository: at least one model version) is loaded and warmed up; 503 before,
     while draining, and once failed."""
-    service = request.app.state.service
+    service = state_of(request).service
     why = server_unavailable(request)
     if why == "failed":
         return JSONResponse(Health(status="failed", detail=_failure(request)).model_dump(), status_code=503)
@@ -186,7 +187,7 @@ async def readyz(request: Request) -> Any:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}, **openapi_errors(401)},
 )
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @docs_router.get("/openapi.json")

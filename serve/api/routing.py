@@ -1,9 +1,9 @@
 """Which model version a request goes to, and whether the server takes it: the admission dependencies of /classify
-(``?model=NAME&version=V``) and of KServe v2 (``/v2/models/NAME[/versions/V]``) over ``app.state.repository``.
+(``?model=NAME&version=V``) and of KServe v2 (``/v2/models/NAME[/versions/V]``) over the state's ``ModelRepository``.
 
 Admission resolves the version and takes a lease on it in one step (no ``await`` between), so a version switched
 away from while the request runs is closed only after the request is done. The request counts in flight for the
-SIGTERM drain as everywhere (``app.state.in_flight``).
+SIGTERM drain as everywhere (``ServeState.in_flight``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from fastapi import Query, Request
 
 from ..engine.service import ClassifyService
-from ..repository.manager import READY, ModelRepository, RepositoryError, Version
+from ..repository.manager import READY, RepositoryError, Version
 from .http import ApiError
+from .state import state_of
 from .v2_schema import V2Error
 
 
@@ -31,24 +32,20 @@ class Routed:
 
 def server_unavailable(request: Request) -> str | None:
     """Why the server as a whole takes no work now (None when it does): failed, draining or warming up."""
-    state = request.app.state
-    repo: ModelRepository | None = getattr(state, "repository", None)
-    service: ClassifyService | None = state.service
+    state = state_of(request)
+    repo, service = state.repository, state.service
     if state.failed or (service is not None and service.failed):  # as /healthz: the default model's backend failed
         return "failed"
-    if (repo is not None and repo.draining) or (service is not None and service.draining):
+    if repo.draining or (service is not None and service.draining):
         return "draining"
-    if repo is None or not repo.started:
+    if not repo.started:
         return "warming up"
-    loaded = [v.service for v in repo.loaded() if v.state == READY and v.service is not None]
-    if repo.root is None:  # --model: warming up until its one version is ready (once unloaded: 404 by name)
-        return "warming up" if any(not s.ready for s in loaded) else None
-    return None if any(s.ready for s in loaded) else "warming up"
+    ready = [v for v in repo.loaded() if v.state == READY and v.service is not None and v.service.ready]
+    return None if ready else "warming up"
 
 
 def _resolve(request: Request, name: str | None, version: str | None) -> Version:
-    repo: ModelRepository = request.app.state.repository
-    v = repo.resolve(name, version)
+    v = state_of(request).repository.resolve(name, version)
     service = v.service
     if service is None or not service.ready:
         raise RepositoryError(503, f"model '{v.model}' version {v.label} is warming up; retry shortly", retry=True)
@@ -59,13 +56,13 @@ def _resolve(request: Request, name: str | None, version: str | None) -> Version
 
 @contextlib.contextmanager
 def _admitted(request: Request, v: Version) -> Iterator[Routed]:
-    state = request.app.state
+    state = state_of(request)
     metrics = state.metrics
     state.in_flight += 1
     metrics.in_flight.inc()
     outcome = "error"
     try:
-        with state.repository.lease(v) as service:
+        with v.lease() as service:
             yield Routed(v.model, v.label, service)
             outcome = "ok"
     finally:
@@ -83,7 +80,7 @@ async def admit_model(
     loaded (the server's error body); the request then runs on that version."""
     why = server_unavailable(request)
     if why is not None:
-        state = request.app.state
+        state = state_of(request)
         state.metrics.rejected.labels(why.replace(" ", "_")).inc()
         if why == "failed":
             reason = state.failed or (state.service.failed if state.service else "")
@@ -92,6 +89,8 @@ async def admit_model(
     try:
         v = _resolve(request, model, version)
     except RepositoryError as e:
+        if e.status == 400:  # a version that is not a number: a bad query parameter, as topk's
+            raise ApiError(422, "invalid_parameter", e.message) from None
         code = "model_not_found" if e.status == 404 else "unavailable"
         raise ApiError(e.status, code, e.message, {"Retry-After": "1"} if e.retry else None) from None
     with _admitted(request, v) as routed:
@@ -102,7 +101,7 @@ def v2_version(request: Request, name: str, version: str | None) -> Version:
     """The version a /v2/models route names; ``V2Error`` 404/503 in the protocol's error shape."""
     why = server_unavailable(request)
     if why is not None:
-        request.app.state.metrics.rejected.labels(why.replace(" ", "_")).inc()
+        state_of(request).metrics.rejected.labels(why.replace(" ", "_")).inc()
         headers = {} if why == "failed" else {"Retry-After": "1"}
         raise V2Error(503, f"server is {'not ready (warming up)' if why == 'warming up' else why}", headers)
     try:

@@ -1,8 +1,8 @@
 """The inference service the HTTP layers call: images in, ten-crop (centre, multi-scale) top-k out (docs/DESIGN.md
 §3-4).
 
-This is the narrow interface the protocol routers (``/classify`` in ``serve/api/app.py``, KServe v2 in ``serve/api/kserve.py``) use
-via ``app.state.service``:
+This is the narrow interface the protocol routers (``/classify`` in ``serve/api/routes.py``, KServe v2 in
+``serve/api/kserve.py``) use on the model version ``serve.api.routing`` admitted them to:
 
 - ``await service.classify(images: list[bytes], crops="ten"|"center"|"multiscale", topk=5) -> Classified``
 - ``await service.infer_crops(batch: np.ndarray) -> np.ndarray`` (normalised float32 ``[N, 3, S, S]`` -> logits)

@@ -3,197 +3,58 @@
 Layout (Triton's; ``export.triton`` writes it)::
 
     ROOT/<name>/config.pbtxt            optional: version_policy (latest N | specific | all), max_batch_size
-    ROOT/<name>/<version>/<artifact>    version = a whole number; artifact = .onnx/.fp16.onnx/.int8.onnx/.plan/.pt
+    ROOT/<name>/<version>/<artifact>    version = ASCII decimal; artifact = .onnx/.fp16.onnx/.int8.onnx/.plan/.pt
     ROOT/<name>/<artifact>.parity.json  optional: a parity report export.triton keeps beside the versions
 
-Each loaded version owns one ``ClassifyService`` (backend + batcher + decode pool), exactly what one ``--model``
-server runs. ``--model PATH`` is a one-model repository (the card's name, version 1) that never rescans.
+Every version lives the one life of ``serve.repository.lifecycle.Version`` (open, warm, serve, drain, close);
+``--model PATH`` is a one-model repository (the card's name, version 1) with no folder to look at. This module
+decides *when*: the first look, polls (``--model-control-mode poll``), load/unload requests (refused under
+``none``) and the version policy.
 
-A new version is opened, checked (card vs graph by one real inference, parity report), warmed up at every batch
-shape and only then switched to: ``Model.serving`` is replaced whole, so a request sees the old set or the new one,
-never a mix. Requests already admitted hold a lease on their version (``lease``); an old version is closed when its
-leases are gone. A version that fails is ``UNAVAILABLE`` with its reason and is retried only when its files change;
-whatever served before keeps serving.
+A new version is opened, checked, warmed up and only then switched to: ``Model.serving`` is replaced whole, so a
+request sees the old set or the new one, never a mix. An old version is closed when its leases are gone. A version
+that fails is ``UNAVAILABLE`` with its reason and is retried only when its files change; whatever served before keeps
+serving. One bad entry (``serve.repository.folder``) is one UNAVAILABLE row; the other models go on.
 
 A version folder is taken as complete when two looks ``SETTLE_S`` apart find the same file names, sizes and
-modification times, and it then must load (its card parses); writers that rename a finished folder into place
-(``export.triton`` does) are never seen half-written at all.
+modification times; writers that rename a finished folder into place (``export.triton`` does) are never seen
+half-written at all. Every look at the folder runs off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import logging
-import os
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from resnet import UserError
-from resnet.artifacts import artifact_kind, report_path
+from resnet.artifacts import artifact_kind
 
 from ..engine.backends import Backend
-from ..engine.precision import gate_verdict, select_backend
-from ..engine.service import ClassifyService, check_backend
-from ..settings import Settings
-from .pbtxt import ModelConfig, PbtxtError, read_model_config
+from ..engine.service import ClassifyService
+from ..settings import ModelControl, Settings
+from .folder import ModelLook, Refused, artifacts_in, estimate_bytes, fingerprint, look, name_problem, parse_version
+from .lifecycle import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    BatchObserver,
+    Model,
+    RepositoryError,
+    Version,
+    check_room,
+    open_folder,
+    open_source,
+)
 
+__all__ = ["LOADING", "READY", "UNAVAILABLE", "Model", "ModelRepository", "RepositoryError", "Version"]
 log = logging.getLogger("serve.repository.manager")
 
-READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
-CONFIG_FILE = "config.pbtxt"
 SETTLE_S = 0.2  # two looks this far apart must agree before a version folder counts as complete
 SESSION_OVERHEAD = 112 << 20  # per session beyond its weights (arena, graph, threads); a ResNet-50 measured ~110
-MEMORY_RESERVE = 0.1  # of MemAvailable kept free when --max-model-memory-mb is 0
-ARTIFACT_SUFFIXES = (".onnx", ".plan", ".engine", ".pt", ".pth", ".ckpt")
-REDUCED = ("fp16", "int8")
-
-
-class RepositoryError(Exception):
-    """A request for a model or version the repository cannot answer: status (404 unknown/unloaded, 503 loading,
-    400 refused load) and one line."""
-
-    def __init__(self, status: int, message: str, retry: bool = False) -> None:
-        super().__init__(message)
-        self.status, self.message, self.retry = status, message, retry
-
-
-@dataclass(eq=False)
-class Version:
-    """One version of one model, in any state. ``service`` is set while it is loaded (READY, or retiring)."""
-
-    model: str
-    number: int
-    path: Path | None
-    state: str = LOADING
-    reason: str = ""
-    service: ClassifyService | None = None
-    fingerprint: tuple = ()
-    failed: bool = False  # the last load failed: not retried until the fingerprint changes
-    leases: int = 0
-    estimate: int = 0  # bytes, see estimate_bytes
-
-    @property
-    def label(self) -> str:
-        return str(self.number)
-
-
-@dataclass(eq=False)
-class Model:
-    name: str
-    path: Path | None  # None: --model's one-model repository
-    config: ModelConfig = field(default_factory=ModelConfig)
-    config_error: str = ""
-    versions: dict[int, Version] = field(default_factory=dict)
-    serving: dict[int, Version] = field(default_factory=dict)  # replaced whole: the atomic switch
-    unloaded: bool = False  # unloaded by request: no poll reloads it, only a load request
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def latest(self) -> Version | None:
-        serving = self.serving
-        return serving[max(serving)] if serving else None
-
-
-# ---- the folder ----------------------------------------------------------------------------------------------------
-
-
-def scan(root: Path) -> dict[str, dict[int, Path]]:
-    """``{model name: {version: folder}}`` of a repository folder; hidden entries (staging folders) are skipped."""
-    found: dict[str, dict[int, Path]] = {}
-    for mdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found[mdir.name] = {
-            int(v.name): v for v in mdir.iterdir() if v.is_dir() and v.name.isdigit() and not v.name.startswith(".")
-        }
-    return found
-
-
-def fingerprint(folder: Path) -> tuple:
-    """(name, size, mtime) of every file under ``folder``: equal twice in a row = nobody is writing it."""
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            p = Path(dirpath) / name
-            with contextlib.suppress(OSError):
-                st = p.stat()
-                rows.append((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns))
-    return tuple(sorted(rows))
-
-
-def artifacts_in(folder: Path) -> list[Path]:
-    """The servable artifacts of a version folder (not reports, sidecars, rejected candidates or hidden files)."""
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.endswith(ARTIFACT_SUFFIXES)
-    )
-
-
-def estimate_bytes(files: list[Path], sessions: int) -> int:
-    """Memory a version takes once loaded: its weights (the artifact's bytes: parameters x bytes per precision,
-    external data included) once per session, plus ``SESSION_OVERHEAD`` per session. Every artifact of the folder
-    counts: ``--precision auto`` loads each to time it."""
-    weights = 0
-    for f in files:
-        with contextlib.suppress(OSError):
-            weights += f.stat().st_size
-            weights += sum(x.stat().st_size for x in f.parent.iterdir() if x.name.startswith(f.name + ".data"))
-    return weights * sessions + SESSION_OVERHEAD * sessions
-
-
-def memory_available() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _gate(artifact: Path, model_dir: Path) -> str:
-    """Why ``artifact`` may not be served by its parity report (empty = it may). A report beside it or (export.triton)
-    beside the versions that says failed refuses it; a reduced-precision graph needs a passing one."""
-    reports = [report_path(artifact), model_dir / report_path(artifact).name]
-    found = next((r for r in reports if r.is_file()), None)
-    kind = artifact_kind(artifact)
-    if found is not None:
-        return gate_verdict(found.with_name(found.name[: -len(".parity.json")]))
-    if kind == "onnx":
-        from resnet.onnx_card import read_onnx_card
-
-        precision = read_onnx_card(artifact).precision  # CardError: the card does not parse (half-written, foreign)
-        if precision in REDUCED:
-            return f"a {precision} graph needs a passing parity report ({report_path(artifact).name}); none found"
-    return ""
-
-
-def open_version(folder: Path, model_dir: Path, settings: Settings) -> Backend:
-    """Load and check the backend of one version folder (blocking): one artifact is served as ``--model FILE``, several
-    as ``--model DIR --precision`` (serve.engine.precision). Raises ``UserError`` with the reason it cannot be served."""
-    files = artifacts_in(folder)
-    if not files:
-        raise UserError(f"no artifact in {folder.name}/ (expected one of {', '.join(ARTIFACT_SUFFIXES)})")
-    if len(files) == 1:
-        why = _gate(files[0], model_dir)
-        if why:
-            raise UserError(f"{files[0].name}: {why}")
-        target = files[0]
-    else:
-        target = folder
-    backend = select_backend(dataclasses.replace(settings, model=str(target), model_repository=""))
-    check_backend(backend)  # card vs graph by one real inference: CardError when they disagree
-    return backend
-
-
-def _one_line(e: BaseException) -> str:
-    text = "; ".join(ln.strip() for ln in str(e).strip().splitlines() if ln.strip()) or type(e).__name__
-    return (text if isinstance(e, UserError) else f"{type(e).__name__}: {text}")[:400]
-
-
-# ---- the repository ------------------------------------------------------------------------------------------------
 
 
 class ModelRepository:
@@ -202,14 +63,16 @@ class ModelRepository:
     def __init__(
         self,
         settings: Settings,
-        on_batch: Callable[[Version], Callable[[int, int, float], None]] | None = None,
+        on_batch: Callable[[Version], BatchObserver] | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.root = Path(settings.model_repository) if settings.model_repository else None
+        self.root = Path(settings.model_repository) if settings.model_repository else None  # None: --model
+        self.control = ModelControl(settings.model_control_mode)
         self.models: dict[str, Model] = {}
         self.draining = False
-        self.started = False  # the first scan has been loaded
+        self.started = False  # the first look has been loaded
+        self.failed: str | None = None  # --model: its one version did not open or warm up (a restart is needed)
         self._on_batch = on_batch
         self._on_change = on_change or (lambda: None)
         self._retiring: set[asyncio.Task] = set()
@@ -229,8 +92,8 @@ class ModelRepository:
         return latest.service if latest else None
 
     def resolve(self, name: str | None, version: str | None = None) -> Version:
-        """The version a request goes to (no version: the model's highest one serving). ``RepositoryError`` 404 for
-        an unknown model or a version not loaded, 503 (retry) while it loads."""
+        """The version a request goes to (no version: the model's highest one serving). ``RepositoryError`` 400 for a
+        version that is not plain decimal, 404 for an unknown model or a version not loaded, 503 while it loads."""
         if not name:
             name = self.default_name
             if name is None:
@@ -238,7 +101,7 @@ class ModelRepository:
         model = self.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise RepositoryError(404, f"unknown model '{name}'; this server serves: {known}")
+            raise RepositoryError(404, f"unknown model '{name[:80]}'; this server serves: {known}")
         if version in (None, ""):
             latest = model.latest()
             if latest is not None:
@@ -247,30 +110,21 @@ class ModelRepository:
                 raise RepositoryError(503, f"model '{name}' is loading; retry shortly", retry=True)
             why = "; ".join(f"version {v.number}: {v.state} ({v.reason})" for v in model.versions.values())
             raise RepositoryError(404, f"model '{name}' has no version loaded" + (f" ({why})" if why else ""))
-        number = int(version) if str(version).isdigit() else None
-        found = model.serving.get(number) if number is not None else None
+        number = parse_version(version)
+        if number is None:
+            raise RepositoryError(400, f"version must be a plain decimal number, not '{version[:40]}'")
+        found = model.serving.get(number)
         if found is not None:
             return found
-        known = model.versions.get(number) if number is not None else None
+        known = model.versions.get(number)
         if known is not None and known.state == LOADING:
             raise RepositoryError(503, f"model '{name}' version {version} is loading; retry shortly", retry=True)
         state = f": {known.state} ({known.reason})" if known is not None else ""
         raise RepositoryError(404, f"model '{name}' has no version '{version}' loaded{state}")
 
-    @contextlib.contextmanager
-    def lease(self, version: Version) -> Iterator[ClassifyService]:
-        """Hold ``version`` while a request runs on it: it is not closed before every lease is given back."""
-        service = version.service
-        assert service is not None
-        version.leases += 1
-        try:
-            yield service
-        finally:
-            version.leases -= 1
-
     @property
     def pending_crops(self) -> int:
-        return sum(v.service.pending_crops for m in self.models.values() for v in m.versions.values() if v.service)
+        return sum(v.service.pending_crops for v in self.loaded() if v.service is not None)
 
     def loaded(self) -> list[Version]:
         return [v for m in self.models.values() for v in m.versions.values() if v.service is not None]
@@ -280,134 +134,155 @@ class ModelRepository:
         rows = []
         for name in sorted(self.models):
             model = self.models[name]
-            if model.config_error:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": model.config_error})
-            if not model.versions and not model.config_error:
+            for why in ([model.config_error] if model.config_error else []) + model.problems:
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": why})
+            if not model.versions and not model.config_error and not model.problems:
                 rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": "no version folder"})
             for number in sorted(model.versions):
                 v = model.versions[number]
-                if not ready_only or v.state == READY:
-                    rows.append({"name": name, "version": v.label, "state": v.state, "reason": v.reason})
+                rows.append({"name": name, "version": v.label, "state": v.state, "reason": v.reason})
         return [r for r in rows if not ready_only or r["state"] == READY]
 
     # -- start, poll, close --
 
-    def add_single(self, name: str, service: ClassifyService) -> Version:
-        """``--model``: one model, version 1, already built (warmed up by the app's lifespan)."""
-        model = Model(name, None)
-        v = Version(name, 1, None, READY, "", service)
-        model.versions[1] = v
-        model.serving = {1: v}
-        self.models[name] = model
-        self.started = True
-        self._on_change()
-        return v
-
-    async def start(self) -> None:
-        """Load every model of the repository folder (the first scan)."""
-        await self.sync()
+    async def start(self, backend: Backend | None = None) -> None:
+        """The first load: ``--model``'s one version (``backend``: already opened and checked), or every model of
+        the repository folder."""
+        if self.root is None:
+            await self._start_one(backend)
+        else:
+            await self.sync()
         self.started = True
         self._on_change()
 
-    async def poll_forever(self) -> None:
+    async def _start_one(self, backend: Backend | None) -> None:
+        if backend is None:
+            try:
+                backend = await asyncio.get_running_loop().run_in_executor(
+                    None, open_source, self.settings, self.settings.model
+                )
+            except Exception as e:  # /healthz and /readyz say why (503)
+                self.failed = f"load failed: {type(e).__name__}: {e}"
+                log.error("%s", self.failed)
+                return
+        name = backend.card.name
+        v = Version(name, 1, lambda s: open_source(s, s.model))
+        model = self.models[name] = Model(name, None, versions={1: v})
+        if await v.open(self.settings, self._observer(v), backend):
+            model.serving = {1: v}
+        else:
+            self.failed = f"warm-up {v.reason}"
+
+    async def follow(self) -> None:
+        """``--model-control-mode poll``: look at the folder every ``--repository-poll-secs`` until the drain (returns
+        at once in the other modes and for ``--model``)."""
+        if self.root is None or self.control != ModelControl.POLL:
+            return
         while not self.draining:
             await asyncio.sleep(self.settings.repository_poll_secs)
             try:
                 await self.sync()
-            except Exception:  # a scan must never stop the polling; the log says why
+            except Exception:  # a look must never stop the polling; the log says why
                 log.exception("repository scan failed")
 
     async def sync(self, only: str | None = None, force: bool = False) -> None:
-        """Rescan the folder and bring each model (or only ``only``) in line with it."""
+        """Look at the folder (off the event loop) and bring each model (or only ``only``) in line with it."""
         if self.root is None:
             return
-        try:
-            found = await asyncio.get_running_loop().run_in_executor(None, scan, self.root)
-        except OSError as e:
-            log.error("cannot scan the model repository %s: %s", self.root, e)
+        s = self.settings
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, look, self.root, only, s.follow_outside_symlinks, s.max_config_bytes
+        )
+        if isinstance(found, str):
+            log.error("%s", found)
             return
-        for name, versions in found.items():
-            if only is not None and name != only:
-                continue
+        gone = [n for n, m in self.models.items() if n not in found and m.path is not None and only in (None, n)]
+        for name in [*found, *gone]:
             model = self.models.setdefault(name, Model(name, self.root / name))
             if model.unloaded and not force:
                 continue
             async with model.lock:
-                await self._sync_model(model, versions)
-        for name, model in list(self.models.items()):
-            if name not in found and model.path is not None and (only is None or only == name):
-                async with model.lock:
-                    await self._sync_model(model, {})
+                try:
+                    await self._sync_model(model, found.get(name) or ModelLook(name, self.root / name))
+                except Exception as e:  # one model's trouble is its own row; the others go on
+                    log.exception("model %s: look failed", name)
+                    model.problems = [f"not looked at: {type(e).__name__}: {e}"[:400]]
+                    self._on_change()
 
-    async def _sync_model(self, model: Model, on_disk: dict[int, Path]) -> None:
-        assert model.path is not None
-        try:
-            model.config = read_model_config(model.path / CONFIG_FILE)
-            model.config_error = ""
-        except PbtxtError as e:
-            model.config_error = (
-                f"{CONFIG_FILE} not read ({e}); keeping the version policy {model.config.policy.describe()}"
-            )
+    async def _sync_model(self, model: Model, found: ModelLook) -> None:
+        model.problems = found.problems
+        if found.config is not None:
+            model.config, model.config_error = found.config, ""
+        elif found.config_error:
+            keep = f"keeping the version policy {model.config.policy.describe()}" if model.serving else "not loaded"
+            model.config_error = f"{found.config_error}; {keep}"
         for number, v in model.versions.items():
-            if number not in on_disk and v.state != UNAVAILABLE:
+            if number not in found.versions and v.state != UNAVAILABLE:
                 v.state, v.reason = UNAVAILABLE, "removed from the repository"
-        prints = {n: fingerprint(p) for n, p in on_disk.items()}
+        for number, why in found.refused.items():
+            v = model.versions.get(number)
+            if v is None or v.service is None:
+                v = model.versions[number] = self._version(model, number, found.versions[number])
+                v.state, v.reason = UNAVAILABLE, why
+        if (found.problems and not found.versions) or (found.config_error and not model.serving):
+            self._on_change()
+            return  # the model as a whole is refused: nothing new loads until the folder is fixed
+        usable = {n: p for n, p in found.versions.items() if n not in found.refused}
         tried: set[int] = set()
         while True:
             candidates = [
                 n
-                for n in on_disk
-                if not (n in model.versions and model.versions[n].failed and model.versions[n].fingerprint == prints[n])
+                for n in usable
+                if not (
+                    n in model.versions
+                    and model.versions[n].failed
+                    and model.versions[n].fingerprint == found.prints[n]
+                )
             ]
             wanted = model.config.policy.select(candidates)
             todo = [n for n in wanted if n not in model.serving and n not in tried]
             if not todo:
                 break
-            number = todo[0]
-            tried.add(number)
-            await self._load(model, number, on_disk[number])
-            prints[number] = model.versions[number].fingerprint
-        self._switch(model, wanted, set(on_disk))
+            tried.add(todo[0])
+            await self._load(model, todo[0], usable[todo[0]])
+        self._switch(model, wanted, set(usable))
+
+    def _version(self, model: Model, number: int, folder: Path) -> Version:
+        assert model.path is not None
+        opener = functools.partial(open_folder, folder=folder, model_dir=model.path)
+        return Version(model.name, number, opener, folder)
+
+    def _observer(self, v: Version) -> BatchObserver | None:
+        return self._on_batch(v) if self._on_batch else None
 
     async def _load(self, model: Model, number: int, folder: Path) -> None:
         """Load one version beside whatever serves (LOADING, then READY or UNAVAILABLE with the reason)."""
         v = model.versions.get(number)
         if v is None or v.service is not None:
-            v = model.versions[number] = Version(model.name, number, folder)
+            v = model.versions[number] = self._version(model, number, folder)
         v.state, v.reason, v.failed = LOADING, "loading", False
         self._on_change()
-        first = fingerprint(folder)
-        await asyncio.sleep(SETTLE_S)
-        v.fingerprint = fingerprint(folder)
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        try:
+            first = await loop.run_in_executor(None, fingerprint, folder, self.root, s.follow_outside_symlinks)
+            await asyncio.sleep(SETTLE_S)
+            v.fingerprint = await loop.run_in_executor(None, fingerprint, folder, self.root, s.follow_outside_symlinks)
+        except (Refused, OSError) as e:
+            v.state, v.reason, v.fingerprint = UNAVAILABLE, str(e), ()
+            self._on_change()
+            return
         if first != v.fingerprint:
             v.state, v.reason = UNAVAILABLE, "files still changing; looked at again at the next scan or load request"
             v.fingerprint = ()  # not a failure: the next scan looks again
             return
-        started = time.perf_counter()
         try:
             self._check_room(model, v, folder)
-            settings = self._settings_for(model)
-            backend = await asyncio.get_running_loop().run_in_executor(
-                None, open_version, folder, model.path or folder, settings
-            )
-            service = ClassifyService(backend, settings, on_batch=self._on_batch(v) if self._on_batch else None)
-            v.service = service
-            await service.start()
-        except Exception as e:  # the reason goes to the index; the serving version stays
-            await self._close(v)
-            v.state, v.reason, v.failed = UNAVAILABLE, f"failed to load: {_one_line(e)}", True
-            log.warning("model %s version %d not loaded: %s", model.name, number, v.reason)
+        except UserError as e:
+            v.state, v.reason, v.failed = UNAVAILABLE, f"failed to load: {e}", True
             self._on_change()
             return
-        v.state, v.reason = READY, ""
-        log.info(
-            "model %s version %d loaded and warmed up in %.2f s (%s, estimate %d MiB)",
-            model.name,
-            number,
-            time.perf_counter() - started,
-            v.service.backend_name,
-            v.estimate >> 20,
-        )
+        await v.open(self._settings_for(model), self._observer(v))
         self._on_change()
 
     def _settings_for(self, model: Model) -> Settings:
@@ -419,31 +294,12 @@ class ModelRepository:
 
     def _check_room(self, model: Model, v: Version, folder: Path) -> None:
         """Refuse a load that would exceed ``--max-loaded-models`` or the memory bound (UserError with the numbers)."""
-        s = self.settings
         files = artifacts_in(folder)
         onnx = any(artifact_kind(f) == "onnx" for f in files)
-        v.estimate = estimate_bytes(files, 2 if onnx and s.multiscale != "off" else 1)
-        loaded = [x for x in self.loaded() if x is not v]
-        replaced = 1 if model.config.policy.kind == "latest" and len(model.serving) >= model.config.policy.num else 0
-        if s.max_loaded_models and len(loaded) - replaced + 1 > s.max_loaded_models:
-            raise UserError(
-                f"refused: {len(loaded)} model versions are loaded and --max-loaded-models is {s.max_loaded_models}"
-            )
-        mib = 1 << 20
-        if s.max_model_memory_mb:
-            used = sum(x.estimate for x in loaded)
-            if used + v.estimate > s.max_model_memory_mb * mib:
-                raise UserError(
-                    f"refused: needs about {v.estimate / mib:.0f} MiB (weights x sessions + overhead), "
-                    f"{used / mib:.0f} MiB of --max-model-memory-mb {s.max_model_memory_mb} are taken"
-                )
-        else:
-            free = memory_available()
-            if free is not None and v.estimate > free * (1 - MEMORY_RESERVE):
-                raise UserError(
-                    f"refused: needs about {v.estimate / mib:.0f} MiB (weights x sessions + overhead), the machine "
-                    f"has {free / mib:.0f} MiB available"
-                )
+        v.estimate = estimate_bytes(files, 2 if onnx and self.settings.multiscale != "off" else 1, SESSION_OVERHEAD)
+        policy = model.config.policy
+        replaced = 1 if policy.kind == "latest" and len(model.serving) >= policy.num else 0
+        check_room(self.settings, v.estimate, [x.estimate for x in self.loaded() if x is not v], replaced)
 
     def _switch(self, model: Model, wanted: list[int], on_disk: set[int]) -> None:
         """Serve the READY versions of ``wanted`` (atomically); retire the rest once their requests are done. When
@@ -465,39 +321,48 @@ class ModelRepository:
     def _retire(self, v: Version, reason: str) -> None:
         if v.state != UNAVAILABLE or not v.reason:
             v.state, v.reason = UNAVAILABLE, reason
-        task = asyncio.ensure_future(self._drain_and_close(v))
+
+        async def retire() -> None:
+            await v.retire(reason, self.settings.request_timeout_s + 1.0)
+            self._on_change()
+
+        task = asyncio.ensure_future(retire())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _drain_and_close(self, v: Version) -> None:
-        """Wait until no admitted request runs on ``v`` (bounded by the request deadline), then close it."""
-        deadline = time.monotonic() + self.settings.request_timeout_s + 1.0
-        while v.leases and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await self._close(v)
-        log.info("model %s version %d unloaded (%s)", v.model, v.number, v.reason)
-        self._on_change()
-
-    async def _close(self, v: Version) -> None:
-        service, v.service = v.service, None
-        if service is not None:
-            service.draining = True
-            with contextlib.suppress(Exception):
-                await service.close()
-
     # -- the repository extension: load / unload --
 
+    def _controlled(self, action: str, name: str) -> Model | None:
+        """The model a load/unload request names (None: not loaded yet); ``RepositoryError`` 400 when the model
+        control mode refuses requests or the name cannot be a model's."""
+        if self.control == ModelControl.NONE:
+            raise RepositoryError(
+                400,
+                f"{action} refused: the model control mode is none (the server serves what it started with); "
+                "start it with --model-control-mode explicit or poll to load and unload models",
+            )
+        problem = name_problem(name)
+        if problem:
+            raise RepositoryError(400, problem)
+        return self.models.get(name)
+
     async def load(self, name: str) -> None:
-        """Load (or reload) a model by request. ``RepositoryError`` 404 when the folder has no such model, 400 with
-        the reason when no version of it could be loaded."""
+        """Load (or reload) a model by request. ``RepositoryError`` 400 when refused or no version could be loaded,
+        404 when there is no such model."""
+        model = self._controlled("load", name)
         if self.root is None:
-            model = self.models.get(name)
             if model is None:
                 raise RepositoryError(404, f"unknown model '{name}'; this server serves: {', '.join(self.models)}")
             async with model.lock:
-                await self._reload_single(model)
+                model.unloaded = False
+                v = model.versions[1]
+                if v.service is not None and not model.serving:  # still retiring: the new life is a new Version
+                    v = model.versions[1] = Version(v.model, 1, v.opener)
+                if not model.serving and await v.open(self.settings, self._observer(v)):
+                    model.serving = {1: v}
+                self._on_change()
         else:
-            if not (self.root / name).is_dir() or name.startswith("."):
+            if not (self.root / name).is_dir():
                 raise RepositoryError(404, f"no model '{name}' in the repository {self.root}")
             model = self.models.setdefault(name, Model(name, self.root / name))
             model.unloaded = False
@@ -505,32 +370,13 @@ class ModelRepository:
                 v.failed = False  # a load request retries failed versions too
             await self.sync(only=name, force=True)
         if not model.serving:
-            reasons = "; ".join(f"version {v.number}: {v.reason}" for v in model.versions.values()) or "no version"
-            raise RepositoryError(400, f"failed to load '{name}': {reasons}")
-
-    async def _reload_single(self, model: Model) -> None:
-        if model.serving:
-            return
-        v = model.versions.get(1) or Version(model.name, 1, None)
-        model.versions[1] = v
-        v.state, v.reason, v.failed = LOADING, "loading", False
-        settings = dataclasses.replace(self.settings)
-        try:
-            backend = await asyncio.get_running_loop().run_in_executor(None, select_backend, settings)
-            await asyncio.get_running_loop().run_in_executor(None, check_backend, backend)
-            v.service = ClassifyService(backend, settings, on_batch=self._on_batch(v) if self._on_batch else None)
-            await v.service.start()
-        except Exception as e:
-            await self._close(v)
-            v.state, v.reason, v.failed = UNAVAILABLE, f"failed to load: {_one_line(e)}", True
-            return
-        v.state, v.reason = READY, ""
-        model.serving = {1: v}
-        self._on_change()
+            reasons = [f"version {v.number}: {v.reason}" for v in model.versions.values()]
+            reasons += [model.config_error] if model.config_error else []
+            raise RepositoryError(400, f"failed to load '{name}': {'; '.join(reasons + model.problems) or 'nothing'}")
 
     async def unload(self, name: str) -> None:
         """Unload every version of a model; requests admitted before finish first. 404 for an unknown model."""
-        model = self.models.get(name)
+        model = self._controlled("unload", name)
         if model is None:
             raise RepositoryError(404, f"unknown model '{name}'")
         async with model.lock:
@@ -551,4 +397,4 @@ class ModelRepository:
         for model in self.models.values():
             model.serving = {}
             for v in model.versions.values():
-                await self._close(v)
+                await v.close()

@@ -7,7 +7,8 @@ message's descriptor (it ships in tritonclient's gRPC package, not a serving dep
 generically: ``name: value`` scalars (strings, numbers, enum words), ``name { ... }`` / ``name: { ... }`` /
 ``name < ... >`` messages, ``name: [ a, b ]`` / ``name [ {..}, {..} ]`` lists, ``#`` comments, commas or semicolons
 between fields. Every field maps to the *list* of its values (a repeated field is written many times or as a list).
-A text this grammar does not accept raises ``PbtxtError`` with the line.
+A text this grammar does not accept raises ``PbtxtError`` with the line, and so does one nested deeper than
+``MAX_DEPTH`` messages or lists, a string with a bad escape, or (``read_model_config``) a file over ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _CLOSE = {"{": "}", "<": ">"}
+MAX_DEPTH = 32  # Triton's ModelConfig nests about 6 deep; 3,000 would exhaust Python's recursion
+MAX_CONFIG_BYTES = 1 << 20  # a config.pbtxt larger than this is refused unread (Triton's are a few KB)
 
 
 class PbtxtError(ValueError):
@@ -46,9 +49,12 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def _scalar(kind: str, raw: str) -> Any:
+def _scalar(kind: str, raw: str, line: int) -> Any:
     if kind == "str":
-        return bytes(raw[1:-1], "utf-8").decode("unicode_escape")
+        try:
+            return bytes(raw[1:-1], "utf-8").decode("unicode_escape")
+        except (UnicodeDecodeError, ValueError) as e:
+            raise PbtxtError(f"line {line}: bad escape in the string {raw[:40]!r} ({e.reason})") from None
     low = raw.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -66,6 +72,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -80,6 +87,16 @@ class _Parser:
         return tok
 
     def message(self, close: str | None) -> dict[str, list[Any]]:
+        self.depth += 1
+        try:
+            return self._fields(close)
+        finally:
+            self.depth -= 1
+
+    def _fields(self, close: str | None) -> dict[str, list[Any]]:
+        if self.depth > MAX_DEPTH:
+            tok = self.peek()
+            raise PbtxtError(f"line {tok[2] if tok else '?'}: nested more than {MAX_DEPTH} deep")
         fields: dict[str, list[Any]] = {}
         while True:
             tok = self.peek()
@@ -119,16 +136,16 @@ class _Parser:
                 if r in _CLOSE and k == "punct":
                     items.append(self.message(_CLOSE[r]))
                 elif k in ("str", "word"):
-                    items.append(_scalar(k, r))
+                    items.append(_scalar(k, r, ln))
                 else:
                     raise PbtxtError(f"line {ln}: unexpected {r!r} in a list")
         if not colon:
             raise PbtxtError(f"line {line}: expected ':' or a message before {raw!r}")
         if kind not in ("str", "word"):
             raise PbtxtError(f"line {line}: expected a value, found {raw!r}")
-        value = _scalar(kind, raw)
+        value = _scalar(kind, raw, line)
         while kind == "str" and self.peek() is not None and self.peek()[0] == "str":  # type: ignore[index]
-            value += _scalar("str", self.take()[1])  # adjacent strings concatenate
+            value += _scalar("str", self.take()[1], line)  # adjacent strings concatenate
         return [value]
 
 
@@ -209,14 +226,18 @@ def model_config(text: str) -> ModelConfig:
     return ModelConfig(VersionPolicy("specific", versions=tuple(sorted(set(versions)))), max_batch)
 
 
-def read_model_config(path: Any) -> ModelConfig:
-    """``model_config`` of the file at ``path``; a missing file is the default (latest version, no batch bound)."""
+def read_model_config(path: Any, max_bytes: int = MAX_CONFIG_BYTES) -> ModelConfig:
+    """``model_config`` of the file at ``path``; a missing file is the default (latest version, no batch bound); a
+    file over ``max_bytes`` is a ``PbtxtError`` without being read."""
     from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
         return ModelConfig()
     try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise PbtxtError(f"{p.name} is {size} bytes, over the {max_bytes} a model configuration may take")
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PbtxtError(f"cannot read {p.name}: {e}") from None
