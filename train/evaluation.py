@@ -169,7 +169,7 @@ def multiscale_batch_probabilities(
     channels_last: bool = False,
 ) -> np.ndarray:
     """``[n, C]`` multi-scale probabilities of n images' views: views of equal shape run together (at most
-    ``max_views`` per forward pass), then each image's logits go through ``resnet.multiscale_probabilities``."""
+    ``max_views`` per forward pass), then each image's logits go through ``resnet.multiscale.multiscale_probabilities``."""
     groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for i, per_side in enumerate(views):
         for s, v in enumerate(per_side):
