@@ -49,7 +49,7 @@ def _run(server: DrainingServer, capture: StderrToLog) -> int:
     """Serve until drained: on the settings' address, or in a ``--workers`` worker on the supervisor's sockets."""
     sockets = worker_sockets()
     if sockets is not None:
-        watch_parent(server.app_ref.state.serve.metrics.refresh)
+        watch_parent(server.state.metrics.refresh)
     try:
         server.run(sockets=sockets)
     finally:
