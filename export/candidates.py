@@ -17,7 +17,7 @@ import numpy as np
 from resnet import UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH, ArtifactKind
 from resnet.card import ModelCard
-from resnet.runtime.kinds import graph_precision
+from resnet.runtime.kinds import graph_precision, not_offered
 from resnet.runtime.ort import TrtOptions, trt_cache_dir
 from resnet.runtime.runner import EngineRunner, OnnxRunner, Runner
 
@@ -114,6 +114,9 @@ def open_candidate(
     trt = None
     if ep != "cpu":
         card = card if card is not None else artifacts.read_card(path)
+        why_not = not_offered(ep, card)
+        if why_not:
+            raise UsageError(f"{path.name} is not run on --ep {ep}: {why_not}")
         if ep == "tensorrt":
             shape = (3, card.input_size, card.input_size)
             profile = (1, min(SERVE_BATCH, max_batch), max_batch)

@@ -29,3 +29,53 @@ def test_the_card_is_read_without_the_onnx_package(tiny: tuple[Path, Path]) -> N
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path.cwd(), timeout=120)
     assert done.returncode == 0, done.stderr[-800:]
     assert done.stdout.split()[0] == "fp32"
+
+
+def _int8_graph(graph: Path, out: Path, target: str) -> Path:
+    """A copy of ``graph`` whose card says INT8 quantized for ``target`` (what the providers are offered reads)."""
+    import onnx
+
+    from resnet.onnx_card import read_onnx_card, set_onnx_card
+
+    proto = onnx.load(str(graph))
+    card = read_onnx_card(graph).replace(precision="int8").with_provenance(calibration={"target": target})
+    set_onnx_card(proto, card)
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_the_cpu_layout_int8_graph_is_never_offered_to_a_gpu_provider(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """Issue 25 item 2: uint8 activations and int32-bias DequantizeLinear are what TensorRT rejects and the CUDA EP
+    cannot run; the gate, ``export.parity --ep`` and the server all refuse to offer it."""
+    from export.candidates import open_candidate
+    from resnet import UsageError
+    from resnet.onnx_card import read_onnx_card
+    from resnet.runtime.kinds import not_offered
+    from resnet.runtime.ort import ProviderUnavailable
+    from serve.engine.backends import load_backend
+
+    cpu = _int8_graph(tiny[1], tmp_path / "model.int8.onnx", "cpu")
+    trt = _int8_graph(tiny[1], tmp_path / "model.int8.trt.onnx", "tensorrt")
+    card = read_onnx_card(cpu)
+    assert not_offered("cpu", card) == "" and "CPU only" in not_offered("tensorrt", card) and not_offered("cuda", card)
+    assert not_offered("tensorrt", read_onnx_card(trt)) == "" and not_offered("cuda", read_onnx_card(trt))
+    for ep in ("tensorrt", "cuda"):
+        with pytest.raises(UsageError, match=f"not run on --ep {ep}: the CPU-layout INT8 graph"):
+            open_candidate(cpu, "onnx", card, ep=ep)
+        with pytest.raises(ProviderUnavailable, match=f"not offered to {ep}: the CPU-layout INT8 graph"):
+            load_backend(cpu, ep)
+
+
+def test_the_tensorrt_layout_int8_graph_is_a_candidate_with_backend_tensorrt(tiny: tuple[Path, Path]) -> None:
+    """Issue 25 item 7: ``--backend tensorrt`` may serve ``model.int8.trt.onnx``; auto still leaves it out."""
+    from serve.engine.precision import find_candidates
+
+    folder = tiny[1].parent
+    trt = _int8_graph(tiny[1], folder / "tiny.int8.trt.onnx", "tensorrt")
+    try:
+        auto = {c.path.name: c.excluded for c in find_candidates(folder)}
+        ours = {c.path.name: c.excluded for c in find_candidates(folder, "tensorrt")}
+    finally:
+        trt.unlink()
+    assert "TensorRT-ready" in auto["tiny.int8.trt.onnx"]
+    assert "TensorRT-ready" not in ours["tiny.int8.trt.onnx"]

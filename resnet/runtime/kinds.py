@@ -56,12 +56,44 @@ class Combination:
         return {"runtime": self.runtime, "provider": self.provider, "precision": self.precision}
 
 
-def ep_combinations(ep: str, card_precision: str) -> list[tuple[Combination, bool]]:
+# Which providers an INT8 graph is offered to, by the layout it was quantized for (its card's calibration target,
+# ``export.quantize --target``). The CPU layout's uint8 activations and int32-bias DequantizeLinear are what TensorRT's
+# parser rejects, and the CUDA EP has no int32 DequantizeLinear kernel; the TensorRT layout is slower than FP32 in
+# ONNX Runtime on the CPU and is built for TensorRT (onnx-tensorrt docs/operators.md; export/trt_rules.py).
+INT8_PROVIDERS = {"cpu": ("cpu",), "tensorrt": ("tensorrt",)}
+
+
+def int8_target(card: Any) -> str:
+    """The layout an INT8 graph's card says it was quantized for: ``cpu`` (also graphs from before the target was
+    recorded) or ``tensorrt``."""
+    calibration = (getattr(card, "provenance", None) or {}).get("calibration") or {}
+    return "tensorrt" if calibration.get("target") == "tensorrt" else "cpu"
+
+
+def not_offered(ep: str, card: Any) -> str:
+    """Empty when a graph with ``card`` may be offered to ONNX Runtime's ``ep``, else why not (one clause)."""
+    if getattr(card, "precision", None) != "int8":
+        return ""
+    target = int8_target(card)
+    if ep in INT8_PROVIDERS[target]:
+        return ""
+    if target == "cpu":
+        return (
+            "the CPU-layout INT8 graph (uint8 activations, int32 biases) runs on the CPU only; for TensorRT quantize "
+            "with --target tensorrt (model.int8.trt.onnx)"
+        )
+    return "the TensorRT-layout INT8 graph runs on the TensorRT EP or as a .plan only"
+
+
+def ep_combinations(ep: str, card_precision: str, target: str = "cpu") -> list[tuple[Combination, bool]]:
     """The combinations an ONNX Runtime execution provider may run a graph in, fastest first, each with whether the
     TensorRT EP is told ``trt_fp16_enable``: an FP32 graph on the TensorRT EP in FP16, then FP32; otherwise the
-    graph's own precision. The gate runs each (``export.gate.gate_gpu_providers``), the server serves the first one
-    a passing report admits (``serve.engine.backends``)."""
+    graph's own precision; none for an INT8 graph of another layout (``target``, ``INT8_PROVIDERS``). The gate runs
+    each (``export.gate.gate_gpu_providers``), the server serves the first one a passing report admits
+    (``serve.engine.backends``)."""
     provider = EP_PROVIDERS[ep]
+    if card_precision == "int8" and ep not in INT8_PROVIDERS.get(target, ()):
+        return []
     if ep == "tensorrt" and card_precision == "fp32":
         return [
             (Combination("onnxruntime", provider, "fp16"), True),

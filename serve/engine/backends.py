@@ -24,7 +24,7 @@ from resnet import MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind
 from resnet.card import ModelCard
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
-from resnet.runtime.kinds import ep_combinations
+from resnet.runtime.kinds import ep_combinations, int8_target, not_offered
 from resnet.runtime.ort import (
     AUTO_ORDER,
     PROVIDERS,
@@ -115,8 +115,11 @@ def _onnx_on(
         backend.report = str(report.path) if report is not None else None
         return backend, (f"admitted by {report.path.name}" if report else "no parity report beside it (CPU serving)")
     assert card is not None
+    why_not = not_offered(ep, card)
+    if why_not:
+        raise ProviderUnavailable(f"{path.name} is not offered to {ep}: {why_not}")
     refusals = []
-    for combination, fp16 in ep_combinations(ep, card.precision):
+    for combination, fp16 in ep_combinations(ep, card.precision, int8_target(card)):
         report, why_not = admitting_report(path, combination)
         if report is None:
             refusals.append(why_not)

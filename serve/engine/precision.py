@@ -79,19 +79,19 @@ def gate_verdict(artifact: Path) -> str:
         return str(e)
 
 
-def _onnx_candidate(path: Path) -> Candidate:
+def _onnx_candidate(path: Path, backend: str = "auto") -> Candidate:
     from resnet.onnx_card import read_onnx_card
 
     try:
         precision = read_onnx_card(path).precision
     except UserError as e:
         return Candidate(path, "?", f"unreadable card ({e})")
-    if is_tensorrt_graph(path):  # slower than FP32 in ONNX Runtime on the CPU: TensorRT builds engines from it
+    if is_tensorrt_graph(path) and backend != "tensorrt":  # slower than FP32 in ONNX Runtime on the CPU
         return Candidate(path, precision, "the TensorRT-ready graph: serve it with --backend tensorrt or its .plan")
     return Candidate(path, precision, gate_verdict(path))
 
 
-def find_candidates(folder: Path) -> list[Candidate]:
+def find_candidates(folder: Path, backend: str = "auto") -> list[Candidate]:
     """Every ONNX artifact in ``folder`` with its gate verdict, plus the checkpoint of the same stem (bf16)."""
     onnx_files = sorted(
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.endswith(".onnx")
@@ -99,7 +99,7 @@ def find_candidates(folder: Path) -> list[Candidate]:
     stems = sorted({p.name.split(".")[0] for p in onnx_files}) or ["model"]
     if len(stems) > 1:
         raise UserError(f"{folder} holds artifacts of several models ({', '.join(stems)}): pass one file to --model")
-    found = [_onnx_candidate(p) for p in onnx_files]
+    found = [_onnx_candidate(p, backend) for p in onnx_files]
     for suffix in CHECKPOINT_SUFFIXES:
         checkpoint = folder / f"{stems[0]}{suffix}"
         if checkpoint.is_file():
@@ -247,7 +247,7 @@ def pick(timings: list[Timing]) -> tuple[int, list[float]]:
 
 def choose(settings: Settings, folder: Path) -> Backend:
     """Load the artifact of ``folder`` that ``settings.precision`` asks for (auto: the fastest here)."""
-    found = find_candidates(folder)
+    found = find_candidates(folder, settings.backend)
     usable = [c for c in found if not c.excluded]
     for c in found:
         if c.excluded:
