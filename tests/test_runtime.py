@@ -136,7 +136,7 @@ def test_gpu_sessions_refuse_cpu_fallback_and_leave_the_cpu_provider_out() -> No
     with pytest.raises(RuntimeError, match="does not have configuration"):  # the CPU session may use the CPU EP
         session_options(1).get_session_config_entry(DISABLE_CPU_FALLBACK)
     cuda = provider_list("cuda", None)
-    assert cuda == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+    assert cuda == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"})]
     assert [p[0] for p in provider_list("tensorrt", None)] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
 
 

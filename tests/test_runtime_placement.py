@@ -79,3 +79,59 @@ def test_the_tensorrt_layout_int8_graph_is_a_candidate_with_backend_tensorrt(tin
         trt.unlink()
     assert "TensorRT-ready" in auto["tiny.int8.trt.onnx"]
     assert "TensorRT-ready" not in ours["tiny.int8.trt.onnx"]
+
+
+def test_fp32_on_a_gpu_provider_is_fp32_or_named_tf32() -> None:
+    """Issue 25 item 5: the CUDA EP is told use_tf32=0; the TensorRT EP (kTF32 on, no option) says TF32 in the
+    report's candidate info (``OnnxRunner.info["tf32"]``)."""
+    from resnet.runtime.ort import cuda_provider_options, provider_list, tf32
+
+    assert cuda_provider_options()["use_tf32"] == "0"
+    assert dict(provider_list("tensorrt", None)[1][1])["use_tf32"] == "0"  # the CUDA EP behind the TensorRT EP too
+    assert tf32("cuda").startswith("off") and tf32("tensorrt").startswith("on in TensorRT")
+
+
+def test_the_cpu_gate_report_records_tf32(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from resnet.runtime.runner import OnnxRunner
+
+    runner = OnnxRunner(tiny[1])
+    assert runner.info["tf32"] == "n/a (CPU)"
+
+
+def test_tensorrt_ep_caches_are_keyed_by_ort_tensorrt_gpu_and_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25 item 6: ORT's TensorRT EP docs require new caches when ORT, TensorRT or the GPU change."""
+    import onnxruntime as ort
+
+    from resnet.runtime import ort as runtime_ort
+    from resnet.runtime.ort import TrtOptions
+
+    monkeypatch.setattr(runtime_ort, "gpu_name", lambda: "NVIDIA H200")
+    small = TrtOptions(tmp_path, "input", (3, 32, 32), (1, 10, 64), fp16=True).provider_options()
+    big = TrtOptions(tmp_path, "input", (3, 32, 32), (1, 10, 128), fp16=True).provider_options()
+    path = Path(small["trt_engine_cache_path"])
+    assert path.parent == tmp_path and small["trt_timing_cache_path"] == str(path)
+    assert f"ort{ort.__version__}" in path.name and "_trt" in path.name and "NVIDIA_H200" in path.name
+    assert "64x3x32x32" in path.name and big["trt_engine_cache_path"] != str(path)
+    monkeypatch.setattr(runtime_ort, "gpu_name", lambda: "NVIDIA A100")
+    other_gpu = TrtOptions(tmp_path, "input", (3, 32, 32), (1, 10, 64), fp16=True).provider_options()
+    assert other_gpu["trt_engine_cache_path"] != str(path)
+
+
+def test_an_unwritable_model_folder_caches_tensorrt_engines_in_the_user_cache(
+    tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25 item 6: where ``<model>.trt_cache`` cannot be made (here a file is in its way, which stops root as
+    well as a read-only volume does), the cache goes to the user's cache folder, and the log says where."""
+    import shutil
+
+    from resnet.runtime.ort import trt_cache_dir
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny[1], model)
+    (tmp_path / "model.onnx.trt_cache").write_text("in the way")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    got = trt_cache_dir(model, "")
+    assert got is not None and got.is_relative_to(tmp_path / "cache" / "resnet-stack" / "trt") and got.is_dir()
+    assert got.name.startswith("model.onnx-")

@@ -14,8 +14,12 @@ loaded first (``preload_tensorrt``).
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
+import re
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -84,13 +88,50 @@ class TrtOptions:
             "trt_profile_max_shapes": f"{self.input_name}:{hi}",
         }
         if self.cache_dir is not None:
+            keyed = str(self.cache_dir / engine_cache_key(f"{lo}-{opt}-{hi}"))
             opts |= {
                 "trt_engine_cache_enable": "True",
-                "trt_engine_cache_path": str(self.cache_dir),
+                "trt_engine_cache_path": keyed,
                 "trt_timing_cache_enable": "True",
-                "trt_timing_cache_path": str(self.cache_dir),
+                "trt_timing_cache_path": keyed,
             }
         return opts
+
+
+def engine_cache_key(profile: str) -> str:
+    """The TensorRT EP cache sub-folder: ONNX Runtime, TensorRT, the GPU and the profile. ONNX Runtime's TensorRT
+    EP docs ("trt_engine_cache_enable"): engines must be rebuilt when the model, ORT, TensorRT or the GPU change;
+    the EP keys its files by model and profile only, so one folder per combination keeps stale engines unread."""
+    import onnxruntime as ort
+
+    from .tensorrt import installed_tensorrt
+
+    parts = [f"ort{ort.__version__}", f"trt{installed_tensorrt() or 'none'}", gpu_name(), profile]
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", "_".join(parts))[:200]
+
+
+@functools.cache
+def gpu_name() -> str:
+    """GPU 0's name from ``nvidia-smi`` (no CUDA library needed), or ``unknown-gpu``."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown-gpu"
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown-gpu"
+
+
+def tf32(ep: str) -> str:
+    """Whether FP32 math may run in TF32 on ``ep``, as parity reports record it (issue 25: never a mislabel). The
+    CUDA EP is told ``use_tf32=0`` (CUDA EP docs, "use_tf32", default 1); TensorRT builds with ``kTF32`` on by
+    default (NvInfer.h ``BuilderFlag::kTF32``) and the TensorRT EP has no option to clear it."""
+    if ep == "tensorrt":
+        return "on in TensorRT's FP32 layers (the TensorRT EP cannot turn it off); off on the CUDA EP"
+    return "off (use_tf32=0)" if ep == "cuda" else "n/a (CPU)"
 
 
 def cpu_threads() -> int:
@@ -128,8 +169,8 @@ def gpu_session_options(opts: Any) -> Any:
 
 
 def cuda_provider_options() -> dict[str, str]:
-    """CUDA EP options (ONNX Runtime CUDA EP docs, "Configuration Options")."""
-    return {"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH}
+    """CUDA EP options (ONNX Runtime CUDA EP docs, "Configuration Options"): FP32 is FP32, not TF32 (``tf32``)."""
+    return {"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH, "use_tf32": "0"}
 
 
 def provider_list(ep: str, trt: TrtOptions | None) -> list[Any]:
@@ -244,14 +285,29 @@ def conflicting_runtimes() -> str | None:
 
 def trt_cache_dir(model: Path, requested: str) -> Path | None:
     """The TensorRT EP cache folder (``requested``, or ``<model>.trt_cache`` beside the model), created and checked
-    writable; None with a warning when it cannot be written (a read-only model volume): engines then rebuild."""
+    writable. A read-only model volume: ``$XDG_CACHE_HOME/resnet-stack/trt/<model>-<hash of its path>`` (default
+    ``~/.cache``), logged; None with a warning when that cannot be written either (engines then rebuild)."""
     folder = Path(requested) if requested else model.with_name(model.name + ".trt_cache")
     try:
         ensure_writable(folder)
+        return folder
     except UserError as e:
-        log.warning("TensorRT cache folder is not usable (%s): engines will be rebuilt at every start", e)
+        if requested:
+            log.warning("TensorRT cache folder is not usable (%s): engines will be rebuilt at every start", e)
+            return None
+        why = e
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = hashlib.sha256(str(model.resolve()).encode()).hexdigest()[:12]
+    fallback = home / "resnet-stack" / "trt" / f"{model.name}-{tag}"
+    try:
+        ensure_writable(fallback)
+    except UserError as e:
+        log.warning(
+            "TensorRT cache: neither %s (%s) nor %s (%s) is writable: engines rebuild", folder, why, fallback, e
+        )
         return None
-    return folder
+    log.info("TensorRT cache: %s is not writable (%s); caching in %s", folder, why, fallback)
+    return fallback
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from .ort import (
     onnx_session_card,
     rss_mib,
     session_options,
+    tf32,
     trt_cache_dir,
 )
 
@@ -156,6 +157,7 @@ class OnnxRunner:
             "onnxruntime": ort.__version__,
             "providers": self.providers,
             "precision": self.precision,
+            "tf32": tf32(ep),
             **({"trt_options": trt.provider_options()} if trt is not None else {}),
             **({"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH} if ep == "cuda" else {}),
         }
