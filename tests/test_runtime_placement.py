@@ -104,7 +104,7 @@ def test_tensorrt_ep_caches_are_keyed_by_ort_tensorrt_gpu_and_profile(
     """Issue 25 item 6: ORT's TensorRT EP docs require new caches when ORT, TensorRT or the GPU change."""
     import onnxruntime as ort
 
-    from resnet.runtime import ort as runtime_ort
+    from resnet.runtime import trt_ep as runtime_ort
     from resnet.runtime.ort import TrtOptions
 
     monkeypatch.setattr(runtime_ort, "gpu_name", lambda: "NVIDIA H200")
@@ -135,3 +135,32 @@ def test_an_unwritable_model_folder_caches_tensorrt_engines_in_the_user_cache(
     got = trt_cache_dir(model, "")
     assert got is not None and got.is_relative_to(tmp_path / "cache" / "resnet-stack" / "trt") and got.is_dir()
     assert got.name.startswith("model.onnx-")
+
+
+def test_tensorrt_ep_placement_is_read_from_its_log_and_a_partial_one_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 25 item 7: the EP says at INFO how it placed the graph (tensorrt_execution_provider.cc); a partial
+    placement (nodes left to the CUDA EP) is reported, not swallowed."""
+    from resnet.runtime.trt_ep import NONE, PARTITIONED, WHOLE, placement
+
+    assert placement([f"{WHOLE} execution provider"]) == "whole"
+    assert placement(["other"]) == "unknown"
+    with caplog.at_level("WARNING", logger="resnet.runtime"):
+        said = placement([f"{PARTITIONED} execution provider is 3"])
+        assert placement([f"{NONE} execution provider"]).startswith("none")
+    assert said == "partial: 3 subgraphs on TensorRT, the rest on the CUDA EP"
+    assert "partial: 3 subgraphs" in caplog.text
+
+
+def test_a_tensorrt_ep_build_logs_progress_until_the_session_is_made(caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from resnet.runtime.trt_ep import build_progress
+
+    with caplog.at_level("INFO", logger="resnet.runtime"), build_progress(Path("model.onnx"), None, every=0.05):
+        time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("TensorRT EP: building or loading engines for model.onnx")
+    assert any("still building engines for model.onnx" in line for line in lines)
+    assert lines[-1].startswith("TensorRT EP: session for model.onnx ready after")

@@ -14,12 +14,9 @@ loaded first (``preload_tensorrt``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import os
-import re
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -34,6 +31,7 @@ from ..card import ModelCard
 from ..errors import CardError, CheckpointError, MissingComponentError, UserError
 from ..onnx_card import CARD_KEY
 from .kinds import EP_PROVIDERS as PROVIDERS
+from .trt_ep import build_progress, engine_cache_key, placement
 
 log = logging.getLogger("resnet.runtime")
 
@@ -96,33 +94,6 @@ class TrtOptions:
                 "trt_timing_cache_path": keyed,
             }
         return opts
-
-
-def engine_cache_key(profile: str) -> str:
-    """The TensorRT EP cache sub-folder: ONNX Runtime, TensorRT, the GPU and the profile. ONNX Runtime's TensorRT
-    EP docs ("trt_engine_cache_enable"): engines must be rebuilt when the model, ORT, TensorRT or the GPU change;
-    the EP keys its files by model and profile only, so one folder per combination keeps stale engines unread."""
-    import onnxruntime as ort
-
-    from .tensorrt import installed_tensorrt
-
-    parts = [f"ort{ort.__version__}", f"trt{installed_tensorrt() or 'none'}", gpu_name(), profile]
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", "_".join(parts))[:200]
-
-
-@functools.cache
-def gpu_name() -> str:
-    """GPU 0's name from ``nvidia-smi`` (no CUDA library needed), or ``unknown-gpu``."""
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown-gpu"
-    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown-gpu"
 
 
 def tf32(ep: str) -> str:
@@ -318,7 +289,9 @@ def _ort_messages(ort: Any) -> Iterator[list[str]]:
         warnings.simplefilter("always")
         hook = getattr(ort, "set_default_logger_callback", None)
         if hook is not None:  # onnxruntime >= 1.32: a Python callback for the default logger
-            hook(lambda sev, cat, logid, where, msg: messages.append(msg), 2)
+            # warnings and up are reasons; the TensorRT EP's info lines say how the graph was placed (trt_ep.placement)
+            keep = messages.append
+            hook(lambda sev, cat, logid, where, msg: keep(msg) if sev >= 2 or "[TensorRT EP]" in msg else None, 1)
             try:
                 yield messages
             finally:
@@ -364,7 +337,8 @@ def make_session(path: Path, ep: str, opts: Any, trt: TrtOptions | None) -> Any:
             raise ProviderUnavailable(f"{wanted}: {missing}")
     if ep != "cpu":
         opts = gpu_session_options(opts)
-    with _ort_messages(ort) as messages:
+    building = build_progress(path, trt) if ep == "tensorrt" else contextlib.nullcontext()
+    with _ort_messages(ort) as messages, building:
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=provider_list(ep, trt), enable_fallback=0
@@ -379,6 +353,9 @@ def make_session(path: Path, ep: str, opts: Any, trt: TrtOptions | None) -> Any:
                 ) from None
             raise UserError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
     used = session.get_providers()
+    if ep == "tensorrt":
+        session.placement = placement(messages)  # type: ignore[attr-defined]  # OnnxRunner.info reports it
+        messages[:] = [m for m in messages if "[TensorRT EP]" not in m]
     if used[0] != wanted:
         reason = "; ".join(dict.fromkeys(m.strip() for m in messages if m.strip())) or "no message from ONNX Runtime"
         raise ProviderUnavailable(

@@ -158,6 +158,7 @@ class OnnxRunner:
             "providers": self.providers,
             "precision": self.precision,
             "tf32": tf32(ep),
+            **({"placement": getattr(self.session, "placement", "unknown")} if ep == "tensorrt" else {}),
             **({"trt_options": trt.provider_options()} if trt is not None else {}),
             **({"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH} if ep == "cuda" else {}),
         }
