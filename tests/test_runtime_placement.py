@@ -164,3 +164,32 @@ def test_a_tensorrt_ep_build_logs_progress_until_the_session_is_made(caplog: pyt
     assert lines[0].startswith("TensorRT EP: building or loading engines for model.onnx")
     assert any("still building engines for model.onnx" in line for line in lines)
     assert lines[-1].startswith("TensorRT EP: session for model.onnx ready after")
+
+
+def test_a_gpu_runner_makes_its_views_session_with_the_view_profile(
+    tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25 item 3: the gate (``open_candidate``: no dims given) used to reuse the S x S TensorRT session for
+    multi-scale views. Each session is now made once with its own profile, as the server makes them, so the gate
+    runs exactly the sessions that serve. ONNX Runtime's sessions are real CPU sessions here; what is recorded is
+    the TensorRT options each would have been made with on a GPU."""
+    from resnet.multiscale import view_profile
+    from resnet.onnx_card import read_onnx_card
+    from resnet.runtime import runner as runner_module
+    from resnet.runtime.ort import TrtOptions, make_session
+
+    made: list[tuple[str, TrtOptions | None]] = []
+
+    def recording(path: Path, ep: str, opts: object, trt: TrtOptions | None) -> object:
+        made.append((ep, trt))
+        return make_session(path, "cpu", opts, None)
+
+    monkeypatch.setattr(runner_module, "make_session", recording)
+    card = read_onnx_card(tiny[1])
+    trt = TrtOptions(None, "input", (3, card.input_size, card.input_size), (1, 10, 64), fp16=True)
+    runner = runner_module.OnnxRunner(tiny[1], card, "tensorrt", 0, trt)  # as export.candidates.open_candidate
+    assert [ep for ep, _ in made] == ["tensorrt", "tensorrt"]  # one S x S session, one views session; no third
+    (_, square), (_, views) = made
+    assert square is not None and square.views is None and square.profile == (1, 10, 64)
+    assert views is not None and views.views == view_profile(card)
+    assert runner.multi_session is not runner.session and runner.spatial is not None

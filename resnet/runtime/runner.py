@@ -29,6 +29,7 @@ from .ort import (
     TrtOptions,
     make_session,
     onnx_session_card,
+    peek_onnx,
     rss_mib,
     session_options,
     tf32,
@@ -97,9 +98,12 @@ class OnnxRunner:
         dims: list[Any] | None = None,
     ) -> None:
         plain = None
-        if dims is None:  # learn the input's shape from a plain session (kept for multi-scale views if wanted)
+        if dims is None and ep == "cpu":  # learn the input's shape from a plain session (kept for views if wanted)
             plain = make_session(path, ep, session_options(threads), trt)
             dims = list(plain.get_inputs()[0].shape)
+        elif dims is None:  # on a GPU, each session is made once with its own profile: learn the shape on the CPU
+            peeked, dims = peek_onnx(path)
+            card = card if card is not None else peeked
         names = [d for d in dims[2:4] if not isinstance(d, int)]
         any_size = len(names) == 2
         if multiscale == "on" and not any_size:
