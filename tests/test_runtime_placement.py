@@ -193,3 +193,15 @@ def test_a_gpu_runner_makes_its_views_session_with_the_view_profile(
     assert square is not None and square.views is None and square.profile == (1, 10, 64)
     assert views is not None and views.views == view_profile(card)
     assert runner.multi_session is not runner.session and runner.spatial is not None
+
+
+def test_only_known_gpu_providers_count_as_gpu() -> None:
+    """Issue 26: ``Combination.on_gpu`` must not call a CPU-only provider (one this table does not know) a GPU."""
+    from resnet.runtime.kinds import Combination
+
+    assert Combination("onnxruntime", "TensorrtExecutionProvider", "fp16").on_gpu
+    assert Combination("tensorrt", "TensorRT", "int8").on_gpu and Combination("torch", "torch:cuda", "bf16").on_gpu
+    assert not Combination("onnxruntime", "CPUExecutionProvider", "fp32").on_gpu
+    assert not Combination("onnxruntime", "OpenVINOExecutionProvider", "fp32").on_gpu
+    assert not Combination("torch", "torch:cpu", "fp32").on_gpu
+    assert Combination("onnxruntime", "OpenVINOExecutionProvider", "fp32").needs_report  # unknown: gated first

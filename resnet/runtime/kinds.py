@@ -23,6 +23,7 @@ TORCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 EP_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 CPU_PROVIDER = EP_PROVIDERS["cpu"]
 ENGINE_PROVIDER = "TensorRT"  # a .plan engine runs on TensorRT itself, not through ONNX Runtime
+GPU_PROVIDERS = (EP_PROVIDERS["tensorrt"], EP_PROVIDERS["cuda"], ENGINE_PROVIDER)  # and torch's "torch:cuda[:N]"
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -39,6 +40,14 @@ class Combination:
 
     @property
     def on_gpu(self) -> bool:
+        """Only providers known to run on a GPU count (``GPU_PROVIDERS``): a provider this table does not know,
+        e.g. a new CPU-only runtime, is not a GPU."""
+        return self.provider in GPU_PROVIDERS or self.provider.startswith("torch:cuda")
+
+    @property
+    def needs_report(self) -> bool:
+        """Whether serving it needs its own passing parity report: all but the CPU combinations that served before
+        reports existed (ONNX Runtime's CPU EP, PyTorch on the CPU); a provider not known here needs one."""
         return self.provider not in (CPU_PROVIDER, "torch:cpu")
 
     @property

@@ -21,7 +21,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from ..engine.backends import Backend
+from resnet.runtime.runner import Runner
+
 from ..engine.precision import select_backend
 from ..engine.service import ClassifyService
 from ..metrics import Metrics
@@ -38,7 +39,7 @@ __all__ = ["ApiError", "create_app", "error_response"]
 log = logging.getLogger("serve.api.app")
 
 
-def _lifespan(settings: Settings, backend: Backend | None):
+def _lifespan(settings: Settings, backend: Runner | None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics: Metrics = app.state.metrics
@@ -85,7 +86,7 @@ class StaticFallback:
         await self.files(scope, receive, send)
 
 
-async def _serve_one(app: FastAPI, backend: Backend | None) -> None:
+async def _serve_one(app: FastAPI, backend: Runner | None) -> None:
     """``--model``: load (unless given), register as the one-model repository, warm up; failure -> /healthz 503."""
     settings, metrics, repo = app.state.settings, app.state.metrics, app.state.repository
     loaded = backend
@@ -127,7 +128,7 @@ def _on_repository_change(app: FastAPI) -> None:
         app.state.metrics.set_backend(service.backend)
 
 
-def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+def create_app(settings: Settings, backend: Runner | None = None) -> FastAPI:
     """The FastAPI app. ``backend`` is loaded from ``settings.model`` in the lifespan when not given."""
     app = FastAPI(
         title="resnet-stack serve",

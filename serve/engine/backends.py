@@ -42,9 +42,7 @@ from .torch_backend import TorchBackend
 log = logging.getLogger("serve.engine.backends")
 OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
 
-# The names the server's modules use: one type, the runners of resnet.runtime.
-Backend = Runner
-__all__ = ["MULTISCALE_FIXED", "REEXPORT", "Backend", "load_backend", "load_backend_for", "trt_profile"]
+__all__ = ["MULTISCALE_FIXED", "REEXPORT", "load_backend", "load_backend_for", "trt_profile"]
 
 
 def tensorrt_status() -> tuple[bool, str]:
@@ -150,7 +148,7 @@ def trt_profile(settings: Any) -> tuple[int, int, int]:
     return shapes[0], opt, shapes[-1]
 
 
-def load_backend_for(settings: Any) -> Backend:
+def load_backend_for(settings: Any) -> Runner:
     """``load_backend`` with everything the server settings say (batch profile, TensorRT cache)."""
     return load_backend(
         settings.model,
@@ -176,7 +174,7 @@ def load_backend(
     download_weights: bool = False,
     check_hash: bool = True,
     multiscale: str = "auto",
-) -> Backend:
+) -> Runner:
     """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why.
 
     ``model`` is an artifact path or ``torchvision:ARCH[:WEIGHTS]`` (PyTorch only; ``download_weights`` and
@@ -194,7 +192,7 @@ def load_backend(
     if conflict:
         log.warning("%s", conflict)
     kind = artifact_kind(path)
-    backend: Backend
+    backend: Runner
     if kind == "engine":
         if choice not in ("auto", "tensorrt"):
             raise UsageError(f"{path} is a TensorRT engine: only --backend tensorrt (or auto) can run it")

@@ -37,9 +37,10 @@ from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_ki
 from resnet.names import is_torchvision_spec
 from resnet.runtime.kinds import PRECISIONS
 from resnet.runtime.report import ParityReport, ReportError
+from resnet.runtime.runner import Runner
 
 from ..settings import Settings
-from .backends import Backend, load_backend_for
+from .backends import load_backend_for
 from .batcher import batch_shapes
 
 log = logging.getLogger("serve.engine.precision")
@@ -65,7 +66,7 @@ class Candidate:
     excluded: str = ""
 
 
-def precision_of(backend: Backend) -> str:
+def precision_of(backend: Runner) -> str:
     """What ``backend`` computes in: its runner's declared precision (``resnet.runtime.kinds.ort_precision`` for a
     graph: a reduced-precision graph's own, else the runtime's math)."""
     return backend.precision
@@ -114,7 +115,7 @@ def describe(found: list[Candidate]) -> str:
     return ", ".join(f"{c.path.name} ({c.precision}{': ' + c.excluded if c.excluded else ''})" for c in found)
 
 
-def serve_batch(settings: Settings, backend: Backend, crops: int = TEN_CROP) -> int:
+def serve_batch(settings: Settings, backend: Runner, crops: int = TEN_CROP) -> int:
     """The batch shape the server runs for ``crops`` crops (the smallest shape holding them, else its largest)."""
     limit = backend.max_batch
     max_batch = min(settings.max_batch or limit or DEFAULT_MAX_BATCH, limit or DEFAULT_MAX_BATCH)
@@ -164,7 +165,7 @@ class DecodeLoad:
             w.join()
 
 
-def _load(candidate: Candidate, settings: Settings) -> Backend:
+def _load(candidate: Candidate, settings: Settings) -> Runner:
     """``load_backend_for`` the candidate with the server's settings (threads, batch profile, TensorRT cache)."""
     if artifact_kind(candidate.path) == "checkpoint":
         choice, torch_precision = "torch", candidate.precision
@@ -190,7 +191,7 @@ class Timing:
         return self.loaded_batch / self.loaded_s
 
 
-def _round_robin(backends: list[Backend], inputs: list[np.ndarray], share: float) -> list[tuple[float, int]]:
+def _round_robin(backends: list[Runner], inputs: list[np.ndarray], share: float) -> list[tuple[float, int]]:
     """(median seconds, timed runs) per backend: one warm-up run each, then timed runs round-robin (load on a
     shared machine hits all alike) while each one's ``share`` of the budget lasts; a candidate whose warm-up alone
     spent its share is timed by that run."""
@@ -214,7 +215,7 @@ def _round_robin(backends: list[Backend], inputs: list[np.ndarray], share: float
 
 
 def time_backends(
-    backends: list[Backend],
+    backends: list[Runner],
     batches: list[int],
     loaded_batches: list[int],
     decode_threads: int,
@@ -245,7 +246,7 @@ def pick(timings: list[Timing]) -> tuple[int, list[float]]:
     return min(range(len(timings)), key=lambda i: (scores[i], -timings[i].loaded_crops_per_s)), scores
 
 
-def choose(settings: Settings, folder: Path) -> Backend:
+def choose(settings: Settings, folder: Path) -> Runner:
     """Load the artifact of ``folder`` that ``settings.precision`` asks for (auto: the fastest here)."""
     found = find_candidates(folder, settings.backend)
     usable = [c for c in found if not c.excluded]
@@ -262,7 +263,7 @@ def choose(settings: Settings, folder: Path) -> Backend:
                 f"{folder} has no {settings.precision} artifact that passed its gate; it has: {describe(found)}"
             )
         return _load(picked[0], settings)
-    loaded: list[tuple[Candidate, Backend]] = []
+    loaded: list[tuple[Candidate, Runner]] = []
     for c in usable:
         try:
             loaded.append((c, _load(c, settings)))
@@ -273,7 +274,7 @@ def choose(settings: Settings, folder: Path) -> Backend:
     return _fastest(settings, loaded)
 
 
-def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Backend:
+def _fastest(settings: Settings, loaded: list[tuple[Candidate, Runner]]) -> Runner:
     """Time the loaded candidates at both operating points, log the rule and one JSON line each, return the pick."""
     from resnet.runtime.ort import cpu_threads
 
@@ -325,7 +326,7 @@ def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Bac
     return backends[best]
 
 
-def select_backend(settings: Settings) -> Backend:
+def select_backend(settings: Settings) -> Runner:
     """The backend to serve: ``settings.model`` as a folder (choose by precision) or as one file."""
     path = Path(settings.model)
     if path.is_dir():

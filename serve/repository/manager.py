@@ -34,8 +34,8 @@ from pathlib import Path
 
 from resnet import UserError
 from resnet.artifacts import artifact_kind, report_path
+from resnet.runtime.runner import Runner
 
-from ..engine.backends import Backend
 from ..engine.precision import gate_verdict, select_backend
 from ..engine.service import ClassifyService, check_backend
 from ..settings import Settings
@@ -170,7 +170,7 @@ def _gate(artifact: Path, model_dir: Path) -> str:
     return ""
 
 
-def open_version(folder: Path, model_dir: Path, settings: Settings) -> Backend:
+def open_version(folder: Path, model_dir: Path, settings: Settings) -> Runner:
     """Load and check the backend of one version folder (blocking): one artifact is served as ``--model FILE``, several
     as ``--model DIR --precision`` (serve.engine.precision). Raises ``UserError`` with the reason it cannot be served."""
     files = artifacts_in(folder)
