@@ -273,3 +273,18 @@ def test_torch_backend_threads_sleep_between_layers_unless_told_otherwise(digits
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == expected
+
+
+def test_one_precision_flag_and_its_errors_name_it(digits_checkpoint: Path) -> None:
+    """Issue 26: ``--precision`` is the one flag (``--torch-precision`` is gone); fp16 for a checkpoint on a CPU is
+    exit 2 with one line naming ``--precision``, the flag the user typed."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: fp16 autocast is allowed")
+    p = run_module("serve", "--model", str(digits_checkpoint), "--precision", "fp16", timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+    assert p.returncode == 2 and len(lines) == 1 and "--precision fp16 needs CUDA" in lines[0], p.stderr[-1500:]
+    assert "--torch-precision" not in p.stderr and "Traceback" not in p.stderr
+    p = run_module("serve", "--model", str(digits_checkpoint), "--torch-precision", "bf16", timeout=120)
+    assert p.returncode == 2 and "unrecognized arguments: --torch-precision" in p.stderr

@@ -2,13 +2,14 @@
 
 One definition each (docs/DESIGN.md §2): ``Runtime`` (what runs an artifact; the artifact kinds
 ``checkpoint|onnx|engine`` stay ``resnet.artifacts.ArtifactKind``), ``Precision`` (the model card's ``precision``,
-``serve --precision``, ``--torch-precision``), and ``Combination``: the runtime + provider + precision a parity
+``serve --precision``), and ``Combination``: the runtime + provider + precision a parity
 report ran and a server serves. No imports beyond the standard library.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal, get_args
 
 Runtime = Literal["onnxruntime", "tensorrt", "torch"]
@@ -16,8 +17,20 @@ RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-# What PyTorch autocast can compute in (serve --torch-precision): fp32 is no autocast.
+# What PyTorch autocast can compute in (serve --precision for a checkpoint): fp32 is no autocast.
 TORCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+class ServePrecision(str, Enum):
+    """``serve --precision``: ``auto`` (a folder: the fastest artifact whose gate passed; a file: what it computes
+    in, fp32 for a checkpoint) or one of ``PRECISIONS``."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    BF16 = "bf16"
+
 
 # ONNX Runtime execution providers by their short names (``--backend`` / ``export.parity --ep``).
 EP_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}

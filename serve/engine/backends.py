@@ -148,13 +148,17 @@ def trt_profile(settings: Any) -> tuple[int, int, int]:
     return shapes[0], opt, shapes[-1]
 
 
-def load_backend_for(settings: Any) -> Runner:
-    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache)."""
+def load_backend_for(
+    settings: Any, model: str | None = None, choice: str | None = None, precision: str = "fp32"
+) -> Runner:
+    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache); ``model`` and
+    ``choice`` default to the settings', ``precision`` is the PyTorch math for a checkpoint (an argument, not a
+    setting: ``serve.engine.precision`` works it out from ``--precision``)."""
     return load_backend(
-        settings.model,
-        settings.backend,
+        model or settings.model,
+        choice or settings.backend,
         threads=settings.threads,
-        torch_precision=settings.torch_precision,
+        torch_precision=precision,
         profile=trt_profile(settings),
         trt_cache=getattr(settings, "trt_cache", ""),
         download_weights=getattr(settings, "download_weights", False),

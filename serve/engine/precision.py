@@ -19,7 +19,6 @@ checkpoint candidate (through ``serve.engine.backends``).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import io
 import logging
@@ -32,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from resnet import UserError
+from resnet import UsageError, UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, is_tensorrt_graph, report_path
 from resnet.names import is_torchvision_spec
-from resnet.runtime.kinds import PRECISIONS
 from resnet.runtime.report import ParityReport, ReportError
 from resnet.runtime.runner import Runner
 
@@ -45,7 +43,6 @@ from .batcher import batch_shapes
 
 log = logging.getLogger("serve.engine.precision")
 
-PRECISION_CHOICES = ("auto", *PRECISIONS)
 TIMING_BUDGET_S = 20.0  # all candidates and both operating points together, warm-up runs included
 MAX_ROUNDS = 20  # timed runs per candidate and operating point at most
 TEN_CROP = 10  # crops of one ten-crop image: the batch a single request fills
@@ -168,12 +165,9 @@ class DecodeLoad:
 def _load(candidate: Candidate, settings: Settings) -> Runner:
     """``load_backend_for`` the candidate with the server's settings (threads, batch profile, TensorRT cache)."""
     if artifact_kind(candidate.path) == "checkpoint":
-        choice, torch_precision = "torch", candidate.precision
-    else:
-        choice, torch_precision = ("auto" if settings.backend == "torch" else settings.backend), "fp32"
-    return load_backend_for(
-        dataclasses.replace(settings, model=str(candidate.path), backend=choice, torch_precision=torch_precision)
-    )
+        return load_backend_for(settings, str(candidate.path), "torch", candidate.precision)
+    choice = "auto" if settings.backend == "torch" else settings.backend
+    return load_backend_for(settings, str(candidate.path), choice)
 
 
 @dataclass
@@ -334,11 +328,11 @@ def select_backend(settings: Settings) -> Runner:
     wanted = settings.precision
     named = is_torchvision_spec(settings.model)  # torchvision:ARCH[:WEIGHTS] runs on PyTorch, as a checkpoint does
     if named or (path.is_file() and artifact_kind(path) == "checkpoint"):
-        torch_precision = settings.torch_precision if wanted == "auto" else wanted
+        torch_precision = "fp32" if wanted == "auto" else wanted
         if torch_precision == "int8":
             what = f"{settings.model} runs on PyTorch" if named else f"{path.name} is a checkpoint"
-            raise UserError(f"{what}: it serves in fp32 or bf16 (int8 needs export.quantize)")
-        return load_backend_for(dataclasses.replace(settings, torch_precision=torch_precision))
+            raise UsageError(f"--precision int8: {what}; it serves in fp32, bf16 or fp16 (int8 needs export.quantize)")
+        return load_backend_for(settings, precision=torch_precision)
     backend = load_backend_for(settings)
     if wanted != "auto" and precision_of(backend) != wanted:
         raise UserError(f"{path.name} computes in {precision_of(backend)}, not {wanted} (--precision {wanted})")

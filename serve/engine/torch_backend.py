@@ -61,7 +61,7 @@ class TorchBackend:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         if precision == "fp16" and self.device.type == "cpu":
-            raise UsageError("--torch-precision fp16 needs CUDA; on the CPU use bf16 or fp32")
+            raise UsageError("--precision fp16 needs CUDA for a PyTorch model; on the CPU use bf16 or fp32")
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.precision: Precision = precision  # type: ignore[assignment]
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
