@@ -205,3 +205,20 @@ def test_only_known_gpu_providers_count_as_gpu() -> None:
     assert not Combination("onnxruntime", "OpenVINOExecutionProvider", "fp32").on_gpu
     assert not Combination("torch", "torch:cpu", "fp32").on_gpu
     assert Combination("onnxruntime", "OpenVINOExecutionProvider", "fp32").needs_report  # unknown: gated first
+
+
+def test_every_artifact_kind_has_an_opener() -> None:
+    """Issue 26: adding an artifact kind without its opener fails here (docs/DESIGN.md §2's table)."""
+    from resnet.runtime.openers import KINDS, OPENERS
+
+    assert set(OPENERS) == set(KINDS), f"artifact kinds without an opener: {set(KINDS) - set(OPENERS)}"
+
+
+def test_open_runner_opens_a_graph_as_the_gate_and_the_server_do(tiny: tuple[Path, Path]) -> None:
+    from resnet.runtime.openers import open_runner
+
+    runner = open_runner(tiny[1])
+    try:
+        assert runner.combination.describe() == "onnxruntime on CPUExecutionProvider in fp32"
+    finally:
+        runner.close()

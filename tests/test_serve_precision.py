@@ -20,6 +20,7 @@ from PIL import Image
 
 from resnet import UserError
 from resnet.artifacts import report_path
+from resnet.runtime.torch_runner import TorchRunner
 from serve.engine.precision import (
     DecodeLoad,
     Timing,
@@ -31,7 +32,6 @@ from serve.engine.precision import (
     precision_of,
     select_backend,
 )
-from serve.engine.torch_backend import TorchBackend
 from serve.settings import Settings
 from tests.serve_support import REPO, Server, encode, until
 
@@ -116,7 +116,7 @@ def test_auto_closes_the_candidates_it_did_not_choose(run_dir: Path):
     for _, b in loaded:
         if b is chosen:
             continue
-        if isinstance(b, TorchBackend):
+        if isinstance(b, TorchRunner):
             assert b.model is None, f"{b.name} kept its weights"
         else:
             assert b.session is None and b.multi_session is None, f"{b.name} kept its sessions"

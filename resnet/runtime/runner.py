@@ -4,7 +4,7 @@
   (``resnet.runtime.ort``).
 - ``EngineRunner``: a ``.plan`` engine on TensorRT (``resnet.runtime.tensorrt``; card from the ``.plan.json`` sidecar,
   or given while a staged engine is gated).
-- ``serve.torch_backend.TorchBackend``: a PyTorch network (it needs torch, so it lives with the server).
+- ``resnet.runtime.torch_runner.TorchRunner``: a PyTorch network (torch imported only when one is made).
 
 Each declares ``kind`` (a ``Runtime``), ``provider`` (as its runtime names it), ``precision``, ``card``, its batch
 and size limits, ``info`` (what a parity report records), ``report`` (the parity report that admitted it, if any),
