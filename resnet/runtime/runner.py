@@ -153,9 +153,18 @@ class OnnxRunner:
         self.providers = self.session.get_providers()
         trt_fp16 = ep == "tensorrt" and trt is not None and trt.fp16
         self.precision: Precision = ort_precision(self.card.precision, trt_fp16)
+        self.info = self._info(path, ep, trt)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        dim = self.session.get_inputs()[0].shape[0]
+        self.max_batch = dim if isinstance(dim, int) and dim > 0 else None
+        self.min_batch = self.max_batch or 1
+
+    def _info(self, path: Path, ep: str, trt: TrtOptions | None) -> dict[str, Any]:
+        """What a parity report records of this runner (provider, precision, TF32, TensorRT options, placement)."""
         import onnxruntime as ort
 
-        self.info: dict[str, Any] = {
+        return {
             "backend": f"onnxruntime-{ep}",
             "path": str(path),
             "onnxruntime": ort.__version__,
@@ -166,11 +175,6 @@ class OnnxRunner:
             **({"trt_options": trt.provider_options()} if trt is not None else {}),
             **({"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH} if ep == "cuda" else {}),
         }
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        dim = self.session.get_inputs()[0].shape[0]
-        self.max_batch = dim if isinstance(dim, int) and dim > 0 else None
-        self.min_batch = self.max_batch or 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         size = self.card.input_size
