@@ -15,7 +15,8 @@ the ``tensorrt`` package is missing (as in the torch image without TensorRT).
 Each step ends ``passed``, ``failed`` or ``not exercised`` (with why: ``--skip``, "tensorrt not importable", a step
 it needs that did not pass): a step that did not run never reads as passed. Writes ``OUT/device_check.json`` (every
 step: status, figures, thresholds), prints a short table of the steps last, and the log goes to stdout; training runs
-go to a temporary folder that is removed. Exit 0 when no step failed, 1 otherwise.
+go to a temporary folder that is removed. The check's ``result`` is ``passed`` only when every step ran and passed,
+``failed`` when one failed, else ``partial`` (with ``counts``); exit 1 when a step failed, else 0.
 TF32 is turned off only while ``parity_fp32`` compares (``tf32_off``) and restored after, so the fp32 training-step
 figures run with PyTorch's defaults; each of those steps records the TF32 settings it ran with.
 ``--device cpu`` compares the CPU with itself: it exercises the code and the assertions, never a GPU result (the
@@ -50,6 +51,7 @@ from resnet.samples import digits_images  # noqa: E402
 
 STEPS = ("digits", "parity_fp32", "autocast", "compile", "train_step", "trt_multiscale", "trt_int8")
 PASSED, FAILED, NOT_EXERCISED = "passed", "failed", "not exercised"
+PARTIAL = "partial"  # the check's result when no step failed but not every step ran
 STEPS_STATUSES = (PASSED, FAILED, NOT_EXERCISED)
 # the sidecar's multi-scale record for a 32-px CIFAR-family net (export.engine.engine_profiles)
 DIGITS_MULTISCALE = {"batch": [1, 2, 8], "min_side": 28, "max_side": 72, "sides": [28, 32, 36]}
@@ -243,96 +245,102 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_steps(
-    args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]
-) -> dict[str, dict[str, Any]]:
-    """Every step not in --skip, in order; a step that fails records why and the next ones still run. ``save`` is
-    called after each step, so a run stopped by its time limit still leaves a summary of what it did."""
-    dev, py = args.device, sys.executable
-    state: dict[str, Any] = {}
-    results: dict[str, dict[str, Any]] = {}
+class Steps:
+    """The steps as methods (``STEPS`` names them; ``compile`` is ``compile_run``), sharing the digits model,
+    its crops and the fp32 reference in ``state``."""
 
-    def digits() -> dict[str, Any]:
-        ckpt = train_digits(py, work / "digits", dev, 4 if args.tiny else None, 8 if args.tiny else 20)
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work, self.dev, self.py = args, work, args.device, sys.executable
+        self.state: dict[str, Any] = {}
+
+    def digits(self) -> dict[str, Any]:
+        tiny = self.args.tiny
+        ckpt = train_digits(self.py, self.work / "digits", self.dev, 4 if tiny else None, 8 if tiny else 20)
         model, card = resnet.load_checkpoint(ckpt)
-        x, labels = test_crops(card, 40 if args.tiny else None)  # fp16 autocast on a CPU is slow
-        state.update(model=model, x=x, labels=labels, ckpt=ckpt)
-        acc = ten_crop_accuracy(logits_on(model, x, dev), labels)
-        check(acc >= args.min_accuracy, f"ten-crop accuracy {acc:.2f}% < {args.min_accuracy}%")
-        return {"ten_crop_accuracy_pct": round(acc, 2), "min_accuracy_pct": args.min_accuracy, "images": len(labels)}
+        x, labels = test_crops(card, 40 if tiny else None)  # fp16 autocast on a CPU is slow
+        self.state.update(model=model, x=x, labels=labels, ckpt=ckpt)
+        acc = ten_crop_accuracy(logits_on(model, x, self.dev), labels)
+        least = self.args.min_accuracy
+        check(acc >= least, f"ten-crop accuracy {acc:.2f}% < {least}%")
+        return {"ten_crop_accuracy_pct": round(acc, 2), "min_accuracy_pct": least, "images": len(labels)}
 
-    def parity_fp32() -> dict[str, Any]:
+    def parity_fp32(self) -> dict[str, Any]:
+        state = self.state
         needs(state, "model", "the digits model")
         with tf32_off():  # TF32 would move fp32 logits past the parity; only here
             tf32 = tf32_settings()
             ref = logits_on(state["model"], state["x"], "cpu")
-            got = agreement(logits_on(state["model"], state["x"], dev), ref)
+            got = agreement(logits_on(state["model"], state["x"], self.dev), ref)
         state["ref"] = ref
         check(got["top1_agreement_pct"] == 100.0, f"fp32 top-1 agreement {got['top1_agreement_pct']}% < 100%")
         check(got["min_cosine"] >= 0.9999, f"fp32 min cosine {got['min_cosine']:.6f} < 0.9999")
         thresholds = {"top1_agreement_pct": 100.0, "min_cosine": 0.9999}
         return {**got, "crops": len(ref), "thresholds": thresholds, "tf32": tf32}
 
-    def autocast() -> dict[str, Any]:
+    def autocast(self) -> dict[str, Any]:
+        state = self.state
         needs(state, "ref", "the fp32 reference logits (parity_fp32)")
         out = {}
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-            out[name] = agreement(logits_on(state["model"], state["x"], dev, dtype), state["ref"])
+            out[name] = agreement(logits_on(state["model"], state["x"], self.dev, dtype), state["ref"])
             pct = out[name]["top1_agreement_pct"]
             check(pct >= 99.0, f"{name} autocast top-1 agreement {pct}% < 99%")
         return {**out, "thresholds": {"top1_agreement_pct": 99.0}}
 
-    def compile_run() -> dict[str, Any]:
+    def compile_run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        iters = 4 if args.tiny else 100
-        train_digits(py, work / "compiled", dev, iters, 8 if args.tiny else 20, ["--compile"])
+        tiny = self.args.tiny
+        iters = 4 if tiny else 100
+        train_digits(self.py, self.work / "compiled", self.dev, iters, 8 if tiny else 20, ["--compile"])
         return {"seconds": round(time.perf_counter() - started, 1), "iterations": iters}
 
-    def train_step() -> dict[str, Any]:
-        arch, size, batch = ("resnet18", 64, 8) if args.tiny else ("resnet50", 224, 128)
-        steps, warmup = (2, 1) if args.tiny else (10, 3)
+    def train_step(self) -> dict[str, Any]:
+        arch, size, batch = ("resnet18", 64, 8) if self.args.tiny else ("resnet50", 224, 128)
+        steps, warmup = (2, 1) if self.args.tiny else (10, 3)
         tf32 = tf32_settings()  # the fp32 figures run with PyTorch's defaults, whatever ran before
-        rates = step_times(arch, size, batch, dev, steps, warmup)
+        rates = step_times(arch, size, batch, self.dev, steps, warmup)
         check(all(v > 0 for v in rates.values()), f"non-positive throughput in {rates}")
-        return {
-            "model": arch,
-            "image_size": size,
-            "batch": batch,
-            "images_per_s": rates,
-            "timed_steps": steps,
-            "tf32": tf32,
-        }
+        info = {"model": arch, "image_size": size, "batch": batch, "images_per_s": rates}
+        return {**info, "timed_steps": steps, "tf32": tf32}
 
-    def trt_ready() -> Path:
+    def trt_ready(self) -> Path:
         ok, why = tensorrt_available()
         if not ok:
             raise StepSkipped(why)
-        needs(state, "ckpt", "the digits model")
-        return state["ckpt"]
+        needs(self.state, "ckpt", "the digits model")
+        return self.state["ckpt"]
 
-    def trt_multiscale() -> dict[str, Any]:
-        return trt_multiscale_step(py, trt_ready(), work / "trt")
+    def trt_multiscale(self) -> dict[str, Any]:
+        return trt_multiscale_step(self.py, self.trt_ready(), self.work / "trt")
 
-    def trt_int8() -> dict[str, Any]:
-        return trt_int8_step(py, trt_ready(), work / "trt_int8")
+    def trt_int8(self) -> dict[str, Any]:
+        return trt_int8_step(self.py, self.trt_ready(), self.work / "trt_int8")
 
-    funcs: dict[str, Callable[[], dict[str, Any]]] = {
-        "digits": digits,
-        "parity_fp32": parity_fp32,
-        "autocast": autocast,
-        "compile": compile_run,
-        "train_step": train_step,
-        "trt_multiscale": trt_multiscale,
-        "trt_int8": trt_int8,
-    }
+
+def run_steps(
+    args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]
+) -> dict[str, dict[str, Any]]:
+    """Every step not in --skip, in order; a step that fails records why and the next ones still run. ``save`` is
+    called after each step, so a run stopped by its time limit still leaves a summary of what it did."""
+    steps = Steps(args, work)
+    results: dict[str, dict[str, Any]] = {}
     for name in STEPS:
         if name in args.skip:
             results[name] = not_exercised("--skip")
             continue
-        results[name] = run_step(name, funcs[name])
+        results[name] = run_step(name, getattr(steps, "compile_run" if name == "compile" else name))
         print(f"   {name}: {json.dumps(results[name])}", flush=True)
         save(results)
     return results
+
+
+def verdict(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, int]]:
+    """``passed`` only when every step ran and passed; ``failed`` when one failed; else ``partial``; with counts."""
+    counts = {status: sum(r["status"] == status for r in results.values()) for status in STEPS_STATUSES}
+    counts[NOT_EXERCISED] += len(STEPS) - len(results)  # steps the run never reached
+    if counts[FAILED]:
+        return FAILED, counts
+    return (PASSED if counts[PASSED] == len(STEPS) else PARTIAL), counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def save(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        counts = {status: sum(r["status"] == status for r in results.values()) for status in STEPS_STATUSES}
+        result, counts = verdict(results)
         summary = {
             "device": args.device,
             "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
@@ -359,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
             "tiny": args.tiny,
             "complete": len(results) == len(STEPS),
-            "passed": len(results) == len(STEPS) and counts[FAILED] == 0,
+            "result": result,  # passed | partial | failed
+            "passed": result == PASSED,
             "counts": counts,
             "seconds": round(time.perf_counter() - started, 1),
             "steps": results,
@@ -369,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="device_check.") as work:
         summary = save(run_steps(args, Path(work), save))
-    print(json.dumps({k: summary[k] for k in ("device", "gpu", "passed", "counts", "seconds")}), flush=True)
+    print(json.dumps({k: summary[k] for k in ("device", "gpu", "result", "counts", "seconds")}), flush=True)
     print(table(summary["steps"]), flush=True)
-    return 0 if summary["passed"] else 1
+    return 1 if summary["result"] == FAILED else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # The one prepared GPU check, for a task that is lent a device machine (torch image without TensorRT or FastAPI,
 # 10 minutes a command): every step asserts (bench/device_check.py says which thresholds), and it writes exactly two
 # files into $OUT: device_check.json (the summary: each step passed, failed or not exercised, with its figures or
-# why) and device_check.log (everything printed). It prints the steps' table last and exits 0 only when no step
+# why; "result": passed only when every step ran and passed, else partial or failed, with counts) and
+# device_check.log (everything printed). It prints the steps' table last and exits 0 only when no step
 # failed; a step that could not run reads "not exercised", never "passed". Copy the figures into bench/RESULTS.md
 # with the GPU's name.
 #

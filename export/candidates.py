@@ -17,9 +17,9 @@ import numpy as np
 from resnet import UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH, ArtifactKind
 from resnet.card import ModelCard
-from resnet.runtime.kinds import graph_precision
-from resnet.runtime.ort import TrtOptions, trt_cache_dir
-from resnet.runtime.runner import EngineRunner, OnnxRunner, Runner
+from resnet.runtime.kinds import graph_precision, not_offered
+from resnet.runtime.openers import open_runner
+from resnet.runtime.runner import OnnxRunner, Runner
 
 from .images import ImageSet
 from .log import progress
@@ -106,19 +106,18 @@ def open_candidate(
     if kind == "engine":
         if ep != "cpu" or trt_fp16:
             raise UsageError(f"{path.name} is a TensorRT engine: it runs on TensorRT itself (no --ep / --trt-fp16)")
-        return EngineRunner(path, card)
+        return open_runner(path, kind=kind, card=card)
     if kind != "onnx":
         raise UsageError(f"{path.name}: only an ONNX graph or a TensorRT engine can be a candidate")
     if trt_fp16 and ep != "tensorrt":
         raise UsageError("--trt-fp16 is a TensorRT EP setting: use it with --ep tensorrt")
-    trt = None
     if ep != "cpu":
         card = card if card is not None else artifacts.read_card(path)
-        if ep == "tensorrt":
-            shape = (3, card.input_size, card.input_size)
-            profile = (1, min(SERVE_BATCH, max_batch), max_batch)
-            trt = TrtOptions(trt_cache_dir(path, ""), "input", shape, profile, trt_fp16, card.precision == "int8")
-    return OnnxRunner(path, card, ep, 0, trt)
+        why_not = not_offered(ep, card)
+        if why_not:
+            raise UsageError(f"{path.name} is not run on --ep {ep}: {why_not}")
+    profile = (1, min(SERVE_BATCH, max_batch), max_batch)
+    return open_runner(path, ep, "fp16" if trt_fp16 else "fp32", profile, kind, card=card)
 
 
 def check_same_model(reference: ModelCard, candidate: ModelCard, where: Path) -> None:

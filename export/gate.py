@@ -27,7 +27,7 @@ import numpy as np
 from resnet import ParityError, UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
-from resnet.runtime.kinds import EP_PROVIDERS, ep_combinations
+from resnet.runtime.kinds import EP_PROVIDERS, ep_combinations, int8_target, not_offered
 from resnet.runtime.ort import ProviderUnavailable
 from resnet.runtime.report import FORMAT, VERSION, combination_report_path, home_combination
 from resnet.runtime.runner import Runner, combination_of
@@ -243,14 +243,11 @@ def gate_candidate(
     ep: str = "cpu",
     trt_fp16: bool = False,
 ) -> dict[str, Any]:
-    """Gate the candidate at ``staged``; publish it as ``final`` or reject it. Writes the report of the combination
-    it ran (``resnet.runtime.report``: ``<final>.parity.json`` for a graph on the CPU or an engine).
-
-    Raises ``ParityError`` (exit 3) when the gate fails, after moving the candidate to ``<final>.rejected``.
-    ``on_pass(report)`` runs before the candidate is published (the engine writes its sidecar there). ``ep`` /
-    ``trt_fp16``: run a graph on another ONNX Runtime execution provider (``open_candidate``); such a gate of a
-    published graph writes its own report and neither publishes nor rejects the graph (its CPU gate did).
-    """
+    """Gate the candidate at ``staged``; publish it as ``final`` or reject it (``ParityError``, exit 3, after
+    moving it to ``<final>.rejected``). Writes the report of the combination it ran (``resnet.runtime.report``).
+    ``on_pass(report)`` runs before publishing (an engine writes its sidecar there). ``ep`` / ``trt_fp16``: run a
+    graph on another ONNX Runtime provider (``open_candidate``); that gate of a published graph writes its own
+    report and neither publishes nor rejects the graph (its CPU gate did)."""
     final = Path(final or staged)
     kind = artifacts.artifact_kind(final)
     candidate = open_candidate(staged, kind, card, ep=ep, trt_fp16=trt_fp16, max_batch=max_batch or DEFAULT_MAX_BATCH)
@@ -344,11 +341,10 @@ def stage_gate_publish(
 def gate_gpu_providers(
     reference: Reference, graph: Path, images: ImageSet, thresholds: Thresholds, max_batch: int | None
 ) -> dict[str, str]:
-    """Gate a published graph on each GPU execution provider this onnxruntime build has (the TensorRT EP in FP16
-    and FP32 for an FP32 graph, in the graph's own precision otherwise; the CUDA EP), so that the server may serve
-    exactly those combinations. Each writes its own report; a failure or a provider that does not load is logged
-    and neither rejects the graph nor stops the export. Returns ``{combination slug: passed|failed|not run: why}``;
-    empty on a CPU-only onnxruntime."""
+    """Gate a published graph on each GPU provider this onnxruntime has and may offer it to (``not_offered``) in
+    each combination of ``ep_combinations``, so the server may serve exactly those. Each writes its own report; a
+    failure or a provider that does not load is logged and stops nothing. Returns ``{combination slug:
+    passed|failed|not run: why}``; empty on a CPU-only onnxruntime."""
     import onnxruntime as ort
 
     gpu = [ep for ep in ("tensorrt", "cuda") if EP_PROVIDERS[ep] in ort.get_available_providers()]
@@ -356,7 +352,10 @@ def gate_gpu_providers(
     card = artifacts.read_card(graph) if gpu else None
     for ep in gpu:
         assert card is not None
-        for combination, trt_fp16 in ep_combinations(ep, card.precision):
+        if not_offered(ep, card):
+            log(f"{graph.name}: not offered to {EP_PROVIDERS[ep]}: {not_offered(ep, card)}")
+            continue
+        for combination, trt_fp16 in ep_combinations(ep, card.precision, int8_target(card)):
             # an FP32 graph built in FP16 by TensorRT is held to the FP16 preset, otherwise the graph's own
             preset = PRESETS["fp16"] if trt_fp16 and card.precision == "fp32" else thresholds
             try:

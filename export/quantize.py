@@ -43,7 +43,7 @@ from .onnx import ExportError, seal
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "minmax"  # measured on this project's models: see bench/RESULTS.md
-MINMAX_FLUSH = 8  # min/max calibration merges ranges every this many batches (bounded memory)
+CALIB_CHUNK = 8  # at most this many ten-crop batches are held at once; ranges/histograms merge chunk by chunk
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,32 @@ TARGETS = {
 DEFAULT_TARGET = "cpu"
 
 
+def calib_stride(batches: int, most: int = CALIB_CHUNK) -> int:
+    """The largest chunk of at most ``most`` batches that divides ``batches`` (ONNX Runtime's
+    ``CalibStridedMinMax`` needs the total to be a multiple of the stride)."""
+    return max(d for d in range(1, min(most, batches) + 1) if batches % d == 0)
+
+
 def _calibration_reader(calibration: calib.Calibration, input_name: str) -> Any:
-    """An ``onnxruntime.quantization.CalibrationDataReader`` over the calibration crops, one ten-crop per batch."""
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over the calibration crops, one ten-crop per batch.
+
+    It has ``__len__`` and ``set_range``, so ``quantize_static`` with ``CalibStridedMinMax`` feeds it chunk by chunk
+    and the calibrator merges each chunk's ranges (min/max) or histograms (entropy, percentile) into the last:
+    every image counts and only one chunk's outputs are held. (``CalibMaxIntermediateOutputs`` is not used: ONNX
+    Runtime 1.32's ``MinMaxCalibrater.collect_data`` clears what it collected at that count without merging it,
+    onnxruntime/quantization/calibrate.py; ORT issue #18893.)"""
     from onnxruntime.quantization import CalibrationDataReader
 
     class CropReader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = calibration.batches()
+            self._all = list(calibration.batches())
+            self._batches = iter(self._all)
+
+        def __len__(self) -> int:
+            return len(self._all)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(self._all[start_index:end_index])
 
         def get_next(self) -> dict[str, Any] | None:
             batch = next(self._batches, None)
@@ -117,8 +136,7 @@ def quantize_graph(
     act = QuantType.QInt8 if how_to.activations == "int8" else QuantType.QUInt8
     extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": how_to.activations == "int8"}
     extra |= {"QuantizeBias": how_to.quantize_bias, "OpTypesToExcludeOutputQuantization": list(how_to.no_output_qdq)}
-    if method == "minmax":
-        extra["CalibMaxIntermediateOutputs"] = MINMAX_FLUSH
+    extra["CalibStridedMinMax"] = calib_stride(calibration.count)
     with tempfile.TemporaryDirectory(prefix="export-quantize-") as tmp:
         src, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(fp32.SerializeToString())

@@ -11,7 +11,6 @@ install has none). The card's digest is over the card's JSON bytes as stored.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +123,9 @@ def check_onnx_file(path: str | os.PathLike[str]) -> None:
 
 
 def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
-    """The validated card of an ONNX file; ``CardError`` for a file that is not ours (no card), ``CheckpointError``
-    for one whose graph does not hash to the digest recorded beside the card."""
-    import onnx
-
+    """The validated card of an ONNX file, read from the protobuf wire format (no ``onnx`` package: the
+    ``[serve-gpu]`` image has none and must still admit what it serves); ``CardError`` for a file that is not ours
+    (no card) or not protobuf, ``CheckpointError`` for one whose graph or card does not hash to its recorded digest."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
@@ -136,16 +134,17 @@ def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = onnx.load_model_from_string(data)
-    except Exception as e:  # untrusted bytes: protobuf raises DecodeError, ValueError, RuntimeError ...
-        raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({type(e).__name__})") from None
-    for prop in model.metadata_props:
-        if prop.key == CARD_KEY:
-            check_onnx_bytes(data, path)  # a changed card is refused as corrupt before it is read
-            try:
-                return ModelCard.from_json(prop.value)
-            except CardError as e:
-                raise CardError(f"{path}: {e}") from None
-    raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
+        props, graphs = _stored(data)
+    except ValueError as e:
+        raise CardError(f"{path} is not a readable ONNX file: truncated or corrupt ({e})") from None
+    if CARD_KEY not in props or not graphs:
+        raise CardError(f"{path} has no model card in its metadata: it was not exported by this project")
+    check_onnx_bytes(data, path)  # a changed card is refused as corrupt before it is read
+    try:
+        text = props[CARD_KEY].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is corrupt: its model card is not UTF-8") from None
+    try:
+        return ModelCard.from_json(text)
+    except CardError as e:
+        raise CardError(f"{path}: {e}") from None

@@ -18,7 +18,7 @@ from typing import Any
 from resnet import UsageError
 from resnet.dataclass_cli import UsageParser, add_options, env_name, flag, option, values_from
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
-from resnet.runtime.kinds import PRECISIONS, TORCH_PRECISIONS
+from resnet.runtime.kinds import ServePrecision
 
 ENV_PREFIX = "RESNET_SERVE_"
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
@@ -168,17 +168,13 @@ class Settings:
         "--decode-threads 0 mean each worker's share of the CPUs",
     )
     threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
-    torch_precision: str = _opt(
-        "fp32",
-        "torch backend math: fp32 (default; meets the 1e-4 parity), bf16 or fp16 autocast (faster, looser)",
-        choices=TORCH_PRECISIONS,
-    )
     precision: str = _opt(
         "auto",
         "auto | fp32 | fp16 | int8 | bf16: with --model DIR (a run or export folder), auto times every artifact "
         "there whose parity report passed (.onnx, .fp16.onnx, .int8.onnx; the checkpoint with bf16 autocast) at "
-        "start-up and serves the fastest, a precision picks that artifact; with a file it must match the file",
-        choices=("auto", *PRECISIONS),
+        "start-up and serves the fastest, a precision picks that artifact; with a file it must match the file (a "
+        "checkpoint or torchvision:ARCH: fp32 when auto, or bf16 / fp16 autocast, fp16 on CUDA only)",
+        choices=tuple(p.value for p in ServePrecision),
     )
     api_key: str = _opt(
         "",

@@ -28,7 +28,9 @@ def test_cpu_rehearsal_runs_every_step_asserts_and_writes_two_files(tmp_path: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.json", "device_check.log"]
     summary = json.loads((tmp_path / "device_check.json").read_text())
-    assert summary["device"] == "cpu" and summary["gpu"] is None and summary["passed"] and summary["complete"]
+    assert summary["device"] == "cpu" and summary["gpu"] is None and summary["complete"]
+    # three steps not exercised: the check is partial, not passed (issue 25 item 8), and exits 0 (nothing failed)
+    assert summary["result"] == "partial" and summary["passed"] is False
     steps = summary["steps"]
     assert steps["compile"] == {"status": "not exercised", "passed": None, "why": "--skip"}
     assert steps["parity_fp32"]["top1_agreement_pct"] == 100.0 and steps["parity_fp32"]["min_cosine"] >= 0.9999
@@ -92,3 +94,14 @@ def test_asking_for_cuda_without_it_exits_4(tmp_path: Path) -> None:
     proc = run_check(tmp_path, "--device cuda", timeout=300)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "no CUDA device here" in (tmp_path / "device_check.log").read_text()
+
+
+def test_passed_means_every_step_ran_and_passed_else_partial_with_counts() -> None:
+    """Issue 25 item 8: a check whose TensorRT steps were not exercised is ``partial``, never ``passed``."""
+    from bench.device_check import STEPS, verdict
+
+    ok = {"status": "passed"}
+    assert verdict(dict.fromkeys(STEPS, ok)) == ("passed", {"passed": 7, "failed": 0, "not exercised": 0})
+    some = {**dict.fromkeys(STEPS[:5], ok), "trt_multiscale": {"status": "not exercised"}}
+    assert verdict(some) == ("partial", {"passed": 5, "failed": 0, "not exercised": 2})  # trt_int8 never reached
+    assert verdict({**some, "digits": {"status": "failed"}})[0] == "failed"

@@ -83,12 +83,12 @@ def test_protocols_combine_their_views_as_the_mean_softmax() -> None:
 
 
 def _service(device_side: bool):
+    from resnet.runtime.torch_runner import TorchRunner
     from serve.engine.service import ClassifyService
-    from serve.engine.torch_backend import TorchBackend
     from serve.settings import Settings
 
     torch.manual_seed(0)
-    backend = TorchBackend(resnet.create_model("cifar_resnet20").eval(), CIFAR)
+    backend = TorchRunner(resnet.create_model("cifar_resnet20").eval(), CIFAR)
     backend.device_side = device_side  # the GPU's code path, on CPU tensors
     return ClassifyService(backend, Settings(decode_threads=1))
 
@@ -129,10 +129,10 @@ def test_measured_max_batch_picks_the_smallest_batch_near_the_best_rate() -> Non
 def test_torch_runner_takes_uint8_crops_and_device_tensors(photo_paths: list[Path]) -> None:
     """uint8 crops are normalised by the runner itself, and ``run_device`` takes a tensor already on the device:
     both give the logits of the float32 CPU path."""
-    from serve.engine.torch_backend import TorchBackend
+    from resnet.runtime.torch_runner import TorchRunner
 
     torch.manual_seed(0)
-    backend = TorchBackend(resnet.create_model("cifar_resnet20").eval(), CIFAR)
+    backend = TorchRunner(resnet.create_model("cifar_resnet20").eval(), CIFAR)
     u8 = DevicePreprocess(CIFAR).host_crops(resized(photo_paths[0], CIFAR), "ten")
     want = backend.run(resnet.preprocess(photo_paths[0].read_bytes(), CIFAR, "ten", draft=False))
     assert np.abs(backend.run(u8) - want).max() <= 1e-4
@@ -145,10 +145,10 @@ def test_batcher_never_mixes_uint8_and_float32_rows() -> None:
     read as unnormalised pixels)."""
     import asyncio
 
+    from resnet.runtime.torch_runner import TorchRunner
     from serve.engine.batcher import Batcher
-    from serve.engine.torch_backend import TorchBackend
 
-    backend = TorchBackend(resnet.create_model("cifar_resnet20").eval(), CIFAR)
+    backend = TorchRunner(resnet.create_model("cifar_resnet20").eval(), CIFAR)
     seen: list[str] = []
 
     def run(batch: np.ndarray) -> np.ndarray:

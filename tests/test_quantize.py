@@ -219,3 +219,28 @@ def test_each_target_has_its_own_default_file(tmp_path: Path) -> None:
     source = tmp_path / "model.pt"
     assert quantize.output_path(source, None).name == "model.int8.onnx"  # CPU-tuned, what the CPU server serves
     assert quantize.output_path(source, None, target="tensorrt").name == "model.int8.trt.onnx"
+
+
+def _input_range(proto: onnx.ModelProto) -> float:
+    """The float range the INT8 graph's input QuantizeLinear covers (scale x 255 for uint8 activations)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    return float(inits[q.input[1]]) * 255.0
+
+
+@pytest.mark.parametrize("count", [9, 8, 16])
+def test_minmax_calibration_covers_every_image(digits_checkpoint: Path, count: int) -> None:
+    """Issue 25 item 1: the first (widest) image's range survives however many images follow it; 8 and 16 images
+    calibrate at all (ONNX Runtime's CalibMaxIntermediateOutputs used to drop them: "No data is collected")."""
+    model, card = resnet.load_checkpoint(digits_checkpoint)
+    from export.onnx import export_model
+
+    fp32, _ = export_model(model, card)
+    s = card.input_size
+    crops = np.zeros((count * 10, 3, s, s), dtype=np.float32)  # mid-grey after normalisation
+    board = (np.indices((s, s)).sum(0) % 2) * 2.0 - 1.0  # a black/white checkerboard: range 2
+    crops[:10] = board.astype(np.float32)
+    calibration = calib.Calibration("test", count, crops, 10)
+    proto, card8 = quantize.quantize_graph(fp32, card, calibration, "minmax")
+    assert 1.9 <= _input_range(proto) <= 2.1
+    assert card8.provenance["calibration"]["count"] == count

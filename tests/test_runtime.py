@@ -122,7 +122,8 @@ def test_a_foreign_file_is_not_a_report(tmp_path: Path) -> None:
 def test_tensorrt_ep_combinations_fastest_first_and_int8_for_a_qdq_graph() -> None:
     assert ep_combinations("tensorrt", "fp32") == [(TRT_FP16, True), (TRT_FP32, False)]
     int8 = Combination("onnxruntime", "TensorrtExecutionProvider", "int8")
-    assert ep_combinations("tensorrt", "int8") == [(int8, False)]
+    assert ep_combinations("tensorrt", "int8", "tensorrt") == [(int8, False)]
+    assert ep_combinations("tensorrt", "int8") == ep_combinations("cuda", "int8") == []  # the CPU layout: CPU only
     assert ep_combinations("tensorrt", "fp16") == [(TRT_FP16, True)]
     assert ep_combinations("cuda", "fp32") == [(Combination("onnxruntime", "CUDAExecutionProvider", "fp32"), False)]
     opts = TrtOptions(None, "input", (3, 32, 32), (1, 10, 64), fp16=False, int8=True).provider_options()
@@ -135,7 +136,7 @@ def test_gpu_sessions_refuse_cpu_fallback_and_leave_the_cpu_provider_out() -> No
     with pytest.raises(RuntimeError, match="does not have configuration"):  # the CPU session may use the CPU EP
         session_options(1).get_session_config_entry(DISABLE_CPU_FALLBACK)
     cuda = provider_list("cuda", None)
-    assert cuda == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+    assert cuda == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"})]
     assert [p[0] for p in provider_list("tensorrt", None)] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from resnet import UserError
 from resnet.artifacts import report_path
+from resnet.runtime.torch_runner import TorchRunner
 from serve.engine.precision import (
     DecodeLoad,
     Timing,
@@ -31,7 +32,6 @@ from serve.engine.precision import (
     precision_of,
     select_backend,
 )
-from serve.engine.torch_backend import TorchBackend
 from serve.settings import Settings
 from tests.serve_support import REPO, Server, encode, until
 
@@ -116,7 +116,7 @@ def test_auto_closes_the_candidates_it_did_not_choose(run_dir: Path):
     for _, b in loaded:
         if b is chosen:
             continue
-        if isinstance(b, TorchBackend):
+        if isinstance(b, TorchRunner):
             assert b.model is None, f"{b.name} kept its weights"
         else:
             assert b.session is None and b.multi_session is None, f"{b.name} kept its sessions"
@@ -273,3 +273,18 @@ def test_torch_backend_threads_sleep_between_layers_unless_told_otherwise(digits
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == expected
+
+
+def test_one_precision_flag_and_its_errors_name_it(digits_checkpoint: Path) -> None:
+    """Issue 26: ``--precision`` is the one flag (``--torch-precision`` is gone); fp16 for a checkpoint on a CPU is
+    exit 2 with one line naming ``--precision``, the flag the user typed."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: fp16 autocast is allowed")
+    p = run_module("serve", "--model", str(digits_checkpoint), "--precision", "fp16", timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+    assert p.returncode == 2 and len(lines) == 1 and "--precision fp16 needs CUDA" in lines[0], p.stderr[-1500:]
+    assert "--torch-precision" not in p.stderr and "Traceback" not in p.stderr
+    p = run_module("serve", "--model", str(digits_checkpoint), "--torch-precision", "bf16", timeout=120)
+    assert p.returncode == 2 and "unrecognized arguments: --torch-precision" in p.stderr

@@ -25,6 +25,7 @@ from resnet import artifacts
 from resnet.runtime.kinds import Combination
 from resnet.runtime.ort import TrtOptions, conflicting_runtimes, trt_cache_dir
 from resnet.runtime.report import combination_report_path, write_report
+from resnet.runtime.trt_ep import engine_cache_key
 from serve.engine.backends import trt_profile
 from serve.settings import Settings
 from tests.engine_support import write_test_sidecar
@@ -158,6 +159,7 @@ def test_tensorrt_profile_covers_every_batch_shape_the_server_runs(settings: dic
 
 def test_tensorrt_provider_options_use_onnx_runtimes_names(tmp_path: Path) -> None:
     opts = TrtOptions(tmp_path, "input", (3, 224, 224), (1, 10, 64), fp16=True).provider_options()
+    keyed = tmp_path / engine_cache_key("1x3x224x224-10x3x224x224-64x3x224x224")  # ORT, TensorRT, GPU, profile
     assert opts == {
         "trt_fp16_enable": "True",
         "trt_int8_enable": "False",
@@ -165,9 +167,9 @@ def test_tensorrt_provider_options_use_onnx_runtimes_names(tmp_path: Path) -> No
         "trt_profile_opt_shapes": "input:10x3x224x224",
         "trt_profile_max_shapes": "input:64x3x224x224",
         "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(tmp_path),
+        "trt_engine_cache_path": str(keyed),
         "trt_timing_cache_enable": "True",
-        "trt_timing_cache_path": str(tmp_path),
+        "trt_timing_cache_path": str(keyed),
     }
     no_cache = TrtOptions(None, "input", (3, 32, 32), (1, 1, 1), fp16=False).provider_options()
     assert no_cache["trt_fp16_enable"] == "False" and not any("cache" in k for k in no_cache)

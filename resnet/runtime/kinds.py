@@ -2,13 +2,14 @@
 
 One definition each (docs/DESIGN.md §2): ``Runtime`` (what runs an artifact; the artifact kinds
 ``checkpoint|onnx|engine`` stay ``resnet.artifacts.ArtifactKind``), ``Precision`` (the model card's ``precision``,
-``serve --precision``, ``--torch-precision``), and ``Combination``: the runtime + provider + precision a parity
+``serve --precision``), and ``Combination``: the runtime + provider + precision a parity
 report ran and a server serves. No imports beyond the standard library.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal, get_args
 
 Runtime = Literal["onnxruntime", "tensorrt", "torch"]
@@ -16,13 +17,26 @@ RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-# What PyTorch autocast can compute in (serve --torch-precision): fp32 is no autocast.
+# What PyTorch autocast can compute in (serve --precision for a checkpoint): fp32 is no autocast.
 TORCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+class ServePrecision(str, Enum):
+    """``serve --precision``: ``auto`` (a folder: the fastest artifact whose gate passed; a file: what it computes
+    in, fp32 for a checkpoint) or one of ``PRECISIONS``."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    BF16 = "bf16"
+
 
 # ONNX Runtime execution providers by their short names (``--backend`` / ``export.parity --ep``).
 EP_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 CPU_PROVIDER = EP_PROVIDERS["cpu"]
 ENGINE_PROVIDER = "TensorRT"  # a .plan engine runs on TensorRT itself, not through ONNX Runtime
+GPU_PROVIDERS = (EP_PROVIDERS["tensorrt"], EP_PROVIDERS["cuda"], ENGINE_PROVIDER)  # and torch's "torch:cuda[:N]"
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -39,6 +53,14 @@ class Combination:
 
     @property
     def on_gpu(self) -> bool:
+        """Only providers known to run on a GPU count (``GPU_PROVIDERS``): a provider this table does not know,
+        e.g. a new CPU-only runtime, is not a GPU."""
+        return self.provider in GPU_PROVIDERS or self.provider.startswith("torch:cuda")
+
+    @property
+    def needs_report(self) -> bool:
+        """Whether serving it needs its own passing parity report: all but the CPU combinations that served before
+        reports existed (ONNX Runtime's CPU EP, PyTorch on the CPU); a provider not known here needs one."""
         return self.provider not in (CPU_PROVIDER, "torch:cpu")
 
     @property
@@ -56,12 +78,44 @@ class Combination:
         return {"runtime": self.runtime, "provider": self.provider, "precision": self.precision}
 
 
-def ep_combinations(ep: str, card_precision: str) -> list[tuple[Combination, bool]]:
+# Which providers an INT8 graph is offered to, by the layout it was quantized for (its card's calibration target,
+# ``export.quantize --target``). The CPU layout's uint8 activations and int32-bias DequantizeLinear are what TensorRT's
+# parser rejects, and the CUDA EP has no int32 DequantizeLinear kernel; the TensorRT layout is slower than FP32 in
+# ONNX Runtime on the CPU and is built for TensorRT (onnx-tensorrt docs/operators.md; export/trt_rules.py).
+INT8_PROVIDERS = {"cpu": ("cpu",), "tensorrt": ("tensorrt",)}
+
+
+def int8_target(card: Any) -> str:
+    """The layout an INT8 graph's card says it was quantized for: ``cpu`` (also graphs from before the target was
+    recorded) or ``tensorrt``."""
+    calibration = (getattr(card, "provenance", None) or {}).get("calibration") or {}
+    return "tensorrt" if calibration.get("target") == "tensorrt" else "cpu"
+
+
+def not_offered(ep: str, card: Any) -> str:
+    """Empty when a graph with ``card`` may be offered to ONNX Runtime's ``ep``, else why not (one clause)."""
+    if getattr(card, "precision", None) != "int8":
+        return ""
+    target = int8_target(card)
+    if ep in INT8_PROVIDERS[target]:
+        return ""
+    if target == "cpu":
+        return (
+            "the CPU-layout INT8 graph (uint8 activations, int32 biases) runs on the CPU only; for TensorRT quantize "
+            "with --target tensorrt (model.int8.trt.onnx)"
+        )
+    return "the TensorRT-layout INT8 graph runs on the TensorRT EP or as a .plan only"
+
+
+def ep_combinations(ep: str, card_precision: str, target: str = "cpu") -> list[tuple[Combination, bool]]:
     """The combinations an ONNX Runtime execution provider may run a graph in, fastest first, each with whether the
     TensorRT EP is told ``trt_fp16_enable``: an FP32 graph on the TensorRT EP in FP16, then FP32; otherwise the
-    graph's own precision. The gate runs each (``export.gate.gate_gpu_providers``), the server serves the first one
-    a passing report admits (``serve.engine.backends``)."""
+    graph's own precision; none for an INT8 graph of another layout (``target``, ``INT8_PROVIDERS``). The gate runs
+    each (``export.gate.gate_gpu_providers``), the server serves the first one a passing report admits
+    (``serve.engine.backends``)."""
     provider = EP_PROVIDERS[ep]
+    if card_precision == "int8" and ep not in INT8_PROVIDERS.get(target, ()):
+        return []
     if ep == "tensorrt" and card_precision == "fp32":
         return [
             (Combination("onnxruntime", provider, "fp16"), True),

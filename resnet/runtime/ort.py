@@ -14,6 +14,7 @@ loaded first (``preload_tensorrt``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -30,6 +31,7 @@ from ..card import ModelCard
 from ..errors import CardError, CheckpointError, MissingComponentError, UserError
 from ..onnx_card import CARD_KEY
 from .kinds import EP_PROVIDERS as PROVIDERS
+from .trt_ep import build_progress, engine_cache_key, placement
 
 log = logging.getLogger("resnet.runtime")
 
@@ -84,13 +86,23 @@ class TrtOptions:
             "trt_profile_max_shapes": f"{self.input_name}:{hi}",
         }
         if self.cache_dir is not None:
+            keyed = str(self.cache_dir / engine_cache_key(f"{lo}-{opt}-{hi}"))
             opts |= {
                 "trt_engine_cache_enable": "True",
-                "trt_engine_cache_path": str(self.cache_dir),
+                "trt_engine_cache_path": keyed,
                 "trt_timing_cache_enable": "True",
-                "trt_timing_cache_path": str(self.cache_dir),
+                "trt_timing_cache_path": keyed,
             }
         return opts
+
+
+def tf32(ep: str) -> str:
+    """Whether FP32 math may run in TF32 on ``ep``, as parity reports record it (issue 25: never a mislabel). The
+    CUDA EP is told ``use_tf32=0`` (CUDA EP docs, "use_tf32", default 1); TensorRT builds with ``kTF32`` on by
+    default (NvInfer.h ``BuilderFlag::kTF32``) and the TensorRT EP has no option to clear it."""
+    if ep == "tensorrt":
+        return "on in TensorRT's FP32 layers (the TensorRT EP cannot turn it off); off on the CUDA EP"
+    return "off (use_tf32=0)" if ep == "cuda" else "n/a (CPU)"
 
 
 def cpu_threads() -> int:
@@ -128,8 +140,8 @@ def gpu_session_options(opts: Any) -> Any:
 
 
 def cuda_provider_options() -> dict[str, str]:
-    """CUDA EP options (ONNX Runtime CUDA EP docs, "Configuration Options")."""
-    return {"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH}
+    """CUDA EP options (ONNX Runtime CUDA EP docs, "Configuration Options"): FP32 is FP32, not TF32 (``tf32``)."""
+    return {"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH, "use_tf32": "0"}
 
 
 def provider_list(ep: str, trt: TrtOptions | None) -> list[Any]:
@@ -244,14 +256,29 @@ def conflicting_runtimes() -> str | None:
 
 def trt_cache_dir(model: Path, requested: str) -> Path | None:
     """The TensorRT EP cache folder (``requested``, or ``<model>.trt_cache`` beside the model), created and checked
-    writable; None with a warning when it cannot be written (a read-only model volume): engines then rebuild."""
+    writable. A read-only model volume: ``$XDG_CACHE_HOME/resnet-stack/trt/<model>-<hash of its path>`` (default
+    ``~/.cache``), logged; None with a warning when that cannot be written either (engines then rebuild)."""
     folder = Path(requested) if requested else model.with_name(model.name + ".trt_cache")
     try:
         ensure_writable(folder)
+        return folder
     except UserError as e:
-        log.warning("TensorRT cache folder is not usable (%s): engines will be rebuilt at every start", e)
+        if requested:
+            log.warning("TensorRT cache folder is not usable (%s): engines will be rebuilt at every start", e)
+            return None
+        why = e
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = hashlib.sha256(str(model.resolve()).encode()).hexdigest()[:12]
+    fallback = home / "resnet-stack" / "trt" / f"{model.name}-{tag}"
+    try:
+        ensure_writable(fallback)
+    except UserError as e:
+        log.warning(
+            "TensorRT cache: neither %s (%s) nor %s (%s) is writable: engines rebuild", folder, why, fallback, e
+        )
         return None
-    return folder
+    log.info("TensorRT cache: %s is not writable (%s); caching in %s", folder, why, fallback)
+    return fallback
 
 
 @contextlib.contextmanager
@@ -262,7 +289,9 @@ def _ort_messages(ort: Any) -> Iterator[list[str]]:
         warnings.simplefilter("always")
         hook = getattr(ort, "set_default_logger_callback", None)
         if hook is not None:  # onnxruntime >= 1.32: a Python callback for the default logger
-            hook(lambda sev, cat, logid, where, msg: messages.append(msg), 2)
+            # warnings and up are reasons; the TensorRT EP's info lines say how the graph was placed (trt_ep.placement)
+            keep = messages.append
+            hook(lambda sev, cat, logid, where, msg: keep(msg) if sev >= 2 or "[TensorRT EP]" in msg else None, 1)
             try:
                 yield messages
             finally:
@@ -308,7 +337,8 @@ def make_session(path: Path, ep: str, opts: Any, trt: TrtOptions | None) -> Any:
             raise ProviderUnavailable(f"{wanted}: {missing}")
     if ep != "cpu":
         opts = gpu_session_options(opts)
-    with _ort_messages(ort) as messages:
+    building = build_progress(path, trt) if ep == "tensorrt" else contextlib.nullcontext()
+    with _ort_messages(ort) as messages, building:
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=provider_list(ep, trt), enable_fallback=0
@@ -323,6 +353,9 @@ def make_session(path: Path, ep: str, opts: Any, trt: TrtOptions | None) -> Any:
                 ) from None
             raise UserError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
     used = session.get_providers()
+    if ep == "tensorrt":
+        session.placement = placement(messages)  # type: ignore[attr-defined]  # OnnxRunner.info reports it
+        messages[:] = [m for m in messages if "[TensorRT EP]" not in m]
     if used[0] != wanted:
         reason = "; ".join(dict.fromkeys(m.strip() for m in messages if m.strip())) or "no message from ONNX Runtime"
         raise ProviderUnavailable(

@@ -140,7 +140,7 @@ def find_report(artifact: str | os.PathLike[str], combination: Combination) -> P
 def admitting_report(artifact: str | os.PathLike[str], combination: Combination) -> tuple[ParityReport | None, str]:
     """``(report, "")`` when ``combination`` may serve ``artifact``; ``(None, why not)`` otherwise.
 
-    A GPU combination needs a passing report of exactly that combination. The CPU combination of a graph is admitted
+    A GPU (or any non-CPU) combination needs a passing report of exactly that combination. The CPU combination of a graph is admitted
     as before (report None when there is none; its gate admitted the file itself), unless its report says it failed.
     """
     try:
@@ -149,7 +149,7 @@ def admitting_report(artifact: str | os.PathLike[str], combination: Combination)
         return None, str(e)
     if report is not None and not report.passed:
         return None, report.verdict()
-    if report is None and combination.on_gpu:
+    if report is None and combination.needs_report:
         name = combination_report_path(artifact, combination).name
         return None, f"no parity report {name} for {combination.describe()} ({gate_command(artifact, combination)})"
     return report, ""

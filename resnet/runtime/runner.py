@@ -4,7 +4,7 @@
   (``resnet.runtime.ort``).
 - ``EngineRunner``: a ``.plan`` engine on TensorRT (``resnet.runtime.tensorrt``; card from the ``.plan.json`` sidecar,
   or given while a staged engine is gated).
-- ``serve.torch_backend.TorchBackend``: a PyTorch network (it needs torch, so it lives with the server).
+- ``resnet.runtime.torch_runner.TorchRunner``: a PyTorch network (torch imported only when one is made).
 
 Each declares ``kind`` (a ``Runtime``), ``provider`` (as its runtime names it), ``precision``, ``card``, its batch
 and size limits, ``info`` (what a parity report records), ``report`` (the parity report that admitted it, if any),
@@ -29,8 +29,10 @@ from .ort import (
     TrtOptions,
     make_session,
     onnx_session_card,
+    peek_onnx,
     rss_mib,
     session_options,
+    tf32,
     trt_cache_dir,
 )
 
@@ -96,9 +98,12 @@ class OnnxRunner:
         dims: list[Any] | None = None,
     ) -> None:
         plain = None
-        if dims is None:  # learn the input's shape from a plain session (kept for multi-scale views if wanted)
+        if dims is None and ep == "cpu":  # learn the input's shape from a plain session (kept for views if wanted)
             plain = make_session(path, ep, session_options(threads), trt)
             dims = list(plain.get_inputs()[0].shape)
+        elif dims is None:  # on a GPU, each session is made once with its own profile: learn the shape on the CPU
+            peeked, dims = peek_onnx(path)
+            card = card if card is not None else peeked
         names = [d for d in dims[2:4] if not isinstance(d, int)]
         any_size = len(names) == 2
         if multiscale == "on" and not any_size:
@@ -148,22 +153,28 @@ class OnnxRunner:
         self.providers = self.session.get_providers()
         trt_fp16 = ep == "tensorrt" and trt is not None and trt.fp16
         self.precision: Precision = ort_precision(self.card.precision, trt_fp16)
-        import onnxruntime as ort
-
-        self.info: dict[str, Any] = {
-            "backend": f"onnxruntime-{ep}",
-            "path": str(path),
-            "onnxruntime": ort.__version__,
-            "providers": self.providers,
-            "precision": self.precision,
-            **({"trt_options": trt.provider_options()} if trt is not None else {}),
-            **({"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH} if ep == "cuda" else {}),
-        }
+        self.info = self._info(path, ep, trt)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = dim if isinstance(dim, int) and dim > 0 else None
         self.min_batch = self.max_batch or 1
+
+    def _info(self, path: Path, ep: str, trt: TrtOptions | None) -> dict[str, Any]:
+        """What a parity report records of this runner (provider, precision, TF32, TensorRT options, placement)."""
+        import onnxruntime as ort
+
+        return {
+            "backend": f"onnxruntime-{ep}",
+            "path": str(path),
+            "onnxruntime": ort.__version__,
+            "providers": self.providers,
+            "precision": self.precision,
+            "tf32": tf32(ep),
+            **({"placement": getattr(self.session, "placement", "unknown")} if ep == "tensorrt" else {}),
+            **({"trt_options": trt.provider_options()} if trt is not None else {}),
+            **({"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH} if ep == "cuda" else {}),
+        }
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         size = self.card.input_size

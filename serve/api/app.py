@@ -22,7 +22,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from ..engine.backends import Backend
+from resnet.runtime.runner import Runner
+
 from ..metrics import Metrics
 from ..repository.manager import ModelRepository
 from ..settings import Settings
@@ -38,7 +39,7 @@ __all__ = ["ApiError", "create_app", "error_response"]
 log = logging.getLogger("serve.api.app")
 
 
-def _lifespan(state: ServeState, backend: Backend | None):
+def _lifespan(state: ServeState, backend: Runner | None):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServeState]]:
         repo, metrics = state.repository, state.metrics
@@ -76,7 +77,7 @@ class StaticFallback:
         await self.files(scope, receive, send)
 
 
-async def _run_repository(repo: ModelRepository, backend: Backend | None) -> None:
+async def _run_repository(repo: ModelRepository, backend: Runner | None) -> None:
     """Load what there is (``--model``: its one version; ``backend`` already opened), then follow the folder (poll
     mode)."""
     await repo.start(backend)
@@ -92,7 +93,7 @@ def _service_shapes(state: ServeState) -> tuple[int, int]:
     return service.warm_shapes, len(service.shapes) - service.warm_shapes
 
 
-def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+def create_app(settings: Settings, backend: Runner | None = None) -> FastAPI:
     """The FastAPI app. ``backend``: ``--model``'s backend, already opened and checked (opened in the lifespan when
     not given)."""
     metrics = Metrics(lambda: float(repo.pending_crops))

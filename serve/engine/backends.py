@@ -4,7 +4,7 @@
   release or GPU does not fit is refused with the rebuild command, exit 4).
 - an ``.onnx``/``.fp16.onnx``/``.int8.onnx`` export: ``OnnxRunner`` on one verified ONNX Runtime execution provider;
   ``auto`` tries the TensorRT EP, then CUDA, then the CPU.
-- a ``.pt`` checkpoint or ``torchvision:ARCH[:WEIGHTS]``: ``TorchBackend`` (CUDA when present, else CPU).
+- a ``.pt`` checkpoint or ``torchvision:ARCH[:WEIGHTS]``: ``TorchRunner`` (CUDA when present, else CPU).
 
 Admitted = served: a GPU combination (runtime + provider + precision) is chosen only when a passing parity report of
 exactly that combination lies beside the artifact (``resnet.runtime.report.admitting_report``): TensorRT-EP FP16 on
@@ -24,27 +24,23 @@ from resnet import MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind
 from resnet.card import ModelCard
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
-from resnet.runtime.kinds import ep_combinations
+from resnet.runtime.kinds import ep_combinations, int8_target, not_offered
+from resnet.runtime.openers import open_runner
 from resnet.runtime.ort import (
     AUTO_ORDER,
     PROVIDERS,
     ProviderUnavailable,
-    TrtOptions,
     conflicting_runtimes,
     peek_onnx,
-    trt_cache_dir,
 )
 from resnet.runtime.report import admitting_report
-from resnet.runtime.runner import MULTISCALE_FIXED, REEXPORT, EngineRunner, OnnxRunner, Runner
-
-from .torch_backend import TorchBackend
+from resnet.runtime.runner import MULTISCALE_FIXED, REEXPORT, Runner
+from resnet.runtime.torch_runner import TorchRunner
 
 log = logging.getLogger("serve.engine.backends")
 OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
 
-# The names the server's modules use: one type, the runners of resnet.runtime.
-Backend = Runner
-__all__ = ["MULTISCALE_FIXED", "REEXPORT", "Backend", "load_backend", "load_backend_for", "trt_profile"]
+__all__ = ["MULTISCALE_FIXED", "REEXPORT", "load_backend", "load_backend_for", "trt_profile"]
 
 
 def tensorrt_status() -> tuple[bool, str]:
@@ -54,10 +50,10 @@ def tensorrt_status() -> tuple[bool, str]:
     return tensorrt_available()
 
 
-def engine_backend(path: Path, multiscale: str) -> tuple[EngineRunner, str]:
+def engine_backend(path: Path, multiscale: str) -> tuple[Runner, str]:
     """A published engine on TensorRT (its sidecar checked against this machine first), admitted by its own passing
     parity report."""
-    backend = EngineRunner(path, None, multiscale)
+    backend = open_runner(path, multiscale=multiscale)
     report, why_not = admitting_report(path, backend.combination)
     if report is None:
         backend.close()
@@ -68,7 +64,7 @@ def engine_backend(path: Path, multiscale: str) -> tuple[EngineRunner, str]:
 
 def onnx_backend(
     path: Path, choice: str, threads: int, profile: tuple[int, int, int], trt_cache: str, multiscale: str = "auto"
-) -> tuple[OnnxRunner, str]:
+) -> tuple[Runner, str]:
     """An ONNX Runtime backend on the execution provider ``choice`` asks for, verified and admitted; ``auto`` /
     ``onnxruntime`` try TensorRT, then CUDA, then the CPU and say why the faster ones were passed over."""
     import onnxruntime as ort
@@ -104,34 +100,34 @@ def _onnx_on(
     profile: tuple[int, int, int],
     trt_cache: str,
     multiscale: str,
-) -> tuple[OnnxRunner, str]:
+) -> tuple[Runner, str]:
     """The graph on ``ep`` in the first combination a passing report admits (``ProviderUnavailable`` when none
     does, or the session cannot be made there)."""
     if ep == "cpu":
-        backend = OnnxRunner(path, None, "cpu", threads, None, multiscale, None)
+        backend = open_runner(path, "cpu", threads=threads, multiscale=multiscale)
         report, why_not = admitting_report(path, backend.combination)
         if why_not:  # the CPU serves a graph as it always has; its report only names what admitted it
             log.warning("%s: %s; serving it on the CPU as before", path.name, why_not)
         backend.report = str(report.path) if report is not None else None
         return backend, (f"admitted by {report.path.name}" if report else "no parity report beside it (CPU serving)")
     assert card is not None
+    why_not = not_offered(ep, card)
+    if why_not:
+        raise ProviderUnavailable(f"{path.name} is not offered to {ep}: {why_not}")
     refusals = []
-    for combination, fp16 in ep_combinations(ep, card.precision):
+    for combination, fp16 in ep_combinations(ep, card.precision, int8_target(card)):
         report, why_not = admitting_report(path, combination)
         if report is None:
             refusals.append(why_not)
             continue
-        trt = None
-        if ep == "tensorrt":
-            shape = (3, card.input_size, card.input_size)
-            trt = TrtOptions(trt_cache_dir(path, trt_cache), "input", shape, profile, fp16, card.precision == "int8")
-        backend = OnnxRunner(path, card, ep, threads, trt, multiscale, dims)
+        opts = {"card": card, "threads": threads, "multiscale": multiscale, "dims": dims, "trt_cache": trt_cache}
+        backend = open_runner(path, ep, "fp16" if fp16 else "fp32", profile, **opts)
         if backend.combination != combination:  # the runner computes in another precision than the report ran
             raise ProviderUnavailable(f"ran {backend.combination.describe()}, admitted {combination.describe()}")
         backend.report = str(report.path)
         why = f"admitted by {report.path.name}"
-        if trt is not None:
-            why += f"; TensorRT profile {profile}, cache {trt.cache_dir}"
+        if ep == "tensorrt":
+            why += f"; TensorRT profile {profile}, cache {backend.info['trt_options'].get('trt_engine_cache_path')}"
         return backend, why
     raise ProviderUnavailable("not admitted: " + "; ".join(refusals))
 
@@ -147,13 +143,17 @@ def trt_profile(settings: Any) -> tuple[int, int, int]:
     return shapes[0], opt, shapes[-1]
 
 
-def load_backend_for(settings: Any) -> Backend:
-    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache)."""
+def load_backend_for(
+    settings: Any, model: str | None = None, choice: str | None = None, precision: str = "fp32"
+) -> Runner:
+    """``load_backend`` with everything the server settings say (batch profile, TensorRT cache); ``model`` and
+    ``choice`` default to the settings', ``precision`` is the PyTorch math for a checkpoint (an argument, not a
+    setting: ``serve.engine.precision`` works it out from ``--precision``)."""
     return load_backend(
-        settings.model,
-        settings.backend,
+        model or settings.model,
+        choice or settings.backend,
         threads=settings.threads,
-        torch_precision=settings.torch_precision,
+        torch_precision=precision,
         profile=trt_profile(settings),
         trt_cache=getattr(settings, "trt_cache", ""),
         download_weights=getattr(settings, "download_weights", False),
@@ -173,7 +173,7 @@ def load_backend(
     download_weights: bool = False,
     check_hash: bool = True,
     multiscale: str = "auto",
-) -> Backend:
+) -> Runner:
     """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why.
 
     ``model`` is an artifact path or ``torchvision:ARCH[:WEIGHTS]`` (PyTorch only; ``download_weights`` and
@@ -191,7 +191,7 @@ def load_backend(
     if conflict:
         log.warning("%s", conflict)
     kind = artifact_kind(path)
-    backend: Backend
+    backend: Runner
     if kind == "engine":
         if choice not in ("auto", "tensorrt"):
             raise UsageError(f"{path} is a TensorRT engine: only --backend tensorrt (or auto) can run it")
@@ -207,9 +207,9 @@ def load_backend(
             raise UsageError(
                 f"{path} is a checkpoint: --backend {choice} needs an export (python -m export.onnx {path})"
             )
-        backend = TorchBackend.from_checkpoint(path, torch_precision, threads, multiscale)
+        backend = open_runner(path, precision=torch_precision, threads=threads, multiscale=multiscale)
         why = (
-            f"a checkpoint runs on PyTorch ({backend.device.type}, {torch_precision}); an ONNX export of it serves "
+            f"a checkpoint runs on PyTorch ({backend.provider}, {torch_precision}); an ONNX export of it serves "
             "faster on CPU (bench/RESULTS.md)"
         )
     log.info(
@@ -220,7 +220,7 @@ def load_backend(
 
 def _torchvision_backend(
     spec: str, choice: str, precision: str, threads: int, download: bool, check_hash: bool, multiscale: str
-) -> TorchBackend:
+) -> TorchRunner:
     """``torchvision:ARCH[:WEIGHTS]`` on PyTorch; other backends need an export first."""
     arch, weights = parse_torchvision_spec(spec)
     if choice in ("tensorrt", "cuda", "onnxruntime"):
@@ -228,7 +228,7 @@ def _torchvision_backend(
             f"{spec} runs on PyTorch only: --backend {choice} needs an export first "
             f"(python -m export.onnx {arch} --weights {weights}, then serve {arch}.onnx)"
         )
-    backend = TorchBackend.from_torchvision(
+    backend = TorchRunner.from_torchvision(
         spec, precision, threads, download=download, check_hash=check_hash, multiscale=multiscale
     )
     log.info(

@@ -19,7 +19,6 @@ checkpoint candidate (through ``serve.engine.backends``).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import io
 import logging
@@ -32,19 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from resnet import UserError
+from resnet import UsageError, UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, is_tensorrt_graph, report_path
 from resnet.names import is_torchvision_spec
-from resnet.runtime.kinds import PRECISIONS
 from resnet.runtime.report import ParityReport, ReportError
+from resnet.runtime.runner import Runner
 
 from ..settings import Settings
-from .backends import Backend, load_backend_for
+from .backends import load_backend_for
 from .batcher import batch_shapes
 
 log = logging.getLogger("serve.engine.precision")
 
-PRECISION_CHOICES = ("auto", *PRECISIONS)
 TIMING_BUDGET_S = 20.0  # all candidates and both operating points together, warm-up runs included
 MAX_ROUNDS = 20  # timed runs per candidate and operating point at most
 TEN_CROP = 10  # crops of one ten-crop image: the batch a single request fills
@@ -65,7 +63,7 @@ class Candidate:
     excluded: str = ""
 
 
-def precision_of(backend: Backend) -> str:
+def precision_of(backend: Runner) -> str:
     """What ``backend`` computes in: its runner's declared precision (``resnet.runtime.kinds.ort_precision`` for a
     graph: a reduced-precision graph's own, else the runtime's math)."""
     return backend.precision
@@ -79,19 +77,19 @@ def gate_verdict(artifact: Path) -> str:
         return str(e)
 
 
-def _onnx_candidate(path: Path) -> Candidate:
+def _onnx_candidate(path: Path, backend: str = "auto") -> Candidate:
     from resnet.onnx_card import read_onnx_card
 
     try:
         precision = read_onnx_card(path).precision
     except UserError as e:
         return Candidate(path, "?", f"unreadable card ({e})")
-    if is_tensorrt_graph(path):  # slower than FP32 in ONNX Runtime on the CPU: TensorRT builds engines from it
+    if is_tensorrt_graph(path) and backend != "tensorrt":  # slower than FP32 in ONNX Runtime on the CPU
         return Candidate(path, precision, "the TensorRT-ready graph: serve it with --backend tensorrt or its .plan")
     return Candidate(path, precision, gate_verdict(path))
 
 
-def find_candidates(folder: Path) -> list[Candidate]:
+def find_candidates(folder: Path, backend: str = "auto") -> list[Candidate]:
     """Every ONNX artifact in ``folder`` with its gate verdict, plus the checkpoint of the same stem (bf16)."""
     onnx_files = sorted(
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.endswith(".onnx")
@@ -99,7 +97,7 @@ def find_candidates(folder: Path) -> list[Candidate]:
     stems = sorted({p.name.split(".")[0] for p in onnx_files}) or ["model"]
     if len(stems) > 1:
         raise UserError(f"{folder} holds artifacts of several models ({', '.join(stems)}): pass one file to --model")
-    found = [_onnx_candidate(p) for p in onnx_files]
+    found = [_onnx_candidate(p, backend) for p in onnx_files]
     for suffix in CHECKPOINT_SUFFIXES:
         checkpoint = folder / f"{stems[0]}{suffix}"
         if checkpoint.is_file():
@@ -114,7 +112,7 @@ def describe(found: list[Candidate]) -> str:
     return ", ".join(f"{c.path.name} ({c.precision}{': ' + c.excluded if c.excluded else ''})" for c in found)
 
 
-def serve_batch(settings: Settings, backend: Backend, crops: int = TEN_CROP) -> int:
+def serve_batch(settings: Settings, backend: Runner, crops: int = TEN_CROP) -> int:
     """The batch shape the server runs for ``crops`` crops (the smallest shape holding them, else its largest)."""
     limit = backend.max_batch
     max_batch = min(settings.max_batch or limit or DEFAULT_MAX_BATCH, limit or DEFAULT_MAX_BATCH)
@@ -164,15 +162,12 @@ class DecodeLoad:
             w.join()
 
 
-def _load(candidate: Candidate, settings: Settings) -> Backend:
+def _load(candidate: Candidate, settings: Settings) -> Runner:
     """``load_backend_for`` the candidate with the server's settings (threads, batch profile, TensorRT cache)."""
     if artifact_kind(candidate.path) == "checkpoint":
-        choice, torch_precision = "torch", candidate.precision
-    else:
-        choice, torch_precision = ("auto" if settings.backend == "torch" else settings.backend), "fp32"
-    return load_backend_for(
-        dataclasses.replace(settings, model=str(candidate.path), backend=choice, torch_precision=torch_precision)
-    )
+        return load_backend_for(settings, str(candidate.path), "torch", candidate.precision)
+    choice = "auto" if settings.backend == "torch" else settings.backend
+    return load_backend_for(settings, str(candidate.path), choice)
 
 
 @dataclass
@@ -190,7 +185,7 @@ class Timing:
         return self.loaded_batch / self.loaded_s
 
 
-def _round_robin(backends: list[Backend], inputs: list[np.ndarray], share: float) -> list[tuple[float, int]]:
+def _round_robin(backends: list[Runner], inputs: list[np.ndarray], share: float) -> list[tuple[float, int]]:
     """(median seconds, timed runs) per backend: one warm-up run each, then timed runs round-robin (load on a
     shared machine hits all alike) while each one's ``share`` of the budget lasts; a candidate whose warm-up alone
     spent its share is timed by that run."""
@@ -214,7 +209,7 @@ def _round_robin(backends: list[Backend], inputs: list[np.ndarray], share: float
 
 
 def time_backends(
-    backends: list[Backend],
+    backends: list[Runner],
     batches: list[int],
     loaded_batches: list[int],
     decode_threads: int,
@@ -245,9 +240,9 @@ def pick(timings: list[Timing]) -> tuple[int, list[float]]:
     return min(range(len(timings)), key=lambda i: (scores[i], -timings[i].loaded_crops_per_s)), scores
 
 
-def choose(settings: Settings, folder: Path) -> Backend:
+def choose(settings: Settings, folder: Path) -> Runner:
     """Load the artifact of ``folder`` that ``settings.precision`` asks for (auto: the fastest here)."""
-    found = find_candidates(folder)
+    found = find_candidates(folder, settings.backend)
     usable = [c for c in found if not c.excluded]
     for c in found:
         if c.excluded:
@@ -262,7 +257,7 @@ def choose(settings: Settings, folder: Path) -> Backend:
                 f"{folder} has no {settings.precision} artifact that passed its gate; it has: {describe(found)}"
             )
         return _load(picked[0], settings)
-    loaded: list[tuple[Candidate, Backend]] = []
+    loaded: list[tuple[Candidate, Runner]] = []
     for c in usable:
         try:
             loaded.append((c, _load(c, settings)))
@@ -273,7 +268,7 @@ def choose(settings: Settings, folder: Path) -> Backend:
     return _fastest(settings, loaded)
 
 
-def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Backend:
+def _fastest(settings: Settings, loaded: list[tuple[Candidate, Runner]]) -> Runner:
     """Time the loaded candidates at both operating points, log the rule and one JSON line each, return the pick."""
     from resnet.runtime.ort import cpu_threads
 
@@ -325,7 +320,7 @@ def _fastest(settings: Settings, loaded: list[tuple[Candidate, Backend]]) -> Bac
     return backends[best]
 
 
-def select_backend(settings: Settings) -> Backend:
+def select_backend(settings: Settings) -> Runner:
     """The backend to serve: ``settings.model`` as a folder (choose by precision) or as one file."""
     path = Path(settings.model)
     if path.is_dir():
@@ -333,11 +328,11 @@ def select_backend(settings: Settings) -> Backend:
     wanted = settings.precision
     named = is_torchvision_spec(settings.model)  # torchvision:ARCH[:WEIGHTS] runs on PyTorch, as a checkpoint does
     if named or (path.is_file() and artifact_kind(path) == "checkpoint"):
-        torch_precision = settings.torch_precision if wanted == "auto" else wanted
+        torch_precision = "fp32" if wanted == "auto" else wanted
         if torch_precision == "int8":
             what = f"{settings.model} runs on PyTorch" if named else f"{path.name} is a checkpoint"
-            raise UserError(f"{what}: it serves in fp32 or bf16 (int8 needs export.quantize)")
-        return load_backend_for(dataclasses.replace(settings, torch_precision=torch_precision))
+            raise UsageError(f"--precision int8: {what}; it serves in fp32, bf16 or fp16 (int8 needs export.quantize)")
+        return load_backend_for(settings, precision=torch_precision)
     backend = load_backend_for(settings)
     if wanted != "auto" and precision_of(backend) != wanted:
         raise UserError(f"{path.name} computes in {precision_of(backend)}, not {wanted} (--precision {wanted})")

@@ -34,9 +34,10 @@ from resnet.preprocess import resized_size
 from resnet.preprocess import topk as top_k
 from resnet.runtime.crops import MULTISCALE, TEN_CROPS, CropProtocol, crop_protocol
 from resnet.runtime.ort import cpu_threads
+from resnet.runtime.runner import Runner
 
 from ..settings import Settings
-from .backends import MULTISCALE_FIXED, REEXPORT, Backend
+from .backends import MULTISCALE_FIXED, REEXPORT
 from .batcher import DEFAULT_SHAPES, GPU_BATCHES, Batcher, BatchStats, QueueFull, batch_shapes, measured_max_batch
 from .decode import FairPool
 from .images import ImageError, decode_checked, decode_costs, header_sizes, image_errors, multiscale_views_of
@@ -63,7 +64,7 @@ class ClassifyService:
     """Owns the backend, the batcher and the decode pool."""
 
     def __init__(
-        self, backend: Backend, settings: Settings, on_batch: Callable[[int, int, float], None] | None = None
+        self, backend: Runner, settings: Settings, on_batch: Callable[[int, int, float], None] | None = None
     ) -> None:
         self.backend = backend
         self.settings = settings
@@ -338,7 +339,7 @@ class ClassifyService:
         )
 
 
-def check_backend(backend: Backend) -> float:
+def check_backend(backend: Runner) -> float:
     """One real inference at the card's input size before serving: the card must agree with the graph.
 
     Raises ``CardError`` (one line, exit 1) when the graph refuses the card's input size or gives another number of

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet import UserError
+from resnet.runtime.runner import Runner
 
-from ..engine.backends import Backend
 from ..engine.precision import select_backend
 from ..engine.service import ClassifyService, check_backend
 from ..settings import Settings
@@ -47,7 +47,7 @@ class RepositoryError(Exception):
         self.status, self.message, self.retry = status, message, retry
 
 
-def open_source(settings: Settings, source: str) -> Backend:
+def open_source(settings: Settings, source: str) -> Runner:
     """Open and check one artifact, or a folder of them with ``--precision`` (blocking): the one opener of every
     version. Raises ``UserError`` (``CardError`` included) with the reason it cannot be served."""
     backend = select_backend(dataclasses.replace(settings, model=source, model_repository=""))
@@ -56,7 +56,7 @@ def open_source(settings: Settings, source: str) -> Backend:
     return backend
 
 
-def open_folder(settings: Settings, folder: Path, model_dir: Path) -> Backend:
+def open_folder(settings: Settings, folder: Path, model_dir: Path) -> Runner:
     """``open_source`` of a repository version folder: its artifact, gated by its parity report."""
     return open_source(settings, str(version_target(folder, model_dir)))
 
@@ -74,7 +74,7 @@ class Version:
 
     model: str
     number: int
-    opener: Callable[[Settings], Backend]
+    opener: Callable[[Settings], Runner]
     folder: Path | None = None  # None: --model's one version
     state: str = LOADING
     reason: str = ""
@@ -89,7 +89,7 @@ class Version:
         return str(self.number)
 
     async def open(
-        self, settings: Settings, on_batch: BatchObserver | None = None, backend: Backend | None = None
+        self, settings: Settings, on_batch: BatchObserver | None = None, backend: Runner | None = None
     ) -> bool:
         """LOADING -> READY (opened, checked, warmed up) or UNAVAILABLE with the reason; True when READY. ``backend``:
         already opened and checked (``--model``, before the port opened)."""

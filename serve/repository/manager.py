@@ -32,8 +32,8 @@ from pathlib import Path
 
 from resnet import UserError
 from resnet.artifacts import artifact_kind
+from resnet.runtime.runner import Runner
 
-from ..engine.backends import Backend
 from ..engine.service import ClassifyService
 from ..settings import ModelControl, Settings
 from .folder import ModelLook, Refused, artifacts_in, estimate_bytes, fingerprint, look, name_problem, parse_version
@@ -145,7 +145,7 @@ class ModelRepository:
 
     # -- start, poll, close --
 
-    async def start(self, backend: Backend | None = None) -> None:
+    async def start(self, backend: Runner | None = None) -> None:
         """The first load: ``--model``'s one version (``backend``: already opened and checked), or every model of
         the repository folder."""
         if self.root is None:
@@ -155,7 +155,7 @@ class ModelRepository:
         self.started = True
         self._on_change()
 
-    async def _start_one(self, backend: Backend | None) -> None:
+    async def _start_one(self, backend: Runner | None) -> None:
         if backend is None:
             try:
                 backend = await asyncio.get_running_loop().run_in_executor(

@@ -1,4 +1,4 @@
-"""``TorchBackend``: a PyTorch network served as is (a ``.pt`` checkpoint, or torchvision's named weights).
+"""``TorchRunner``: a PyTorch network served as is (a ``.pt`` checkpoint, or torchvision's named weights).
 
 torch (and torchvision, for named weights) are imported only when such a backend is made: an ONNX model serves
 without them.
@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from resnet import MissingComponentError, UsageError
-from resnet.card import ModelCard
-from resnet.multiscale import ANY_SIZE
-from resnet.names import parse_torchvision_spec
-from resnet.runtime.kinds import Precision, Runtime
-from resnet.runtime.ort import cpu_threads
+from ..card import ModelCard
+from ..errors import MissingComponentError, UsageError
+from ..multiscale import ANY_SIZE
+from ..names import parse_torchvision_spec
+from .kinds import Precision, Runtime
+from .ort import cpu_threads
 
-log = logging.getLogger("serve.engine.torch_backend")
+log = logging.getLogger("resnet.runtime.torch")
 
 
 def passive_omp_waits() -> bool:
@@ -35,7 +35,7 @@ def passive_omp_waits() -> bool:
     return True
 
 
-class TorchBackend:
+class TorchRunner:
     """A PyTorch network on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked.
 
     Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them.
@@ -61,7 +61,7 @@ class TorchBackend:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         if precision == "fp16" and self.device.type == "cpu":
-            raise UsageError("--torch-precision fp16 needs CUDA; on the CPU use bf16 or fp32")
+            raise UsageError("--precision fp16 needs CUDA for a PyTorch model; on the CPU use bf16 or fp32")
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.precision: Precision = precision  # type: ignore[assignment]
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -84,7 +84,7 @@ class TorchBackend:
     @classmethod
     def from_checkpoint(
         cls, path: Path, precision: str = "fp32", threads: int = 0, multiscale: str = "auto"
-    ) -> TorchBackend:
+    ) -> TorchRunner:
         """Our ``.pt`` checkpoint (card inside) through ``resnet.load_checkpoint``."""
         try:
             passive_omp_waits()
@@ -110,7 +110,7 @@ class TorchBackend:
         download: bool = False,
         check_hash: bool = True,
         multiscale: str = "auto",
-    ) -> TorchBackend:
+    ) -> TorchRunner:
         """``torchvision:ARCH[:WEIGHTS]``: torchvision's named weights from the torch hub cache
         (``resnet.weights.load_named``; not cached and no ``download``: ``WeightsNotCachedError``, exit 4)."""
         arch, weights = parse_torchvision_spec(spec)
