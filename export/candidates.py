@@ -18,14 +18,13 @@ from resnet import UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH, ArtifactKind
 from resnet.card import ModelCard
 from resnet.runtime.kinds import graph_precision, not_offered
-from resnet.runtime.openers import open_runner
+from resnet.runtime.openers import batch_profile, open_runner
 from resnet.runtime.runner import OnnxRunner, Runner
 
 from .images import ImageSet
 from .log import progress
 
 REFERENCE_BATCH = 50  # the reference's batch size does not matter for its result, only for its speed
-SERVE_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum, as the server sets it
 __all__ = ["Reference", "check_same_model", "graph_precision", "open_candidate"]
 
 
@@ -116,7 +115,7 @@ def open_candidate(
         why_not = not_offered(ep, card)
         if why_not:
             raise UsageError(f"{path.name} is not run on --ep {ep}: {why_not}")
-    profile = (1, min(SERVE_BATCH, max_batch), max_batch)
+    profile = batch_profile(max_batch)  # as export.trt builds engines and the server opens the TensorRT EP
     return open_runner(path, ep, "fp16" if trt_fp16 else "fp32", profile, kind, card=card)
 
 

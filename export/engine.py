@@ -30,11 +30,11 @@ from resnet import UserError
 from resnet.atomic import atomic_write
 from resnet.card import ModelCard
 from resnet.multiscale import multiscale_sides, view_profile
+from resnet.runtime.openers import batch_profile
 
 from . import trt_rules
 from .log import log
 
-OPT_BATCH = 10  # one ten-crop image
 WEAK_TYPING_DEPRECATED = (10, 12)  # BuilderFlag.FP16 and the other weak-typing APIs: deprecated from this version
 INT8_MODE = "strongly typed network from the INT8 QDQ graph (explicit quantization)"
 
@@ -57,15 +57,14 @@ class ProfileSpec:
 def engine_profiles(card: ModelCard, max_batch: int, multiscale: bool = False) -> list[ProfileSpec]:
     """The engine's optimisation profiles: ``[ten-crop]`` or ``[ten-crop, multi-scale]``.
 
-    Ten-crop: batch 1..``max_batch`` (opt ``OPT_BATCH``) at the card's S x S, exactly as without multi-scale, so
+    Ten-crop: batch 1..``max_batch`` (opt one ten-crop image, ``resnet.runtime.openers.batch_profile``) at the card's S x S, exactly as without multi-scale, so
     that path keeps its kernels. Multi-scale: ``resnet.multiscale.view_profile`` (batch 1..``VIEW_MAX_BATCH``, height and width
     each in ``[min(sides), ceil(max(sides) * VIEW_MAX_ASPECT)]``, opt a 4:3 view at the middle side), the same
     profile the server gives ONNX Runtime's TensorRT EP.
     """
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
     s = card.input_size
-    ten = ProfileSpec((1, 3, s, s), (min(OPT_BATCH, max_batch), 3, s, s), (max_batch, 3, s, s))
+    lo, opt, hi = batch_profile(max_batch)  # the same profile the gate and the server give the TensorRT EP
+    ten = ProfileSpec((lo, 3, s, s), (opt, 3, s, s), (hi, 3, s, s))
     if not multiscale:
         return [ten]
     views = ProfileSpec(*view_profile(card))

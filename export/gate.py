@@ -27,6 +27,7 @@ import numpy as np
 from resnet import ParityError, UsageError, UserError, artifacts
 from resnet.artifacts import DEFAULT_MAX_BATCH
 from resnet.card import ModelCard
+from resnet.runtime.crops import TEN_CROPS
 from resnet.runtime.kinds import EP_PROVIDERS, ep_combinations, int8_target, not_offered
 from resnet.runtime.ort import ProviderUnavailable
 from resnet.runtime.report import FORMAT, VERSION, combination_report_path, home_combination
@@ -38,8 +39,7 @@ from .log import log, progress
 from .metrics import crop_metrics, finite_or_none, image_metrics, nonfinite_count, nonfinite_failure
 from .views import multiscale_check
 
-SERVE_BATCH = 10  # one ten-crop image: the batch the server sends most
-BATCH1_CROPS = 10  # how many crops the batch-1 pass runs
+SERVE_BATCH = BATCH1_CROPS = TEN_CROPS  # one ten-crop image: the batch the server sends most; crops run one by one
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@
    protocol, and the sidecar records that profile under ``multiscale``.
 
 The PyTorch reference runs once and serves all three gates. A failed gate exits 3 and leaves the candidate only as
-``*.rejected`` (see ``export.artifacts``).
+``*.rejected`` (see ``resnet.artifacts``).
 """
 
 from __future__ import annotations

@@ -9,17 +9,30 @@ has no opener). Nothing is imported at module level beyond the standard library 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
 from ..artifacts import ArtifactKind, artifact_kind
 from ..card import ModelCard
 from ..errors import UsageError
+from .crops import TEN_CROPS
 from .ort import TrtOptions, trt_cache_dir
 from .runner import EngineRunner, OnnxRunner, Runner
 
 Profile = tuple[int, int, int]  # a TensorRT batch profile: min, opt, max
+
+
+def batch_profile(max_batch: int, shapes: Sequence[int] | None = None) -> Profile:
+    """The TensorRT batch profile (min, opt, max) for batches up to ``max_batch``, worked out here only: for the
+    engine ``export.trt`` builds, the TensorRT EP the gate opens and the one the server opens. ``shapes``: the batch
+    sizes the server runs (None: any of 1..``max_batch``). opt is one ten-crop image (``TEN_CROPS``), or the
+    nearest shape above it that runs."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+    runs = sorted({*shapes, max_batch}) if shapes else list(range(1, max_batch + 1))
+    opt = min(runs, key=lambda s: (s < TEN_CROPS, abs(s - TEN_CROPS)))
+    return runs[0], opt, runs[-1]
 
 
 def open_onnx(

@@ -25,7 +25,7 @@ from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind
 from resnet.card import ModelCard
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
 from resnet.runtime.kinds import ep_combinations, int8_target, not_offered
-from resnet.runtime.openers import open_runner
+from resnet.runtime.openers import batch_profile, open_runner
 from resnet.runtime.ort import (
     AUTO_ORDER,
     PROVIDERS,
@@ -38,7 +38,6 @@ from resnet.runtime.runner import MULTISCALE_FIXED, REEXPORT, Runner
 from resnet.runtime.torch_runner import TorchRunner
 
 log = logging.getLogger("serve.engine.backends")
-OPT_BATCH = 10  # one ten-crop image: the TensorRT profile's optimum when the server runs that size
 
 __all__ = ["MULTISCALE_FIXED", "REEXPORT", "load_backend", "load_backend_for", "trt_profile"]
 
@@ -138,9 +137,8 @@ def trt_profile(settings: Any) -> tuple[int, int, int]:
 
     sizes = settings.parsed_batch_sizes()
     # as ClassifyService does for an engine without a batch limit: max-batch (default 64) is always one of them
-    shapes = batch_shapes(settings.max_batch or DEFAULT_MAX_BATCH, sizes, 1)
-    opt = min(shapes, key=lambda s: (s < OPT_BATCH, abs(s - OPT_BATCH)))
-    return shapes[0], opt, shapes[-1]
+    max_batch = settings.max_batch or DEFAULT_MAX_BATCH
+    return batch_profile(max_batch, batch_shapes(max_batch, sizes, 1))
 
 
 def load_backend_for(

@@ -34,6 +34,7 @@ import numpy as np
 from resnet import UsageError, UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, is_tensorrt_graph, report_path
 from resnet.names import is_torchvision_spec
+from resnet.runtime.crops import TEN_CROPS
 from resnet.runtime.report import ParityReport, ReportError
 from resnet.runtime.runner import Runner
 
@@ -45,12 +46,11 @@ log = logging.getLogger("serve.engine.precision")
 
 TIMING_BUDGET_S = 20.0  # all candidates and both operating points together, warm-up runs included
 MAX_ROUNDS = 20  # timed runs per candidate and operating point at most
-TEN_CROP = 10  # crops of one ten-crop image: the batch a single request fills
 # Crops per batch under concurrent ten-crop requests: the server's mean batch at concurrency 8 on 2 CPUs was 22-23
 # for a fast network and 34.3 for ResNet-50 (bench/RESULTS.md; a slower network lets more requests queue while a
 # batch runs): four requests' crops, the shape a ResNet-50 server runs. Timed at two (20) this point tied fp32 ONNX
 # and torch bf16 while eight clients got 1.2-1.3x more from fp32; at 40 the timing shows that gap too.
-LOADED_CROPS = 4 * TEN_CROP
+LOADED_CROPS = 4 * TEN_CROPS
 RULE = "min-max shortfall: smallest max(latency / best latency, best loaded throughput / loaded throughput)"
 
 
@@ -112,7 +112,7 @@ def describe(found: list[Candidate]) -> str:
     return ", ".join(f"{c.path.name} ({c.precision}{': ' + c.excluded if c.excluded else ''})" for c in found)
 
 
-def serve_batch(settings: Settings, backend: Runner, crops: int = TEN_CROP) -> int:
+def serve_batch(settings: Settings, backend: Runner, crops: int = TEN_CROPS) -> int:
     """The batch shape the server runs for ``crops`` crops (the smallest shape holding them, else its largest)."""
     limit = backend.max_batch
     max_batch = min(settings.max_batch or limit or DEFAULT_MAX_BATCH, limit or DEFAULT_MAX_BATCH)
