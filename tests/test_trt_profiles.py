@@ -188,3 +188,18 @@ def test_gate_runs_views_on_the_view_profile_even_when_the_ten_crop_batch_is_1()
     entry, failures = multiscale_check(reference, _ViewEngine(model, R20), images, 99.0, 0.999)
     assert not failures and entry is not None
     assert entry["checked"] and entry["images"] == 2 and "views_skipped" not in entry
+
+
+def test_export_gate_and_server_share_one_batch_profile() -> None:
+    """The engine's ten-crop profile, the gate's TensorRT EP profile and the server's are one function's answer."""
+    from export.candidates import batch_profile as gate_profile
+    from resnet.runtime.openers import batch_profile
+    from serve.engine.backends import trt_profile
+    from serve.settings import Settings
+
+    assert batch_profile(64) == (1, 10, 64) and batch_profile(4) == (1, 4, 4)
+    assert gate_profile is batch_profile
+    ten = engine_profiles(R50, 64)[0]
+    assert (ten.min[0], ten.opt[0], ten.max[0]) == batch_profile(64)
+    assert trt_profile(Settings(model="m.onnx")) == batch_profile(64)
+    assert trt_profile(Settings(model="m.onnx", batch_sizes="10,20,40", max_batch=40)) == (10, 10, 40)
