@@ -46,6 +46,7 @@ PHOTOS = (
     "hubble_deep_field.jpg",
 )
 SERVERS = ("naive FastAPI + torch eager", "serve fp32 ONNX", "serve INT8", "serve torch bf16", "serve DIR auto")
+BASELINE = "(baseline)"  # a row served by --baseline's checkout
 WORKERS_ROW = "serve fp32 ONNX --workers 2"  # the one-process / several-process A/B: asked for by --servers only
 
 
@@ -80,9 +81,10 @@ def build(arch: str, work: Path, int8_too: bool = True) -> tuple[Path, Path, Pat
     return run, served, pt
 
 
-def start(cmd: list[str], port: int, log: Path, timeout: float = 600) -> subprocess.Popen:
-    """Launch; return once /readyz is 200 and no batch shape is left cold (our server's metric; naive has none)."""
-    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+def start(cmd: list[str], port: int, log: Path, timeout: float = 600, cwd: Path = REPO) -> subprocess.Popen:
+    """Launch from ``cwd`` (another checkout for a baseline row); return once /readyz is 200 and no batch shape is
+    left cold (our server's metric; naive has none)."""
+    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -147,8 +149,17 @@ def in_process(model: Path, images: list[bytes], rounds: int) -> tuple[float, fl
 
 
 def serve_rows(
-    run: Path, int8: Path, pt: Path, work: Path, requests: int, rounds: int, kinds: Sequence[str] = SERVERS
+    run: Path,
+    int8: Path,
+    pt: Path,
+    work: Path,
+    requests: int,
+    rounds: int,
+    kinds: Sequence[str] = SERVERS,
+    baseline: Path | None = None,
 ) -> dict[str, dict]:
+    """Each row's images/s at c=1 and c=8 and p50 at c=1, servers up at once and measured in interleaved rounds.
+    ``baseline``: another checkout (say, the last release's) whose fp32 ONNX and INT8 rows run beside ours."""
     serve = [sys.executable, "-m", "serve", "--log-level", "info"]
     commands = {
         "naive FastAPI + torch eager": [sys.executable, "-m", "bench.serve_naive", "--model", str(pt)],
@@ -159,6 +170,11 @@ def serve_rows(
         "serve DIR auto": [*serve, "--model", str(run), "--precision", "auto"],
     }
     commands = {k: v for k, v in commands.items() if k in kinds}
+    cwd = dict.fromkeys(commands, REPO)
+    if baseline is not None:
+        for kind in ("serve fp32 ONNX", "serve INT8"):
+            if kind in commands:
+                commands[f"{kind} {BASELINE}"], cwd[f"{kind} {BASELINE}"] = commands[kind], baseline
     images, _ = _images_and_rounds(rounds)
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
@@ -167,7 +183,7 @@ def serve_rows(
     try:
         for kind, cmd in commands.items():  # one at a time: each server's start-up timing runs alone
             port = free_port()
-            procs[kind] = start(cmd, port, work / f"{kind.replace(' ', '_')}.log")
+            procs[kind] = start(cmd, port, work / f"{kind.replace(' ', '_')}.log", cwd=cwd[kind])
             urls[kind] = f"http://127.0.0.1:{port}"
             asyncio.run(load(urls[kind], images, 2, 1))  # connection and first-call warm
         for _ in range(rounds):
@@ -202,14 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only these server rows (an A/B); the in-process rows, cold starts and targets need all of them; "
         f"'{WORKERS_ROW}' is the fp32 ONNX row served by two processes (serve --workers 2)",
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this repository (git worktree add DIR COMMIT): its fp32 ONNX and INT8 rows are "
+        "served beside ours from the same artifacts, an A/B across code versions",
+    )
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the servers (finally)
     started = time.perf_counter()
     int8_too = set(args.servers) == set(SERVERS) or bool({"serve INT8", "serve DIR auto"} & set(args.servers))
     run, int8, pt = build(args.arch, args.work, int8_too)
-    rows = serve_rows(run, int8, pt, args.work, args.requests, args.rounds, args.servers)
-    if set(args.servers) != set(SERVERS):
+    rows = serve_rows(run, int8, pt, args.work, args.requests, args.rounds, args.servers, args.baseline)
+    if set(args.servers) != set(SERVERS) or args.baseline is not None:
         print_rows(args.arch, rows)
+        for kind in ("serve fp32 ONNX", "serve INT8"):
+            if f"{kind} {BASELINE}" in rows and kind in rows:
+                new, old = rows[kind], rows[f"{kind} {BASELINE}"]
+                print(f"- {kind} / baseline: c=1 {new['c1'] / old['c1']:.3f}, c=8 {new['c8'] / old['c8']:.3f}")
         if WORKERS_ROW in rows and "serve fp32 ONNX" in rows:
             w, one = rows[WORKERS_ROW], rows["serve fp32 ONNX"]
             print(
