@@ -295,7 +295,8 @@ def _ort_messages(ort: Any) -> Iterator[list[str]]:
             try:
                 yield messages
             finally:
-                hook(None, 2)
+                hook(None, 2)  # the platform sink again; its severity is not restored by this (ORT's docstring)
+                ort.set_default_logger_severity(2)  # else the default logger stays at info: every run logs to stderr
         else:
             with _stderr_lines(messages):
                 yield messages
