@@ -288,3 +288,31 @@ def test_one_precision_flag_and_its_errors_name_it(digits_checkpoint: Path) -> N
     assert "--torch-precision" not in p.stderr and "Traceback" not in p.stderr
     p = run_module("serve", "--model", str(digits_checkpoint), "--torch-precision", "bf16", timeout=120)
     assert p.returncode == 2 and "unrecognized arguments: --torch-precision" in p.stderr
+
+
+def test_auto_for_one_checkpoint_times_its_precisions_at_the_gpu_operating_point(digits_checkpoint: Path, caplog):
+    """Issue 27 item 3: on a device-side runner ``--precision auto`` loads fp32, fp16 and bf16, times them at the
+    batch the GPU server fills (the largest of ``GPU_BATCHES``, not the CPU's 40 crops) and says why in the log.
+    The choice code runs here on the CPU with the runner marked device-side (the same code path); on the CPU a
+    checkpoint's auto stays fp32 with no timing."""
+    import torch
+
+    from serve.engine import precision as prec
+    from serve.engine.batcher import GPU_BATCHES
+
+    s = Settings(model=str(digits_checkpoint), precision="auto")
+    cpu = prec.select_backend(s)
+    assert cpu.precision == "fp32" and not getattr(cpu, "device_side", False)
+    assert prec.loaded_point(s, cpu) == prec.serve_batch(s, cpu, prec.LOADED_CROPS)
+    cpu.device_side = True  # as TorchRunner sets it on CUDA
+    assert prec.loaded_point(s, cpu) == GPU_BATCHES[-1]
+    assert prec.loaded_point(Settings(model=str(digits_checkpoint), max_batch=40), cpu) == 40
+    cpu.close()
+    if not torch.cuda.is_available():
+        return
+    with caplog.at_level(logging.INFO, logger="serve.engine.precision"):
+        chosen = prec.select_backend(s)
+    rows = table(caplog.records)
+    assert sorted(r["precision"] for r in rows) == ["bf16", "fp16", "fp32"]
+    assert all(r["loaded_batch"] == GPU_BATCHES[-1] for r in rows)
+    assert chosen.precision == next(r["precision"] for r in rows if r["chosen"])

@@ -40,7 +40,7 @@ from resnet.runtime.runner import Runner
 
 from ..settings import Settings
 from .backends import load_backend_for
-from .batcher import batch_shapes
+from .batcher import GPU_BATCHES, batch_shapes
 
 log = logging.getLogger("serve.engine.precision")
 
@@ -268,13 +268,38 @@ def choose(settings: Settings, folder: Path) -> Runner:
     return _fastest(settings, loaded)
 
 
+def loaded_point(settings: Settings, backend: Runner) -> int:
+    """The batch a loaded server runs: ``LOADED_CROPS`` on the CPU; on a device-side runner (a checkpoint on CUDA)
+    without ``--max-batch``, the largest of ``GPU_BATCHES``, the batch the server measures at start-up and fills at
+    c=64 (issue 27: timed at 40 crops, auto chose fp32 where fp16 served faster)."""
+    if getattr(backend, "device_side", False) and not settings.max_batch:
+        return GPU_BATCHES[-1]
+    return serve_batch(settings, backend, LOADED_CROPS)
+
+
+def auto_checkpoint(settings: Settings) -> Runner:
+    """``--precision auto`` for one checkpoint: fp32 on the CPU; on a GPU (device-side) fp32, fp16 and bf16 are each
+    loaded and timed at the server's operating points and the fastest is served, the log saying why."""
+    first = load_backend_for(settings, precision="fp32")
+    if not getattr(first, "device_side", False):
+        return first
+    path = Path(settings.model)
+    loaded = [(Candidate(path, "fp32"), first)]
+    for precision in ("fp16", "bf16"):
+        try:
+            loaded.append((Candidate(path, precision), load_backend_for(settings, precision=precision)))
+        except UserError as e:
+            log.info("precision: %s in %s is not considered: it does not load here (%s)", path.name, precision, e)
+    return _fastest(settings, loaded)
+
+
 def _fastest(settings: Settings, loaded: list[tuple[Candidate, Runner]]) -> Runner:
     """Time the loaded candidates at both operating points, log the rule and one JSON line each, return the pick."""
     from resnet.runtime.ort import cpu_threads
 
     backends = [b for _, b in loaded]
     batches = [serve_batch(settings, b) for b in backends]
-    loaded_batches = [serve_batch(settings, b, LOADED_CROPS) for b in backends]
+    loaded_batches = [loaded_point(settings, b) for b in backends]
     decode_threads = settings.decode_threads or cpu_threads()
     timings = time_backends(backends, batches, loaded_batches, decode_threads)
     best, scores = pick(timings)
@@ -328,7 +353,9 @@ def select_backend(settings: Settings) -> Runner:
     wanted = settings.precision
     named = is_torchvision_spec(settings.model)  # torchvision:ARCH[:WEIGHTS] runs on PyTorch, as a checkpoint does
     if named or (path.is_file() and artifact_kind(path) == "checkpoint"):
-        torch_precision = "fp32" if wanted == "auto" else wanted
+        if wanted == "auto":
+            return auto_checkpoint(settings)
+        torch_precision = wanted
         if torch_precision == "int8":
             what = f"{settings.model} runs on PyTorch" if named else f"{path.name} is a checkpoint"
             raise UsageError(f"--precision int8: {what}; it serves in fp32, bf16 or fp16 (int8 needs export.quantize)")
