@@ -7,7 +7,6 @@ Artifacts written before the card digest still load, and a log line says so.
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -133,24 +132,3 @@ def test_a_changed_card_in_an_engine_sidecar_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(data, indent=2))
     with pytest.raises(resnet.CheckpointError, match="is corrupt: the sha256 of its model card"):
         artifacts.read_card(plan)
-
-
-def test_artifacts_without_a_card_digest_still_load_and_say_so(
-    made: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    raw = torch.load(made["checkpoint"], weights_only=True)
-    del raw[digest.CARD_DIGEST_KEY]
-    old_pt = tmp_path / "old.pt"
-    torch.save(raw, old_pt)
-    proto = onnx.load(str(made["onnx"]))
-    keep = [p for p in proto.metadata_props if p.key != digest.CARD_DIGEST_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    old_onnx = tmp_path / "old.onnx"
-    old_onnx.write_bytes(proto.SerializeToString())
-    with caplog.at_level(logging.WARNING, logger="resnet.digest"):
-        assert resnet.load_checkpoint(old_pt)[1].labels == tuple(LABELS)
-        assert read_onnx_card(old_onnx).labels == tuple(LABELS)
-    said = [r.getMessage() for r in caplog.records]
-    assert any("old.pt carries no model card digest" in m for m in said), said
-    assert any("old.onnx carries no model card digest" in m for m in said), said

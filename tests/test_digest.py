@@ -141,15 +141,22 @@ def test_export_gate_refuses_a_corrupted_candidate_and_reference(made: dict[str,
     assert "flipped.pt is corrupt" in line
 
 
+@pytest.mark.parametrize(
+    ("key", "pt_says", "onnx_says"),
+    [
+        (digest.DIGEST_KEY, "weights digest", "graph digest"),
+        (digest.CARD_DIGEST_KEY, "model card digest", "model card digest"),  # issue 28: the card has its own
+    ],
+)
 def test_artifacts_without_a_digest_still_load_and_say_so(
-    made: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    made: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, key: str, pt_says: str, onnx_says: str
 ) -> None:
     raw = torch.load(made["checkpoint"], weights_only=True)
-    del raw[digest.DIGEST_KEY]
+    del raw[key]
     old_pt = tmp_path / "old.pt"
     torch.save(raw, old_pt)
     proto = onnx.load(str(made["onnx"]))
-    keep = [p for p in proto.metadata_props if p.key != digest.DIGEST_KEY]
+    keep = [p for p in proto.metadata_props if p.key != key]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
     old_onnx = tmp_path / "old.onnx"
@@ -158,8 +165,8 @@ def test_artifacts_without_a_digest_still_load_and_say_so(
         assert resnet.load_checkpoint(old_pt)[1].name == "tiny"
         assert read_onnx_card(old_onnx).name == "tiny"
     said = [r.getMessage() for r in caplog.records]
-    assert any("old.pt carries no weights digest" in m for m in said), said
-    assert any("old.onnx carries no graph digest" in m for m in said), said
+    assert any(f"old.pt carries no {pt_says}" in m for m in said), said
+    assert any(f"old.onnx carries no {onnx_says}" in m for m in said), said
 
 
 def test_a_recorded_digest_that_is_not_a_sha256_is_refused(made: dict[str, Path], tmp_path: Path) -> None:

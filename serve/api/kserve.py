@@ -32,7 +32,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import numpy as np
@@ -375,11 +375,7 @@ async def repository_index(request: Request, body: IndexRequest | None = None) -
     responses={s: V2_ERRORS[s] for s in (400, 404)},
 )
 async def repository_load(request: Request, name: str) -> Response:
-    try:
-        await state_of(request).repository.load(name)
-    except RepositoryError as e:
-        raise _repository_error(e) from None
-    return JSONResponse({})
+    return await _control(state_of(request).repository.load(name))
 
 
 @repository_router.post(
@@ -389,8 +385,13 @@ async def repository_load(request: Request, name: str) -> Response:
     responses={s: V2_ERRORS[s] for s in (400, 404)},
 )
 async def repository_unload(request: Request, name: str) -> Response:
+    return await _control(state_of(request).repository.unload(name))
+
+
+async def _control(action: Awaitable[None]) -> Response:
+    """A load or unload: ``{}`` when done, else the repository's refusal in KServe's error shape."""
     try:
-        await state_of(request).repository.unload(name)
+        await action
     except RepositoryError as e:
         raise _repository_error(e) from None
     return JSONResponse({})
