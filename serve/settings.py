@@ -168,8 +168,8 @@ class Settings:
         1,
         "server processes sharing the port (a supervisor binds it once, starts N workers and replaces any that dies; "
         "/metrics is the whole server's); 1 = one process, no supervisor; 0 = one per 4 CPU cores, 1 to 8 (one "
-        "process keeps 2-4 cores busy on the CPU path, a GPU needs several to feed it). With N > 1, --threads and "
-        "--decode-threads 0 mean each worker's share of the CPUs",
+        "process keeps 2-4 cores busy on the CPU path, a GPU needs several to feed it). Each worker keeps --threads and "
+        "--decode-threads as given (0 = every core; its pools do not spin, so idle workers cost nothing)",
     )
     threads: int = _opt(0, "backend CPU threads (ONNX Runtime intra-op / torch); 0 = CPU count")
     precision: str = _opt(

@@ -65,12 +65,10 @@ class Supervisor:
         self.metrics_dir.mkdir()
         self.sock = socket.create_server((settings.host, settings.port), backlog=2048)
         self.sock.set_inheritable(True)
-        per_worker = max(1, (os.cpu_count() or 1) // n)
-        extra = ["--workers", "1"]
-        for name in ("threads", "decode_threads"):
-            if getattr(settings, name) == 0:  # "CPU count" would be N times the CPUs: each worker gets its share
-                extra += [f"--{name.replace('_', '-')}", str(per_worker)]
-        self.argv = [*argv, *extra]
+        # Each worker keeps the whole machine's thread counts (--threads 0 = every core): split into shares, a lone
+        # request ran on one core of two and --workers 2 served 0.57x of one process at c=8 on 2 quiet cores
+        # (bench/RESULTS.md); the pools do not spin (resnet.runtime.ort), so busy workers only share the cores.
+        self.argv = [*argv, "--workers", "1"]
         self.workers: list[Worker] = []
         self.stop_signal: int | None = None
         self.stopped_at = 0.0
