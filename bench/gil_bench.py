@@ -45,7 +45,17 @@ def measure(model: Path, work: Path, seconds: float, cwd: Path, tag: str) -> dic
     try:
         asyncio.run(load(url, images, 2 * CONCURRENCY, CONCURRENCY))  # warm
         spy = subprocess.Popen(
-            [_py_spy(), "record", "--gil", "--pid", str(proc.pid), "--rate", str(RATE), "--duration", str(seconds)]
+            [
+                _py_spy(),
+                "record",
+                "--gil",
+                "--pid",
+                str(proc.pid),
+                "--rate",
+                str(RATE),
+                "--duration",
+                str(round(seconds)),
+            ]
             + ["--format", "raw", "--output", str(raw), "--nonblocking"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -87,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gil_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/defaults_bench"), help="artifacts and server logs")
     p.add_argument("--arch", default="resnet50", help="ImageNet network (random weights)")
-    p.add_argument("--seconds", type=float, default=20.0, help="sampling time per server")
+    p.add_argument(
+        "--seconds", type=int, default=20, help="sampling time per server (whole seconds: py-spy takes no fraction)"
+    )
     p.add_argument("--baseline", type=Path, help="another checkout to measure the same way (an A/B)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
