@@ -232,15 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = serve_rows(run, int8, pt, args.work, args.requests, args.rounds, args.servers, args.baseline)
     if set(args.servers) != set(SERVERS) or args.baseline is not None:
         print_rows(args.arch, rows)
-        for kind in ("serve fp32 ONNX", "serve INT8"):
-            if f"{kind} {BASELINE}" in rows and kind in rows:
-                new, old = rows[kind], rows[f"{kind} {BASELINE}"]
-                print(f"- {kind} / baseline: c=1 {new['c1'] / old['c1']:.3f}, c=8 {new['c8'] / old['c8']:.3f}")
-        if WORKERS_ROW in rows and "serve fp32 ONNX" in rows:
-            w, one = rows[WORKERS_ROW], rows["serve fp32 ONNX"]
-            print(
-                f"- --workers 2 / --workers 1, fp32 ONNX: c=1 {w['c1'] / one['c1']:.2f}, c=8 {w['c8'] / one['c8']:.2f}"
-            )
+        print_ab_ratios(rows)
         print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if "serve DIR auto" in rows:
             print(f"auto chose: {rows['serve DIR auto']['auto'][:300]}")
@@ -292,6 +284,16 @@ def print_rows(arch: str, rows: dict[str, dict]) -> None:
     print("| | c=1 img/s | c=8 img/s | p50 c=1 |\n|---|---:|---:|---:|")
     for k, r in rows.items():
         print(f"| {k} | {r['c1']:.2f} | {r['c8']:.2f} | {r['p50'] * 1e3:.0f} ms |")
+
+
+def print_ab_ratios(rows: dict[str, dict]) -> None:
+    """The A/B ratios of the rows present: ours / the baseline checkout's, and ``--workers 2`` / ``--workers 1``."""
+    pairs = [(f"{k} / baseline", k, f"{k} {BASELINE}") for k in ("serve fp32 ONNX", "serve INT8")]
+    pairs.append(("--workers 2 / --workers 1, fp32 ONNX", WORKERS_ROW, "serve fp32 ONNX"))
+    for label, new, old in pairs:
+        if new in rows and old in rows:
+            a, b = rows[new], rows[old]
+            print(f"- {label}: c=1 {a['c1'] / b['c1']:.3f}, c=8 {a['c8'] / b['c8']:.3f}")
 
 
 def _images_and_rounds(rounds: int) -> tuple[list[bytes], int]:
