@@ -1,8 +1,9 @@
 """The HTTP layer: ``create_app(settings) -> FastAPI`` with /classify, /v2 (KServe), /healthz, /readyz, /metrics,
 /docs and the upload page at /.
 
-Routes live in ``serve.api.routes`` and ``serve.api.kserve`` (APIRouters); what they share (error answers, API key, the
-``admit`` dependency for readiness and in-flight accounting) in ``serve.api.http``; middleware in ``serve.api.middleware``.
+Routes live in ``serve.api.routes`` and ``serve.api.kserve`` (APIRouters); admission (readiness, in-flight accounting)
+in ``serve.api.routing``; what they share (error answers, API key, deadlines) in ``serve.api.http``; middleware in
+``serve.api.middleware``.
 The app's state is one typed ``serve.api.state.ServeState`` (the lifespan yields it); models are reached only through
 its ``ModelRepository`` (``--model`` is a one-model repository); the app never touches ONNX Runtime, TensorRT or
 torch.

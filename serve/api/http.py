@@ -1,6 +1,6 @@
 """What every route shares: the error answers (one place turns each failure into its status and body), the API-key
-checks, and ``admit``, the one dependency that says whether the server takes work now and counts the request in
-flight (the SIGTERM drain waits for that count).
+checks and the deadline/disconnect guard. Admission (readiness and in-flight accounting, which the SIGTERM drain waits
+for) is ``serve.api.routing``'s ``admit_model`` / ``admit_v2``.
 
 Error bodies: ``{"error": {"code", "message"}}`` (docs/DESIGN.md §4) everywhere except under ``/v2``, where the
 Open Inference Protocol's clients expect ``{"error": "message"}``.
@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from ..engine.batcher import BackendFailed, QueueFull
 from ..engine.decode import DecodeQueueFull
-from ..engine.service import ClassifyService, ImageError
+from ..engine.service import ImageError
 from .state import state_of
 from .v2_schema import V2Error
 
@@ -160,41 +160,6 @@ def require_api_key_unless_public(request: Request) -> None:
         HTTPAuthorizationCredentials(scheme="Bearer", credentials=auth[7:]) if auth[:7].lower() == "bearer " else None
     )
     require_api_key(request, creds, key)
-
-
-# ---- admission: readiness + in-flight accounting -------------------------------------------------------------------
-
-
-def unavailable_reason(request: Request) -> str | None:
-    """Why the server takes no work now (None when it does)."""
-    state = state_of(request)
-    service: ClassifyService | None = state.service
-    if state.failed or (service is not None and service.failed):
-        return "failed"
-    if service is not None and service.draining:
-        return "draining"
-    if service is None or not service.ready:
-        return "warming up"
-    return None
-
-
-async def admit(request: Request) -> AsyncIterator[ClassifyService]:
-    """The dependency of every inference route: 503 + Retry-After unless ready; counts the request in flight."""
-    why = unavailable_reason(request)
-    state = state_of(request)
-    if why is not None:
-        state.metrics.rejected.labels(why.replace(" ", "_")).inc()
-        if why == "failed":
-            reason = state.failed or (state.service.failed if state.service else "")
-            raise ApiError(503, "unavailable", f"server has failed ({reason}); it needs a restart")
-        raise ApiError(503, "unavailable", f"server is {why}; retry shortly", {"Retry-After": "1"})
-    state.in_flight += 1
-    state.metrics.in_flight.inc()
-    try:
-        yield state.service
-    finally:
-        state.in_flight -= 1
-        state.metrics.in_flight.dec()
 
 
 async def _until_disconnect(request: Request) -> None:

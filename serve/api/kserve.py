@@ -21,7 +21,7 @@ output with ``parameters.classification = k`` (tritonclient ``class_count=k``) a
 
 The request is validated by the pydantic models of ``serve.api.v2_schema`` in a worker thread (a large JSON body never
 holds the event loop). Crops go through the same version's ``ClassifyService`` as ``/classify`` (the shared batching queue)
-and the same admission dependency (``serve.http.admit``). Errors use the protocol's shape ``{"error": "message"}``
+and the same admission (``serve.api.routing.admit_v2``). Errors use the protocol's shape ``{"error": "message"}``
 (statuses of docs/DESIGN.md §4: 400 bad tensor, 404 unknown model, 413/415 image limits, 503 + Retry-After, 504
 deadline); the shared API-key check answers 401 with the server's usual error body.
 """
