@@ -103,8 +103,17 @@ class Settings:
     port: int = _opt(8000, "TCP port to listen on")
     max_batch: int = _opt(
         0,
-        "most crops per backend batch; 0 = the engine's max profile, a checkpoint on CUDA measures it at start-up "
+        "most crops per backend batch; 0 = the engine's max profile, a model fed on a GPU (--device-preprocess) "
+        "measures it at start-up "
         "(the fewest crops within a tenth of the best crops/s, of 10..320), else 64",
+    )
+    device_preprocess: str = _opt(
+        "auto",
+        "auto | on | off: where crops, mirrors and normalisation run; auto = on the GPU when the model runs on one "
+        "(a checkpoint on CUDA, ONNX Runtime's CUDA or TensorRT provider, a .plan engine) and PyTorch is installed: "
+        "resized uint8 images go over from pinned memory, the next batch while the last one runs; on = in PyTorch "
+        "on the model's device, the CPU included (the GPU's code path, for A/B runs); off = on the host (numpy)",
+        choices=("auto", "on", "off"),
     )
     max_wait_ms: float = _opt(2.0, "longest a crop waits for its batch to fill, in milliseconds")
     batch_sizes: str = _opt(

@@ -16,7 +16,7 @@ import resnet
 from resnet.device_preprocess import DevicePreprocess
 from resnet.preprocess import decode_image, resized_size, softmax
 from resnet.runtime.crops import CROP_PROTOCOLS, TEN_CROPS, crop_protocol
-from serve.engine.batcher import GPU_BATCHES
+from resnet.runtime.device_feed import ImageRows, attach_feed
 
 IMAGENET = resnet.make_card("resnet50")
 CIFAR = resnet.make_card("cifar_resnet20", resize_size=36)
@@ -46,7 +46,7 @@ def test_device_crops_equal_the_cpu_path(photo_paths: list[Path], crops: str, ca
 def test_host_uint8_crops_normalised_on_the_device_equal_the_cpu_path(photo_paths: list[Path], device: str) -> None:
     pre = DevicePreprocess(IMAGENET, device)
     for path in photo_paths[:3]:
-        u8 = pre.host_crops(resized(path, IMAGENET), "ten")
+        u8 = pre.crops(torch.from_numpy(resized(path, IMAGENET)), "ten").numpy()  # as the warm-up sends them
         assert u8.dtype == np.uint8 and u8.shape == (TEN_CROPS, 3, 224, 224)
         got = pre.normalise(pre.upload(u8)).cpu().numpy()
         assert np.abs(got - resnet.preprocess(path.read_bytes(), IMAGENET, "ten", draft=False)).max() <= 1e-6
@@ -89,13 +89,13 @@ def _service(device_side: bool):
 
     torch.manual_seed(0)
     backend = TorchRunner(resnet.create_model("cifar_resnet20").eval(), CIFAR)
-    backend.device_side = device_side  # the GPU's code path, on CPU tensors
+    attach_feed(backend, "on" if device_side else "off")  # "on": the GPU's code path, on CPU tensors
     return ClassifyService(backend, Settings(decode_threads=1))
 
 
 def test_server_device_side_path_answers_as_the_cpu_path(photo_paths: list[Path]) -> None:
-    """A device-side runner gets uint8 crops (normalised in torch) and a measured largest batch; the answers are
-    the CPU path's, ten-crop and centre crop."""
+    """A device-fed runner gets resized uint8 images (cut and normalised in torch, staged on a thread of their
+    own); the answers are the CPU path's, ten-crop and centre crop. Only a GPU-fed runner measures its batch."""
     import asyncio
 
     images = [p.read_bytes() for p in photo_paths[:4]]
@@ -110,7 +110,9 @@ def test_server_device_side_path_answers_as_the_cpu_path(photo_paths: list[Path]
 
     gpu, on_device = asyncio.run(classify(True))
     cpu, on_host = asyncio.run(classify(False))
-    assert gpu.max_batch in GPU_BATCHES and gpu.preprocess(images[0], "ten").dtype == np.uint8
+    assert isinstance(gpu.preprocess(images[0], "ten"), ImageRows) and gpu.batcher._stage is not None
+    if not torch.cuda.is_available():
+        assert gpu.max_batch == cpu.max_batch  # measured on a GPU only
     for device_answer, host_answer in zip(on_device, on_host):
         for a, b in zip(device_answer.results, host_answer.results):
             assert [r["index"] for r in a] == [r["index"] for r in b]
@@ -118,7 +120,7 @@ def test_server_device_side_path_answers_as_the_cpu_path(photo_paths: list[Path]
 
 
 def test_measured_max_batch_picks_the_smallest_batch_near_the_best_rate() -> None:
-    from serve.engine.batcher import measured_max_batch
+    from serve.engine.shapes import measured_max_batch
 
     # rows/s: 10 -> 100, 20 -> 190, 40 -> 380, 80 -> 400 (best), 160 -> 405: 40 is within 10% of 405
     per = {10: 0.1, 20: 20 / 190, 40: 40 / 380, 80: 0.2, 160: 160 / 405}
@@ -133,7 +135,7 @@ def test_torch_runner_takes_uint8_crops_and_device_tensors(photo_paths: list[Pat
 
     torch.manual_seed(0)
     backend = TorchRunner(resnet.create_model("cifar_resnet20").eval(), CIFAR)
-    u8 = DevicePreprocess(CIFAR).host_crops(resized(photo_paths[0], CIFAR), "ten")
+    u8 = DevicePreprocess(CIFAR).crops(torch.from_numpy(resized(photo_paths[0], CIFAR)), "ten").numpy()
     want = backend.run(resnet.preprocess(photo_paths[0].read_bytes(), CIFAR, "ten", draft=False))
     assert np.abs(backend.run(u8) - want).max() <= 1e-4
     on_device = DevicePreprocess(CIFAR, backend.device).normalise(torch.from_numpy(u8))
@@ -174,7 +176,7 @@ def test_onnx_runtime_reads_device_tensors_by_io_binding(tmp_path: Path) -> None
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from resnet.device_preprocess import ort_run_device
+    from resnet.runtime.device_feed import ort_run_device
 
     node = helper.make_node("ReduceMean", ["input"], ["logits"], axes=[2, 3], keepdims=0)
     graph = helper.make_graph(

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from serve.engine.backends import load_backend
-from serve.engine.batcher import Batcher, QueueFull, batch_shapes
+from serve.engine.batcher import Batcher, QueueFull
+from serve.engine.shapes import batch_shapes
 from tests.serve_support import export_onnx
 
 

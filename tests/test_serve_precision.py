@@ -291,23 +291,25 @@ def test_one_precision_flag_and_its_errors_name_it(digits_checkpoint: Path) -> N
 
 
 def test_auto_for_one_checkpoint_times_its_precisions_at_the_gpu_operating_point(digits_checkpoint: Path, caplog):
-    """Issue 27 item 3: on a device-side runner ``--precision auto`` loads fp32, fp16 and bf16, times them at the
-    batch the GPU server fills (the largest of ``GPU_BATCHES``, not the CPU's 40 crops) and says why in the log.
-    The choice code runs here on the CPU with the runner marked device-side (the same code path); on the CPU a
-    checkpoint's auto stays fp32 with no timing."""
+    """Issue 27 item 3: on a GPU ``--precision auto`` loads fp32, fp16 and bf16, times them at the batch the GPU
+    server fills (the largest of ``GPU_BATCHES``, not the CPU's 40 crops) and says why in the log. On the CPU a
+    checkpoint's auto stays fp32 with no timing, and a runner fed on the CPU (``--device-preprocess on``) keeps the
+    CPU's operating point."""
     import torch
 
     from serve.engine import precision as prec
-    from serve.engine.batcher import GPU_BATCHES
+    from serve.engine.shapes import GPU_BATCHES
 
     s = Settings(model=str(digits_checkpoint), precision="auto")
     cpu = prec.select_backend(s)
-    assert cpu.precision == "fp32" and not getattr(cpu, "device_side", False)
-    assert prec.loaded_point(s, cpu) == prec.serve_batch(s, cpu, prec.LOADED_CROPS)
-    cpu.device_side = True  # as TorchRunner sets it on CUDA
-    assert prec.loaded_point(s, cpu) == GPU_BATCHES[-1]
-    assert prec.loaded_point(Settings(model=str(digits_checkpoint), max_batch=40), cpu) == 40
+    assert cpu.precision == "fp32" and cpu.device_side == torch.cuda.is_available()
+    point = prec.serve_batch(s, cpu, prec.LOADED_CROPS)
+    assert prec.loaded_point(s, cpu) == (GPU_BATCHES[-1] if torch.cuda.is_available() else point)
+    fed = prec.select_backend(Settings(model=str(digits_checkpoint), precision="auto", device_preprocess="on"))
+    assert fed.device_side and prec.loaded_point(s, fed) == (GPU_BATCHES[-1] if torch.cuda.is_available() else point)
+    assert prec.loaded_point(Settings(model=str(digits_checkpoint), max_batch=40), fed) == 40
     cpu.close()
+    fed.close()
     if not torch.cuda.is_available():
         return
     with caplog.at_level(logging.INFO, logger="serve.engine.precision"):

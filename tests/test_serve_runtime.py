@@ -148,7 +148,7 @@ def test_conflicting_runtimes_is_silent_with_one_and_explains_two(monkeypatch: p
     ],
 )
 def test_tensorrt_profile_covers_every_batch_shape_the_server_runs(settings: dict, profile: tuple) -> None:
-    from serve.engine.batcher import batch_shapes
+    from serve.engine.shapes import batch_shapes
 
     s = Settings(model="m.onnx", **settings)
     lo, opt, hi = trt_profile(s)

@@ -8,7 +8,9 @@
 
 Each declares ``kind`` (a ``Runtime``), ``provider`` (as its runtime names it), ``precision``, ``card``, its batch
 and size limits, ``info`` (what a parity report records), ``report`` (the parity report that admitted it, if any),
-``run(x) -> logits`` and ``close()``. Nothing here imports onnxruntime, TensorRT or torch at module level.
+``run(x) -> logits`` and ``close()``. The three mix in ``resnet.runtime.device_feed.Fed``: with a feed attached they
+take resized uint8 images and crops that are cut and normalised on their device, and run device tensors in place
+(torch directly; ONNX Runtime by I/O binding; TensorRT by tensor address). Nothing here imports onnxruntime, TensorRT or torch at module level.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from ..card import ModelCard
 from ..errors import UsageError
 from ..multiscale import ANY_SIZE, view_profile
+from .device_feed import Fed, ort_run_device
 from .kinds import ENGINE_PROVIDER, Combination, Precision, Runtime, ort_precision
 from .ort import (
     CUDNN_CONV_ALGO_SEARCH,
@@ -73,7 +76,7 @@ def combination_of(runner: Runner) -> Combination:
     return Combination(runner.kind, runner.provider, runner.precision)
 
 
-class OnnxRunner:
+class OnnxRunner(Fed):
     """An ONNX export in an ONNX Runtime session on one verified execution provider; input ``input``, output
     ``logits`` (docs/DESIGN.md §2).
 
@@ -159,6 +162,7 @@ class OnnxRunner:
         dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = dim if isinstance(dim, int) and dim > 0 else None
         self.min_batch = self.max_batch or 1
+        self.ep = ep
 
     def _info(self, path: Path, ep: str, trt: TrtOptions | None) -> dict[str, Any]:
         """What a parity report records of this runner (provider, precision, TF32, TensorRT options, placement)."""
@@ -176,12 +180,26 @@ class OnnxRunner:
             **({"cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCH} if ep == "cuda" else {}),
         }
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _session_for(self, shape: Any) -> Any:
+        """The S x S session for the card's crops, the plain one for multi-scale views (when there is one)."""
         size = self.card.input_size
-        square = batch.shape[2] == size and batch.shape[3] == size
-        session = self.session if square or self.multi_session is None else self.multi_session
+        square = shape[2] == size and shape[3] == size
+        return self.session if square or self.multi_session is None else self.multi_session
+
+    def run(self, batch: Any) -> np.ndarray:
+        if self.feed is not None:
+            return self.run_staged(self.stage(batch))
+        session = self._session_for(batch.shape)
         out = session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         return np.asarray(out, dtype=np.float32)
+
+    def feed_device(self) -> str | None:
+        """The GPU the CUDA / TensorRT execution provider runs on (device 0, the providers' default)."""
+        return "cuda:0" if self.ep in ("cuda", "tensorrt") else None
+
+    def run_device(self, x: Any) -> np.ndarray:
+        """Normalised float32 crops or views already on the device (a torch tensor), read in place by I/O binding."""
+        return np.asarray(ort_run_device(self._session_for(tuple(x.shape)), x), dtype=np.float32)
 
     @property
     def combination(self) -> Combination:
@@ -203,7 +221,7 @@ def _input_size(card: ModelCard | None, plain: Any, path: Path) -> int:
     return (card if card is not None else onnx_session_card(plain, path)).input_size
 
 
-class EngineRunner:
+class EngineRunner(Fed):
     """A serialised TensorRT engine through ``resnet.runtime.tensorrt.TensorRTRunner``; its profiles bound the batch
     and, for an engine built with a multi-scale profile (``export.trt --multiscale``), the views' sizes.
 
@@ -249,8 +267,20 @@ class EngineRunner:
             **({"spatial": list(self.spatial)} if self.spatial else {}),
         }
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: Any) -> np.ndarray:
+        if self.feed is not None:
+            return self.run_staged(self.stage(batch))
         return np.asarray(self.runner.run(np.ascontiguousarray(batch, np.float32)), dtype=np.float32)
+
+    def feed_device(self) -> str | None:
+        return str(self.runner.device)
+
+    def feed_dtype(self) -> Any:
+        return self.runner.input_dtype
+
+    def run_device(self, x: Any) -> np.ndarray:
+        """Normalised crops or views already on the engine's GPU, bound by address (no host round trip)."""
+        return np.asarray(self.runner.run_device(x), dtype=np.float32)
 
     @property
     def combination(self) -> Combination:

@@ -241,14 +241,29 @@ class TensorRTRunner:
         """float32 ``[N, 3, H, W]`` inside one of ``profiles`` -> float32 logits ``[N, C]``; ValueError otherwise."""
         torch = self._torch
         x = np.ascontiguousarray(x, dtype=np.float32)
-        index = choose_profile(self.profiles, x.shape)
+        return self.run_device(torch.from_numpy(x).to(self.device))
+
+    @property
+    def input_dtype(self) -> Any:
+        """The torch dtype of the engine's input tensor."""
+        return self._in_dtype
+
+    def run_device(self, x: Any) -> np.ndarray:
+        """A torch tensor on this engine's GPU, queued on the caller's current stream (``resnet.runtime.device_feed``)
+        -> float32 logits on the host. The engine's stream waits for the caller's stream (on the device), and the
+        input's address is bound as is (``set_tensor_address``), contiguous NCHW in the engine's input type."""
+        torch = self._torch
+        index = choose_profile(self.profiles, tuple(x.shape))
         if index is None:
             raise ValueError(
                 f"input shape {list(x.shape)} is outside the engine's profiles ({describe_profiles(self.profiles)})"
             )
         context = self.contexts[index]
+        caller = torch.cuda.current_stream(self.device)
         with self._lock, torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            inp = torch.from_numpy(x).to(self.device, non_blocking=False).to(self._in_dtype).contiguous()
+            self._stream.wait_stream(caller)
+            inp = x.to(self._in_dtype).contiguous()
+            inp.record_stream(self._stream)
             if not context.set_input_shape(self.input_name, tuple(inp.shape)):
                 raise RuntimeError(f"TensorRT refused input shape {tuple(inp.shape)} on profile {index}")
             out_shape = tuple(int(d) for d in context.get_tensor_shape(self.output_name))

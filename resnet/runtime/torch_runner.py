@@ -18,6 +18,7 @@ from ..card import ModelCard
 from ..errors import MissingComponentError, UsageError
 from ..multiscale import ANY_SIZE
 from ..names import parse_torchvision_spec
+from .device_feed import DeviceFeed, Fed, ImageBatch
 from .kinds import Precision, Runtime
 from .ort import cpu_threads
 
@@ -35,10 +36,13 @@ def passive_omp_waits() -> bool:
     return True
 
 
-class TorchRunner:
-    """A PyTorch network on CUDA when available, else the CPU; channels_last; fp32 unless bf16/fp16 autocast is asked.
+class TorchRunner(Fed):
+    """A PyTorch network on CUDA when available, else the CPU; channels_last; fp32, or bf16/fp16 (weights cast once
+    on CUDA, autocast on the CPU).
 
-    Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them.
+    Built from an already loaded ``(model, card)``; ``from_checkpoint`` and ``from_torchvision`` load them. A feed
+    (``resnet.runtime.device_feed.attach_feed``: the server attaches one on CUDA) makes it take resized uint8
+    images and crops through ``stage`` / ``run_staged``.
     """
 
     kind: Runtime = "torch"
@@ -65,13 +69,11 @@ class TorchRunner:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.precision: Precision = precision  # type: ignore[assignment]
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        # On CUDA the weights are cast once (no autocast on every call) and the server sends uint8 crops that are
-        # normalised on the device (``run`` / ``run_device``); the CPU keeps fp32 weights (+ bf16 autocast).
-        self.device_side = self.device.type == "cuda"
-        self.weights_dtype = self.dtype if self.device_side else None
+        # On CUDA the weights are cast once (no autocast on every call); the CPU keeps fp32 weights (+ bf16 autocast).
+        self.weights_dtype = self.dtype if self.device.type == "cuda" else None
         if self.weights_dtype is not None:
             self.model = self.model.to(self.weights_dtype)
-        self._pre: Any = None
+        self._own_feed: DeviceFeed | None = None  # for uint8 input when no feed is attached
         self.card = card
         self.name = f"torch:{self.device.type}:{precision}"
         self.provider = f"torch:{self.device.type}"
@@ -127,16 +129,21 @@ class TorchRunner:
         model, card = load_named(arch, weights, download=download, check_hash=check_hash)
         return cls(model, card, precision, threads, multiscale)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 normalised crops, or uint8 crops (normalised on the device: ``DevicePreprocess``) -> logits."""
-        torch = self.torch
-        if batch.dtype == np.uint8:
-            if self._pre is None:
-                from resnet.device_preprocess import DevicePreprocess
+    def feed_device(self) -> str | None:
+        return str(self.device) if self.device.type == "cuda" else None
 
-                self._pre = DevicePreprocess(self.card, self.device)
-            with torch.inference_mode():
-                return self.run_device(self._pre.normalise(self._pre.upload(batch), self.weights_dtype))
+    def feed_dtype(self) -> Any:
+        return self.weights_dtype
+
+    def run(self, batch: np.ndarray | ImageBatch) -> np.ndarray:
+        """float32 normalised crops; or uint8 crops, or an ``ImageBatch``, normalised on the device (through the
+        attached feed, or one made for the call) -> logits."""
+        torch = self.torch
+        if isinstance(batch, ImageBatch) or batch.dtype == np.uint8 or self.feed is not None:
+            if self.feed is None and self._own_feed is None:
+                self._own_feed = DeviceFeed(self.card, self.device, self.weights_dtype)
+            feed = self.feed or self._own_feed
+            return self.run_device(feed.ready(feed.stage(batch)))
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
         return self.run_device(x.contiguous(memory_format=torch.channels_last))
 

@@ -176,6 +176,7 @@ async def readyz(request: Request) -> Any:
         backend=service.backend_name,
         precision=service.precision,
         report=service.report,
+        preprocess=service.preprocess_on,
     )
 
 

@@ -55,4 +55,5 @@ class Health(BaseModel):
     backend: str | None = None
     precision: str | None = None
     report: str | None = None  # the parity report that admitted what is served; None when none was needed
+    preprocess: str | None = None  # where crops are cut and normalised: "host", or the device ("cuda:0", "cpu")
     detail: str | None = None

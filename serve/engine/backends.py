@@ -24,6 +24,7 @@ from resnet import MissingComponentError, UsageError, UserError
 from resnet.artifacts import DEFAULT_MAX_BATCH, artifact_kind
 from resnet.card import ModelCard
 from resnet.names import is_torchvision_spec, parse_torchvision_spec
+from resnet.runtime.device_feed import FeedMode, attach_feed
 from resnet.runtime.kinds import ep_combinations, int8_target, not_offered
 from resnet.runtime.openers import batch_profile, open_runner
 from resnet.runtime.ort import (
@@ -133,7 +134,7 @@ def _onnx_on(
 
 def trt_profile(settings: Any) -> tuple[int, int, int]:
     """The TensorRT batch profile (min, opt, max) covering every batch shape the server will run, so none rebuilds."""
-    from .batcher import batch_shapes
+    from .shapes import batch_shapes
 
     sizes = settings.parsed_batch_sizes()
     # as ClassifyService does for an engine without a batch limit: max-batch (default 64) is always one of them
@@ -157,6 +158,7 @@ def load_backend_for(
         download_weights=getattr(settings, "download_weights", False),
         check_hash=getattr(settings, "check_hash", True),
         multiscale=getattr(settings, "multiscale", "auto"),
+        device_preprocess=getattr(settings, "device_preprocess", "auto"),
     )
 
 
@@ -171,18 +173,38 @@ def load_backend(
     download_weights: bool = False,
     check_hash: bool = True,
     multiscale: str = "auto",
+    device_preprocess: FeedMode = "auto",
 ) -> Runner:
     """Load ``model`` with the backend ``choice`` (auto|tensorrt|cuda|onnxruntime|torch); log what runs and why.
 
     ``model`` is an artifact path or ``torchvision:ARCH[:WEIGHTS]`` (PyTorch only; ``download_weights`` and
     ``check_hash`` as in ``resnet.weights.load_named``). ``multiscale`` (auto|on|off): whether it is made to take
-    multi-scale views too (``spatial``), when it can.
+    multi-scale views too (``spatial``), when it can. ``device_preprocess``: ``attach_feed``'s mode.
     """
     if is_torchvision_spec(str(model)):
-        return _torchvision_backend(
+        backend: Runner = _torchvision_backend(
             str(model), choice, torch_precision, threads, download_weights, check_hash, multiscale
         )
-    path = Path(model)
+    else:
+        backend = _artifact_backend(Path(model), choice, threads, torch_precision, profile, trt_cache, multiscale)
+    try:
+        log.info("%s: %s", backend.name, attach_feed(backend, device_preprocess))
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+def _artifact_backend(
+    path: Path,
+    choice: str,
+    threads: int,
+    torch_precision: str,
+    profile: tuple[int, int, int],
+    trt_cache: str,
+    multiscale: str,
+) -> Runner:
+    """``load_backend`` for an artifact file."""
     if not path.is_file():
         raise UserError(f"no such model file: {path}")
     conflict = conflicting_runtimes()

@@ -35,12 +35,13 @@ from resnet import UsageError, UserError
 from resnet.artifacts import CHECKPOINT_SUFFIXES, DEFAULT_MAX_BATCH, artifact_kind, is_tensorrt_graph, report_path
 from resnet.names import is_torchvision_spec
 from resnet.runtime.crops import TEN_CROPS
+from resnet.runtime.device_feed import feeds_gpu
 from resnet.runtime.report import ParityReport, ReportError
 from resnet.runtime.runner import Runner
 
 from ..settings import Settings
 from .backends import load_backend_for
-from .batcher import GPU_BATCHES, batch_shapes
+from .shapes import GPU_BATCHES, batch_shapes
 
 log = logging.getLogger("serve.engine.precision")
 
@@ -269,19 +270,19 @@ def choose(settings: Settings, folder: Path) -> Runner:
 
 
 def loaded_point(settings: Settings, backend: Runner) -> int:
-    """The batch a loaded server runs: ``LOADED_CROPS`` on the CPU; on a device-side runner (a checkpoint on CUDA)
-    without ``--max-batch``, the largest of ``GPU_BATCHES``, the batch the server measures at start-up and fills at
-    c=64 (issue 27: timed at 40 crops, auto chose fp32 where fp16 served faster)."""
-    if getattr(backend, "device_side", False) and not settings.max_batch:
+    """The batch a loaded server runs: ``LOADED_CROPS`` on the CPU; on a runner fed on a GPU without
+    ``--max-batch``, the largest of ``GPU_BATCHES``, the batch the server measures at start-up and fills at c=64
+    (issue 27: timed at 40 crops, auto chose fp32 where fp16 served faster)."""
+    if feeds_gpu(backend) and not settings.max_batch:
         return GPU_BATCHES[-1]
     return serve_batch(settings, backend, LOADED_CROPS)
 
 
 def auto_checkpoint(settings: Settings) -> Runner:
-    """``--precision auto`` for one checkpoint: fp32 on the CPU; on a GPU (device-side) fp32, fp16 and bf16 are each
-    loaded and timed at the server's operating points and the fastest is served, the log saying why."""
+    """``--precision auto`` for one checkpoint: fp32 on the CPU; on a GPU fp32, fp16 and bf16 are each loaded and
+    timed at the server's operating points and the fastest is served, the log saying why."""
     first = load_backend_for(settings, precision="fp32")
-    if not getattr(first, "device_side", False):
+    if first.provider != "torch:cuda":
         return first
     path = Path(settings.model)
     loaded = [(Candidate(path, "fp32"), first)]

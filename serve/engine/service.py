@@ -27,21 +27,22 @@ from PIL import Image
 
 import resnet
 from resnet.artifacts import DEFAULT_MAX_BATCH
-from resnet.device_preprocess import host_crops
 from resnet.multiscale import multiscale_sides, view_pixels
 from resnet.preprocess import preprocess as preprocess_image
 from resnet.preprocess import resized_size
 from resnet.preprocess import topk as top_k
 from resnet.runtime.crops import MULTISCALE, TEN_CROPS, CropProtocol, crop_protocol
+from resnet.runtime.device_feed import ImageRows, feeds_gpu
 from resnet.runtime.ort import cpu_threads
 from resnet.runtime.runner import Runner
 
 from ..settings import Settings
 from .backends import MULTISCALE_FIXED, REEXPORT
-from .batcher import DEFAULT_SHAPES, GPU_BATCHES, Batcher, BatchStats, QueueFull, batch_shapes, measured_max_batch
+from .batcher import Batcher, BatchStats, QueueFull, Rows
 from .decode import FairPool
 from .images import ImageError, decode_checked, decode_costs, header_sizes, image_errors, multiscale_views_of
 from .precision import precision_of
+from .shapes import DEFAULT_SHAPES, GPU_BATCHES, batch_shapes, measured_max_batch
 
 log = logging.getLogger("serve.engine.service")
 FAILED_AFTER = 3  # batches in a row that raise before /healthz reports the backend failed
@@ -73,17 +74,18 @@ class ClassifyService:
         self.backend_name = backend.name
         self.precision = precision_of(backend)
         self.report = backend.report  # the parity report that admitted what is served (None: none was needed)
-        # A runner on a GPU takes uint8 crops and normalises them there (resnet.device_preprocess); its largest
-        # batch is measured at start-up. ``max_batch`` is the operating point auto's timing should use on a GPU.
+        # A device-fed runner (resnet.runtime.device_feed) takes resized uint8 images and cuts, mirrors and normalises
+        # their crops on its device; fed on a GPU, its largest batch is measured at start-up.
         self.device_side = bool(getattr(backend, "device_side", False))
+        self.preprocess_on = str(backend.feed.device) if self.device_side else "host"  # type: ignore[attr-defined]
         limit = backend.max_batch
         max_batch = settings.max_batch or limit
-        max_batch = max_batch or (self._device_max_batch() if self.device_side else DEFAULT_MAX_BATCH)
+        max_batch = max_batch or (self._device_max_batch() if feeds_gpu(backend) else DEFAULT_MAX_BATCH)
         if limit is not None and max_batch > limit:
             raise resnet.UsageError(f"--max-batch {max_batch} exceeds the engine's max profile {limit}")
         self.max_batch = max_batch
         explicit = settings.parsed_batch_sizes()
-        if not explicit and self.device_side:
+        if not explicit and feeds_gpu(backend):
             explicit = sorted({*DEFAULT_SHAPES, *GPU_BATCHES})
         self.shapes = batch_shapes(max_batch, explicit, backend.min_batch)
         self._on_batch = on_batch
@@ -112,7 +114,7 @@ class ClassifyService:
         return np.random.default_rng(n).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
 
     def _device_max_batch(self) -> int:
-        """The largest batch for a device-side runner, by timing uint8 batches (``measured_max_batch``)."""
+        """The largest batch for a runner fed on a GPU, by timing uint8 batches (``measured_max_batch``)."""
 
         def seconds(n: int) -> float:
             x = self._uint8_crops(n)
@@ -142,8 +144,9 @@ class ClassifyService:
         """Create the batcher on the running loop, warm up the first batch shape (off the loop); then ready. The
         other shapes warm in the background (the batcher's worker, while its queue is empty)."""
         first, later = self.warm_order()
+        fed = self.device_side
         self.batcher = Batcher(
-            self.backend.run,
+            self.backend.run_staged if fed else self.backend.run,
             self.max_batch,
             self.settings.max_wait_ms / 1000.0,
             self.settings.max_queue_crops,
@@ -155,6 +158,7 @@ class ClassifyService:
             max_view_batch=self.backend.max_view_batch,
             cold_shapes=first + later,
             on_warm=self._warmed,
+            stage=self.backend.stage if fed else None,
         )
         started = time.perf_counter()
         for n in first:  # before the worker starts: nothing else runs on the backend meanwhile
@@ -208,10 +212,10 @@ class ClassifyService:
     def pending_crops(self) -> int:
         return self.batcher.pending_crops if self.batcher else 0
 
-    def preprocess(self, data: bytes, crops: str | CropProtocol, cancel: threading.Event | None = None) -> np.ndarray:
-        """Bytes -> normalised crops (uint8 crops for a device-side runner, which normalises them on its device:
-        ``resnet.device_preprocess``), with the server's limits. Raises ``ImageError`` (400/413/415), or
-        ``DecodeCancelled`` soon after ``cancel`` is set.
+    def preprocess(self, data: bytes, crops: str | CropProtocol, cancel: threading.Event | None = None) -> Rows:
+        """Bytes -> normalised crops (for a device-fed runner, the resized uint8 image as ``ImageRows``: its crops
+        are cut and normalised on the runner's device), with the server's limits. Raises ``ImageError``
+        (400/413/415), or ``DecodeCancelled`` soon after ``cancel`` is set.
 
         Decoded once: ``decode_image``, then the resize, then ``resnet.preprocess`` crops the already resized image
         (its own decode and resize steps are no-ops on it), so the result is ``resnet.preprocess``'s exactly.
@@ -222,8 +226,8 @@ class ClassifyService:
             target = resized_size(*img.size, size)
             if target != img.size:
                 img = img.resize(target, Image.Resampling.BILINEAR)  # what resnet.preprocess does, done once here
-            if self.device_side:  # uint8 crops: the runner normalises them on its device
-                return host_crops(np.asarray(img, np.uint8), self.card.input_size, crop_protocol(crops))
+            if self.device_side:  # the resized image: the runner cuts and normalises its crops on its device
+                return ImageRows(np.asarray(img, np.uint8), crop_protocol(crops), self.card.input_size)
             return preprocess_image(img, self.card, crops=crops, draft=False, max_pixels=None)
 
     def views(self, data: bytes, cancel: threading.Event | None = None) -> list[np.ndarray]:
@@ -260,13 +264,11 @@ class ClassifyService:
                 )
         return total
 
-    def protocol_views(
-        self, data: bytes, protocol: CropProtocol, cancel: threading.Event | None = None
-    ) -> list[np.ndarray]:
+    def protocol_views(self, data: bytes, protocol: CropProtocol, cancel: threading.Event | None = None) -> list[Rows]:
         """Bytes -> the protocol's network inputs (``CropProtocol.views``' shapes), with the server's limits."""
         return self.views(data, cancel) if protocol.multiscale else [self.preprocess(data, protocol, cancel)]
 
-    async def decode_all(self, images: list[bytes], crops: str | CropProtocol) -> tuple[list[list[np.ndarray]], float]:
+    async def decode_all(self, images: list[bytes], crops: str | CropProtocol) -> tuple[list[list[Rows]], float]:
         """Decode a request's images on the decode queue (``serve.engine.decode``: small images first, then round-robin
         between requests) -> per image its view arrays. The pixel budget and the queue's costs come from the image
         headers and JPEG markers, here on the event loop, so a request is refused (413, or 503 past
@@ -314,7 +316,7 @@ class ClassifyService:
             raise ImageError(422, "multiscale_unavailable", f"crops=multiscale is not available: {self.multiscale_off}")
         decoded, decode_s = await self.decode_all(images, protocol)
         # one item per view array: per image its crops, or its views at each side (multi-scale); image-major
-        arrays: list[np.ndarray] = [a for views in decoded for a in views]
+        arrays: list[Rows] = [a for views in decoded for a in views]
         total = sum(self.batcher.cost(a) for a in arrays)
         if self.batcher.pending_crops + total > self.batcher.max_queue_crops:
             raise QueueFull(f"{self.batcher.pending_crops} crops queued (bound {self.batcher.max_queue_crops})")
