@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from .settings import Settings
-from .siblings import ENV_DIR, ENV_FD, ENV_SOCKET
+from .siblings import ENV_DIR, ENV_FD, ENV_SOCKET, ENV_TOKEN
 
 log = logging.getLogger("serve.workers")
 MAX_AUTO_WORKERS = 8
@@ -65,6 +66,8 @@ class Supervisor:
         self.metrics_dir.mkdir()
         self.sock = socket.create_server((settings.host, settings.port), backlog=2048)
         self.sock.set_inheritable(True)
+        # Marks a sibling's forwarded load/unload (serve.siblings): a client cannot guess it, so it cannot keep one.
+        self.token = secrets.token_hex(16)
         # Each worker keeps the whole machine's thread counts (--threads 0 = every core): split into shares, a lone
         # request ran on one core of two and --workers 2 served 0.57x of one process at c=8 on 2 quiet cores
         # (bench/RESULTS.md); the pools do not spin (resnet.runtime.ort), so busy workers only share the cores.
@@ -85,6 +88,7 @@ class Supervisor:
             ENV_FD: str(self.sock.fileno()),
             ENV_SOCKET: str(path),
             ENV_DIR: str(self.dir),
+            ENV_TOKEN: self.token,
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
         proc = subprocess.Popen(

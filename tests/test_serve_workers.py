@@ -38,10 +38,14 @@ def alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
+def worker_env(pid: int) -> dict[str, str]:
+    """A worker's environment, as the supervisor started it."""
+    return dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+
+
 def worker_socket(pid: int) -> Path:
     """A worker's private unix socket, from its environment."""
-    env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-    return Path(env["RESNET_SERVE_WORKER_SOCKET"])
+    return Path(worker_env(pid)["RESNET_SERVE_WORKER_SOCKET"])
 
 
 def worker_client(pid: int) -> httpx.Client:
@@ -164,6 +168,31 @@ def test_explicit_load_and_unload_reach_every_worker(digits_onnx_model: Path, tm
         for pid in children(server.proc.pid):
             with worker_client(pid) as w:
                 until(lambda w=w: w.get("/v2/models/late/versions/1/ready").status_code != 200)
+    finally:
+        server.stop()
+
+
+def test_a_client_forwarded_header_is_not_trusted_and_the_load_still_reaches_every_worker(
+    digits_onnx_model: Path, tmp_path: Path
+):
+    repo = tmp_path / "models"
+    _place(digits_onnx_model, repo, "digits", 1)
+    args = ["--model-repository", str(repo), "--model-control-mode", "explicit", "--workers", "2"]
+    log_path = tmp_path / "forged.log"
+    server = Server(args, log_path=log_path).start(timeout=120)
+    try:
+        until(lambda: _ready_everywhere(server, "digits", "1"), timeout=60)
+        token = worker_env(children(server.proc.pid)[0]).get("RESNET_SERVE_WORKER_TOKEN", "")
+        # "1" (what the header said before it carried a token), any other value, and even the real token over TCP
+        for name, value in (("forged", "1"), ("other", "anything"), ("tcp", token or "absent")):
+            _place(digits_onnx_model, repo, name, 1)
+            headers = {"x-resnet-serve-forwarded": value}
+            r = httpx.post(server.url + f"/v2/repository/models/{name}/load", headers=headers, timeout=120)
+            assert r.status_code == 200
+            assert _ready_everywhere(server, name, "1"), f"{name}: the load reached one worker only"
+        log = log_path.read_text(errors="replace")
+        assert log.count("x-resnet-serve-forwarded header not honoured") == 3
+        assert token and token not in log
     finally:
         server.stop()
 
