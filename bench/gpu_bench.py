@@ -6,7 +6,8 @@
 Rows (a ResNet with random weights, the sample photos as JPEG, ten-crop, loopback, one server up at a time):
 the naive FastAPI + torch eager fp32 server (``bench/serve_naive.py`` on the device), ``python -m serve`` on the
 checkpoint in fp16 with one worker and with the default workers (when ``python -m serve --help`` lists
-``--workers``), ``--precision auto``, and the in-process ceiling (torch fp16 channels_last on already preprocessed
+``--workers``), with one worker and host preprocessing (``--device-preprocess off``, the A/B of the GPU-side crops;
+not counted in the targets), ``--precision auto``, and the in-process ceiling (torch fp16 channels_last on already preprocessed
 crops, batch 10 and the largest batch). Columns: images/s at c=1 and c=64, p50 at c=1, median GPU utilisation
 sampled by ``nvidia-smi`` during c=64. Writes ``gpu_bench.json`` into ``--work`` (``--out`` too) and prints a table
 and the issue's targets. On ``--device cpu`` (the test runs it tiny) fp16 becomes fp32, CUDA is hidden from the
@@ -188,13 +189,16 @@ def rows_to_run(pt: Path, device: str, max_batch: int) -> dict[str, list[str]]:
     rows[f"ours {precision} 1 worker"] = [*ours, "--precision", precision, *(["--workers", "1"] if workers else [])]
     if workers:
         rows[f"ours {precision} default workers"] = [*ours, "--precision", precision, "--workers", "0"]
+    if "--device-preprocess" in helptext:  # the A/B of the GPU-side crops and staged copies: the host path
+        host = ["--device-preprocess", "off", *(["--workers", "1"] if workers else [])]
+        rows[f"ours {precision} 1 worker, host preprocessing"] = [*ours, "--precision", precision, *host]
     rows["ours auto"] = [*ours, "--precision", "auto"]
     return rows
 
 
 def targets(rows: dict[str, dict[str, Any]], max_batch: int) -> dict[str, Any]:
     """Issue 27's done-means, from this run's rows (None where a row is missing)."""
-    ours = {k: r for k, r in rows.items() if k.startswith("ours") and "c64" in r and "auto" not in k}
+    ours = {k: r for k, r in rows.items() if k.startswith("ours") and "c64" in r and not ("auto" in k or "host" in k)}
     best = max((r["c64"] for r in ours.values()), default=None)
     top = rows.get(f"in-process batch {max_batch}", {}).get("img_s")
     naive, auto = rows.get("naive", {}), rows.get("ours auto", {})
