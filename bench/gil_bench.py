@@ -1,18 +1,22 @@
 """The serial time per request: how long one server process holds the GIL per request, and the ceiling it predicts.
 
-    python -m bench.gil_bench --work /tmp/defaults_bench [--arch resnet50] [--seconds 20] [--baseline DIR]
+    python -m bench.gil_bench --work /tmp/defaults_bench [--arch resnet50] [--seconds 20] [--baseline DIR] [--top N]
 
 Serves the fp32 ONNX export (``bench.defaults_bench``'s artifacts, built when missing) at concurrency 8 while
 ``py-spy record --gil`` samples the server 100 times a second: each sample is a moment some thread held the GIL.
 GIL-busy fraction = samples / (rate x seconds); serial time per request = GIL-busy seconds / requests answered; the
 single-process ceiling = requests/s / GIL-busy fraction (the rate at which the GIL, not the cores, would be the
-wall). ``--baseline DIR`` measures another checkout's server the same way, one after the other.
+wall). ``--baseline DIR`` measures another checkout's server the same way, one after the other. ``--top N`` prints
+where the GIL was held: the N functions with the most GIL time per request, each counting the samples whose stack
+holds it (so callers include their callees). A small network (``--arch cifar_resnet8``) shows the Python around a
+request best: more requests per second, the same Python per request.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import shutil
 import subprocess
 import sys
@@ -32,6 +36,23 @@ def gil_samples(raw: Path) -> int:
     """Samples in a py-spy ``--format raw`` file (collapsed stacks, each line ending in its count)."""
     text = raw.read_text() if raw.exists() else ""
     return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.strip())
+
+
+def _function(frame: str) -> str:
+    """A py-spy raw frame, ``name (path/file.py:line)`` -> ``name (file.py)``."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.split(':')[0].rsplit('/', 1)[-1]})"
+
+
+def where_held(raw: Path, requests: int, top: int) -> list[tuple[float, str]]:
+    """The ``top`` functions by GIL-held ms per request in a py-spy raw file, inclusive: (ms, "function (file)")."""
+    held: collections.Counter[str] = collections.Counter()
+    text = raw.read_text() if raw.exists() else ""
+    for line in filter(str.strip, text.splitlines()):
+        stack, count = line.rsplit(" ", 1)
+        for function in {_function(f) for f in stack.split(";")}:
+            held[function] += int(count)
+    return [(n / RATE / max(1, requests) * 1e3, name) for name, n in held.most_common(top)]
 
 
 def measure(model: Path, work: Path, seconds: float, cwd: Path, tag: str) -> dict[str, float]:
@@ -79,6 +100,7 @@ def measure(model: Path, work: Path, seconds: float, cwd: Path, tag: str) -> dic
     busy = gil_samples(raw) / (RATE * seconds)
     rps = done[0] / wall
     return {
+        "requests": done[0],
         "requests_per_s": rps,
         "gil_busy": busy,
         "serial_ms_per_request": busy * seconds / max(1, done[0]) * 1e3,
@@ -96,11 +118,12 @@ def _py_spy() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gil_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/defaults_bench"), help="artifacts and server logs")
-    p.add_argument("--arch", default="resnet50", help="ImageNet network (random weights)")
+    p.add_argument("--arch", default="resnet50", help="network (random weights), e.g. resnet50, cifar_resnet8")
     p.add_argument(
         "--seconds", type=int, default=20, help="sampling time per server (whole seconds: py-spy takes no fraction)"
     )
     p.add_argument("--baseline", type=Path, help="another checkout to measure the same way (an A/B)")
+    p.add_argument("--top", type=int, default=0, help="print the N functions holding the GIL longest per request")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     run, _, _ = build(args.arch, args.work, int8_too=False)
@@ -116,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {name} | {r['requests_per_s']:.2f} | {r['gil_busy']:.0%} | {r['serial_ms_per_request']:.1f} | "
             f"{r['ceiling_rps']:.1f} req/s |"
         )
+    for name, r in rows.items() if args.top else ():
+        tag = "this" if name == "this checkout" else "baseline"
+        print(f"\n{name}: GIL-held ms per request, by function (inclusive)\n")
+        for ms, frame in where_held(args.work / f"gil_{tag}.txt", int(r["requests"]), args.top):
+            print(f"{ms:7.2f}  {frame}")
     return 0
 
 

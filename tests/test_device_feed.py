@@ -48,7 +48,9 @@ def test_a_full_batch_is_staged_while_the_last_one_runs() -> None:
         await batcher.close()
 
     asyncio.run(go())
-    assert order == ["stage 1", "run 1", "stage 2", "overlapped True", "run 2"]
+    # batch 2's staging does not wait for batch 1's run to return (it may even come before batch 1's run starts)
+    assert order[0] == "stage 1" and order[-1] == "run 2" and "overlapped True" in order
+    assert order.index("stage 2") < order.index("overlapped True") < order.index("run 2")
 
 
 def test_a_partial_batch_waits_for_the_backend_and_grows() -> None:
