@@ -7,7 +7,8 @@ Rows (a ResNet with random weights, the sample photos as JPEG, ten-crop, loopbac
 the naive FastAPI + torch eager fp32 server (``bench/serve_naive.py`` on the device), ``python -m serve`` on the
 checkpoint in fp16 with one worker and with the default workers (when ``python -m serve --help`` lists
 ``--workers``), with one worker and host preprocessing (``--device-preprocess off``, the A/B of the GPU-side crops;
-not counted in the targets), ``--precision auto``, and the in-process ceiling (torch fp16 channels_last on already preprocessed
+not counted in the targets), on a GPU with twice the default workers too (is one process's Python still the wall?),
+``--precision auto``, and the in-process ceiling (torch fp16 channels_last on already preprocessed
 crops, batch 10 and the largest batch). Columns: images/s at c=1 and c=64, p50 at c=1, median GPU utilisation
 sampled by ``nvidia-smi`` during c=64. Writes ``gpu_bench.json`` into ``--work`` (``--out`` too) and prints a table
 and the issue's targets. On ``--device cpu`` (the test runs it tiny) fp16 becomes fp32, CUDA is hidden from the
@@ -189,6 +190,11 @@ def rows_to_run(pt: Path, device: str, max_batch: int) -> dict[str, list[str]]:
     rows[f"ours {precision} 1 worker"] = [*ours, "--precision", precision, *(["--workers", "1"] if workers else [])]
     if workers:
         rows[f"ours {precision} default workers"] = [*ours, "--precision", precision, "--workers", "0"]
+    if workers and device == "cuda":  # twice the default: is one process's Python (~300 requests/s) still the wall?
+        from serve.workers import worker_count
+
+        n = 2 * worker_count(0)
+        rows[f"ours {precision} {n} workers"] = [*ours, "--precision", precision, "--workers", str(n)]
     if "--device-preprocess" in helptext:  # the A/B of the GPU-side crops and staged copies: the host path
         host = ["--device-preprocess", "off", *(["--workers", "1"] if workers else [])]
         rows[f"ours {precision} 1 worker, host preprocessing"] = [*ours, "--precision", precision, *host]
@@ -253,11 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = jpeg_photos()
     pt = build_checkpoint(args.arch, args.work)
     args.load = (images, args.c1_requests, args.c64_requests)
-    rows: dict[str, dict[str, Any]] = {}
+    # the ceiling first (in-process, seconds): the reference every served row is read against, there even if the
+    # run is stopped before its last row; then its cached GPU memory goes back before the servers start
+    rows: dict[str, dict[str, Any]] = ceiling(pt, images, args.device, (10, args.max_batch))
+    print(f"ceiling: {json.dumps(rows)}", flush=True)
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
     for name, cmd in rows_to_run(pt, args.device, args.max_batch).items():
         rows[name] = served_row(name, cmd, args.work, args, args.device == "cuda")
         print(f"{name}: {json.dumps(rows[name])}", flush=True)
-    rows |= ceiling(pt, images, args.device, (10, args.max_batch))
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
     result = {"arch": args.arch, "device": args.device, "gpu": gpu, "torch": torch.__version__, "photos": len(images)}
     result |= {"installed": installed, "rows": rows, "targets": targets(rows, args.max_batch)}

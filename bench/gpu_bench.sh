@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Issue 27's GPU serving benchmark in one go (bench/gpu_bench.py): naive, ours fp16 (1 worker and the default
-# workers), ours auto, the in-process ceiling; c=1 and c=64; GPU utilisation. Writes gpu_bench.json and
-# gpu_bench.log into $OUT and prints the table last. About 5 minutes on an H200; stopped at 8.
+# Issue 27's GPU serving benchmark in one go (bench/gpu_bench.py): the in-process ceiling first, then naive, ours
+# fp16 (1 worker, the default workers, twice that, and 1 worker with host preprocessing as the A/B of the GPU-side
+# crops), ours auto; c=1 and c=64; GPU utilisation. Writes gpu_bench.json and gpu_bench.log into $OUT and prints the
+# table last. About 6 minutes on an H200; stopped at 8 (each row is printed as it ends, so a stopped run keeps them).
 #
 #   device run:      OUT=$OUT WHEELS=shared/wheels bash bench/gpu_bench.sh
 #   CPU rehearsal:   GPU_BENCH_ARGS="--device cpu --arch cifar_resnet20 --max-batch 20 --c64-requests 64" \
 #                    bash bench/gpu_bench.sh
 #
 # The wheel folder, made on a machine with network for the device's Python (check it there first:
-# python3 -c 'import sys; print(sys.version_info[:2])'; here 3.11 and x86-64 Linux are assumed):
+# python3 -c 'import sys; print(sys.version_info[:2])'; the H200 image of 2026-11 has Python 3.12 on x86-64 Linux,
+# with httpx, prometheus-client, uvloop and Pillow already installed):
 #
-#   pip download --only-binary :all: --python-version 3.11 --platform manylinux2014_x86_64 \
-#       --platform manylinux_2_17_x86_64 --implementation cp --abi cp311 -d shared/wheels \
-#       fastapi starlette "uvicorn[standard]" pydantic python-multipart httpx prometheus-client
+#   pip download --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       --platform manylinux_2_17_x86_64 --implementation cp --abi cp312 -d shared/wheels \
+#       fastapi starlette uvicorn httptools pydantic python-multipart
 #
 # gpu_bench.py installs only what the device lacks: pip install --no-index --find-links $WHEELS --target
 # $OUT/site, then PYTHONPATH (no network).
