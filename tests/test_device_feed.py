@@ -135,8 +135,8 @@ def test_cifar_padding_input_size_is_the_cards(photo_paths: list[Path]) -> None:
 
 def test_server_fed_on_the_cpu_answers_as_the_host_path(digits_onnx_model: Path, photo_paths: list[Path]) -> None:
     """The real server, ``--device-preprocess on`` against ``off`` on the same graph (ONNX Runtime reading the staged
-    tensors by I/O binding): the same probabilities for ten-crop and centre-crop requests of several photos, and
-    /readyz says where preprocessing runs."""
+    tensors by I/O binding): the same probabilities for ten-crop, centre-crop and multi-scale requests of several
+    photos and the same logits for KServe v2 FP32 crops, and /readyz says where preprocessing runs."""
     import httpx
 
     from tests.serve_support import Server, classify
@@ -150,13 +150,20 @@ def test_server_fed_on_the_cpu_answers_as_the_host_path(digits_onnx_model: Path,
             ready = httpx.get(server.url + "/readyz", timeout=10).json()
             assert ready["preprocess"] == ("cpu" if mode == "on" else "host"), ready
             got = []
-            for crops in ("ten", "center"):
+            for crops in ("ten", "center", "multiscale"):  # multi-scale views go through the feed as float32
                 r = classify(server, files, crops=crops)
                 assert r.status_code == 200, r.text
                 got.append(r.json()["results"])
+            crops = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+            tensor = {"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": crops.ravel().tolist()}
+            v2 = httpx.post(server.url + "/v2/models/digits-resnet8/infer", json={"inputs": [tensor]}, timeout=30)
+            assert v2.status_code == 200, v2.text
+            got.append(v2.json()["outputs"])
             answers[mode] = got
         finally:
             assert server.stop() == 0, server.log()
+    on_v2, off_v2 = answers["on"].pop(), answers["off"].pop()  # KServe v2 FP32 crops: the logits agree
+    assert np.allclose(on_v2[0]["data"], off_v2[0]["data"], atol=1e-4)
     for on, off in zip(answers["on"], answers["off"]):
         for a, b in zip(on, off):
             assert [x["index"] for x in a["topk"]] == [x["index"] for x in b["topk"]]
