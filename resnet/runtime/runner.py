@@ -10,7 +10,8 @@ Each declares ``kind`` (a ``Runtime``), ``provider`` (as its runtime names it), 
 and size limits, ``info`` (what a parity report records), ``report`` (the parity report that admitted it, if any),
 ``run(x) -> logits`` and ``close()``. The three mix in ``resnet.runtime.device_feed.Fed``: with a feed attached they
 take resized uint8 images and crops that are cut and normalised on their device, and run device tensors in place
-(torch directly; ONNX Runtime by I/O binding; TensorRT by tensor address). Nothing here imports onnxruntime, TensorRT or torch at module level.
+(torch directly; ONNX Runtime by I/O binding; TensorRT by tensor address). Nothing here imports onnxruntime,
+TensorRT or torch at module level.
 """
 
 from __future__ import annotations

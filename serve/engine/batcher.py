@@ -213,7 +213,7 @@ class Batcher:
         return self._queue[0] if self._queue else None
 
     def _rows_of(self, kind: tuple) -> int:
-        """Rows of ``kind`` (shape and dtype, ``_kind``) queued and not yet batched."""
+        """Rows of ``kind`` (``kind_of``: shape, dtype, array or image) queued and not yet batched."""
         return sum(len(i.crops) - i.taken for i in self._queue if kind_of(i.crops) == kind and not i.future.done())
 
     def _take(self) -> list[tuple[QueueItem, int, int]]:
