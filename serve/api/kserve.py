@@ -246,12 +246,12 @@ async def server_metadata() -> ServerMetadata:
     )
 
 
-def _path_version(version: str) -> str:
+async def _path_version(version: str) -> str:
     """The ``{version}`` of a versioned route (a path parameter in the OpenAPI document)."""
     return version
 
 
-def _no_version() -> None:
+async def _no_version() -> None:
     """Routes without ``{version}`` take none (not a query parameter either): the highest loaded version."""
     return None
 
