@@ -13,7 +13,7 @@ torch is imported only when a ``DevicePreprocess`` is made (the ONNX-only server
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -94,8 +94,3 @@ class DevicePreprocess:
             mirrored = self.torch.flip(image, dims=[2])
             views += [mirrored[:, y : y + s, x : x + s] for x, y in boxes]
         return self.torch.stack(views)
-
-    def batch(self, images: Sequence[np.ndarray], protocol: str | CropProtocol = "ten", dtype: Any = None) -> Any:
-        """Resized uint8 HWC host images -> their normalised crops ``[N * k, 3, S, S]`` on the device, image-major."""
-        crops = [self.crops(self.upload(img), protocol) for img in images]
-        return self.normalise(self.torch.cat(crops), dtype)

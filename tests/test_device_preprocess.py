@@ -16,7 +16,7 @@ import resnet
 from resnet.device_preprocess import DevicePreprocess
 from resnet.preprocess import decode_image, resized_size, softmax
 from resnet.runtime.crops import CROP_PROTOCOLS, TEN_CROPS, crop_protocol
-from resnet.runtime.device_feed import ImageRows, attach_feed
+from resnet.runtime.device_feed import ImageBatch, ImageRows, attach_feed
 
 IMAGENET = resnet.make_card("resnet50")
 CIFAR = resnet.make_card("cifar_resnet20", resize_size=36)
@@ -36,7 +36,9 @@ def resized(path: Path, card) -> np.ndarray:
 def test_device_crops_equal_the_cpu_path(photo_paths: list[Path], crops: str, card, device: str) -> None:
     pre = DevicePreprocess(card, device)
     images = [resized(p, card) for p in photo_paths]
-    got = pre.batch(images, crops).float().cpu().numpy()
+    rows = [ImageRows(img, crop_protocol(crops), card.input_size) for img in images]
+    batch = ImageBatch([(r, 0, len(r)) for r in rows], sum(len(r) for r in rows))
+    got = pre.normalise(pre.cut(batch)).float().cpu().numpy()
     want = np.concatenate([resnet.preprocess(p.read_bytes(), card, crops, draft=False) for p in photo_paths])
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-6
@@ -55,7 +57,8 @@ def test_host_uint8_crops_normalised_on_the_device_equal_the_cpu_path(photo_path
 def test_half_precision_output_and_channels_last() -> None:
     pre = DevicePreprocess(IMAGENET, "cpu")
     img = np.random.default_rng(0).integers(0, 256, (256, 300, 3), dtype=np.uint8)
-    x = pre.batch([img], "center", dtype=torch.bfloat16)
+    rows = ImageRows(img, crop_protocol("center"), 224)
+    x = pre.normalise(pre.cut(ImageBatch([(rows, 0, 1)], 1)), dtype=torch.bfloat16)
     assert x.dtype == torch.bfloat16 and x.shape == (1, 3, 224, 224)
     assert x.is_contiguous(memory_format=torch.channels_last)
 
