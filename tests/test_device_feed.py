@@ -168,3 +168,34 @@ def test_server_fed_on_the_cpu_answers_as_the_host_path(digits_onnx_model: Path,
         for a, b in zip(on, off):
             assert [x["index"] for x in a["topk"]] == [x["index"] for x in b["topk"]]
             assert np.allclose([x["probability"] for x in a["topk"]], [x["probability"] for x in b["topk"]], atol=1e-5)
+
+
+def test_a_gpu_runner_beside_a_torch_without_cuda_keeps_the_host_path(digits_checkpoint: Path) -> None:
+    """ONNX Runtime's CUDA build next to a CPU-only torch: ``auto`` serves from the host and says why, ``on``
+    refuses with one line. Here the runner's side of it (its device and card) is all that is needed."""
+    from resnet import MissingComponentError
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    _, card = resnet.load_checkpoint(digits_checkpoint)
+
+    class OnTheGpu:  # what attach_feed asks of a runner whose provider runs on GPU 0
+        feed = None
+
+        def __init__(self) -> None:
+            self.card = card
+
+        def feed_device(self) -> str:
+            return "cuda:0"
+
+        def feed_dtype(self) -> None:
+            return None
+
+        def use_feed(self, feed: DeviceFeed) -> None:
+            self.feed = feed
+
+    runner = OnTheGpu()
+    why = attach_feed(runner, "auto")
+    assert why.startswith("preprocessing on the host (the model runs on cuda:0, but this PyTorch") and not runner.feed
+    with pytest.raises(MissingComponentError, match="--device-preprocess on: the model runs on cuda:0"):
+        attach_feed(runner, "on")

@@ -124,9 +124,10 @@ class DeviceFeed:
 def attach_feed(runner: Any, mode: FeedMode = "auto") -> str:
     """Give ``runner`` a ``DeviceFeed`` as ``mode`` says (when it has a ``use_feed``); returns why, in words.
 
-    ``auto``: when the runner computes on CUDA (``runner.feed_device()``: "cuda:0", or None off a GPU) and torch
-    is installed to feed it. ``on``: on that device, or the CPU (torch must be installed: ``MissingComponentError``
-    otherwise). ``off``: never.
+    ``auto``: when the runner computes on CUDA (``runner.feed_device()``: "cuda:0", or None off a GPU) and a torch
+    that sees that GPU is installed to feed it (ONNX Runtime's CUDA build beside a CPU-only torch keeps the host
+    path, and says so). ``on``: on that device, or the CPU (``MissingComponentError`` when torch is missing or
+    cannot reach the device). ``off``: never.
     """
     if mode == "off" or not hasattr(runner, "use_feed"):
         return "preprocessing on the host (--device-preprocess off)" if mode == "off" else "host preprocessing"
@@ -142,6 +143,11 @@ def attach_feed(runner: Any, mode: FeedMode = "auto") -> str:
             ) from None
         return "preprocessing on the host (PyTorch is not installed to feed the GPU)"
     device = torch.device(device or "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = f"the model runs on {device}, but this PyTorch ({torch.__version__}) has no CUDA to feed it"
+        if mode == "on":
+            raise MissingComponentError(f"--device-preprocess on: {why} (install a CUDA build of torch)")
+        return f"preprocessing on the host ({why})"
     runner.use_feed(DeviceFeed(runner.card, device, runner.feed_dtype()))
     return f"crops, mirrors and normalisation on {device} (the next batch copied while the last one runs)"
 
