@@ -14,7 +14,6 @@ CPU tensors), ``off`` never. torch is imported only when a feed is made.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,7 +23,6 @@ import numpy as np
 from ..errors import MissingComponentError
 from .crops import CropProtocol
 
-log = logging.getLogger("resnet.runtime.device_feed")
 FeedMode = Literal["auto", "on", "off"]
 
 
