@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 27's GPU serving benchmark in one go (bench/gpu_bench.py): the in-process ceiling first, then naive, ours
 # fp16 (1 worker, the default workers, twice that, and 1 worker with host preprocessing as the A/B of the GPU-side
-# crops), ours auto; c=1 and c=64; GPU utilisation. Writes gpu_bench.json and gpu_bench.log into $OUT and prints the
-# table last. About 6 minutes on an H200; stopped at 8 (each row is printed as it ends, so a stopped run keeps them).
+# crops), ours auto; c=1 and c=64; GPU utilisation; then tests/test_device_preprocess.py and test_device_feed.py
+# (on CUDA when torch sees it). Writes gpu_bench.json, gpu_bench.log and device_tests.log into $OUT and prints the
+# table and the tests' summary last. About 7 minutes on an H200; the bench is stopped at 8 (each row is printed as it
+# ends, so a stopped run keeps them), the tests at 100 s.
 #
 #   device run:      OUT=$OUT WHEELS=shared/wheels bash bench/gpu_bench.sh
 #   CPU rehearsal:   GPU_BENCH_ARGS="--device cpu --arch cifar_resnet20 --max-batch 20 --c64-requests 64" \
@@ -26,6 +28,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_bench.log"
 WHEEL_ARGS=()
 if [ -n "${WHEELS:-}" ]; then WHEEL_ARGS=(--wheels "$WHEELS"); fi
+TESTS="$OUT/device_tests.log"
 # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of flags
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not available"
@@ -34,5 +37,12 @@ if [ -n "${WHEELS:-}" ]; then WHEEL_ARGS=(--wheels "$WHEELS"); fi
   echo "gpu_bench.py exit $?"
 } >"$LOG" 2>&1
 rc=$(tail -n 1 "$LOG" | awk '{print $NF}')
+# Then the device-side preprocessing and the device feed against the CPU path, on this GPU where there is one (the
+# tests take "cuda" when torch sees it), with the serving packages gpu_bench installed into $OUT/work/site.
+PYTHONPATH="$OUT/work/site${PYTHONPATH:+:$PYTHONPATH}" timeout 100 "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_device_preprocess.py tests/test_device_feed.py >"$TESTS" 2>&1
+tests_rc=$?
 tail -n 20 "$LOG"
-exit "${rc:-1}"
+echo "device feed tests (exit $tests_rc): $(tail -n 1 "$TESTS")"
+if [ "${rc:-1}" != 0 ]; then exit "${rc:-1}"; fi
+exit "$tests_rc"
