@@ -7,8 +7,6 @@ Artifacts written before the card digest still load, and a log line says so.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
@@ -19,8 +17,8 @@ import resnet
 from resnet import artifacts, digest
 from resnet.checkpoint import read_checkpoint_card
 from resnet.onnx_card import check_onnx_file, read_onnx_card
+from tests.cli_support import one_line_error, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS = ["dog", "cat", "bird"]
 
 
@@ -45,16 +43,6 @@ def _replaced(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
     assert data.count(old) == 1 and len(old) == len(new), (old, data.count(old))
     dst.write_bytes(data.replace(old, new))
     return dst
-
-
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=180)
-
-
-def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 def test_every_artifact_records_its_card_digest(made: dict[str, Path]) -> None:
@@ -91,7 +79,7 @@ def test_a_high_bit_flip_in_an_onnx_label_is_one_line_not_a_traceback(made: dict
     session = ort.InferenceSession(str(bad), providers=["CPUExecutionProvider"])
     with pytest.raises(resnet.CheckpointError, match=r"flipped\.onnx is corrupt"):
         onnx_session_card(session, bad)
-    line = _one_line(_cli("-m", "serve", "--model", str(bad), "--port", "0", "--backend", "onnxruntime"))
+    line = one_line_error(run_cli("-m", "serve", "--model", str(bad), "--port", "0", "--backend", "onnxruntime"))
     assert str(bad) in line and "is corrupt" in line
 
 
@@ -99,7 +87,7 @@ def test_the_serve_cli_refuses_an_onnx_graph_with_a_changed_card_in_one_line(
     made: dict[str, Path], tmp_path: Path
 ) -> None:
     bad = _replaced(made["onnx"], tmp_path / "flipped.onnx", b'"dog"', b'"d/g"')
-    line = _one_line(_cli("-m", "serve", "--model", str(bad), "--port", "0", "--backend", "onnxruntime"))
+    line = one_line_error(run_cli("-m", "serve", "--model", str(bad), "--port", "0", "--backend", "onnxruntime"))
     assert str(bad) in line and "is corrupt: the sha256 of its model card" in line
 
 
@@ -108,7 +96,7 @@ def test_a_flipped_card_byte_in_a_checkpoint_is_refused(made: dict[str, Path], t
     for read in (resnet.load_checkpoint, read_checkpoint_card):
         with pytest.raises(resnet.CheckpointError, match=r"flipped\.pt is corrupt: the sha256 of its model card"):
             read(bad)
-    line = _one_line(_cli("-m", "export.onnx", str(bad), "-o", str(tmp_path / "out.onnx")))
+    line = one_line_error(run_cli("-m", "export.onnx", str(bad), "-o", str(tmp_path / "out.onnx")))
     assert "flipped.pt is corrupt" in line
     assert not (tmp_path / "out.onnx").exists()
 

@@ -8,8 +8,6 @@ before digests were recorded still loads, and a log line says it was not checked
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -22,8 +20,7 @@ import resnet
 from resnet import artifacts, digest
 from resnet.checkpoint import state_dict_sha256
 from resnet.onnx_card import read_onnx_card
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.cli_support import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +59,6 @@ def _flip_in_onnx_weights(src: Path, dst: Path) -> None:
     assert at > 0 and len(raw) > 64
     data[at + len(raw) // 2] ^= 0x10
     dst.write_bytes(bytes(data))
-
-
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=180)
-
-
-def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 def test_artifacts_record_their_digest(made: dict[str, Path]) -> None:
@@ -120,8 +107,8 @@ def test_every_flip_in_checkpoint_weights_is_refused(made: dict[str, Path], tmp_
 def test_serve_refuses_a_corrupted_artifact_in_one_line(made: dict[str, Path], tmp_path: Path, kind: str) -> None:
     bad = tmp_path / ("flipped.pt" if kind == "checkpoint" else "flipped.onnx")
     (_flip_in_checkpoint_weights if kind == "checkpoint" else _flip_in_onnx_weights)(made[kind], bad)
-    line = _one_line(
-        _cli(
+    line = one_line_error(
+        run_cli(
             "-m", "serve", "--model", str(bad), "--port", "0", "--backend", "onnxruntime" if kind == "onnx" else "auto"
         )
     )
@@ -132,12 +119,12 @@ def test_export_gate_refuses_a_corrupted_candidate_and_reference(made: dict[str,
     bad_onnx, bad_pt = tmp_path / "flipped.onnx", tmp_path / "flipped.pt"
     _flip_in_onnx_weights(made["onnx"], bad_onnx)
     _flip_in_checkpoint_weights(made["checkpoint"], bad_pt)
-    line = _one_line(_cli("-m", "export.parity", str(made["checkpoint"]), str(bad_onnx), "--limit", "2"))
+    line = one_line_error(run_cli("-m", "export.parity", str(made["checkpoint"]), str(bad_onnx), "--limit", "2"))
     assert "flipped.onnx is corrupt" in line
     assert not artifacts.report_path(bad_onnx).exists()
-    line = _one_line(_cli("-m", "export.parity", str(bad_pt), str(made["onnx"]), "--limit", "2"))
+    line = one_line_error(run_cli("-m", "export.parity", str(bad_pt), str(made["onnx"]), "--limit", "2"))
     assert "flipped.pt is corrupt" in line
-    line = _one_line(_cli("-m", "export.onnx", str(bad_pt), "-o", str(tmp_path / "out.onnx")))
+    line = one_line_error(run_cli("-m", "export.onnx", str(bad_pt), "-o", str(tmp_path / "out.onnx")))
     assert "flipped.pt is corrupt" in line
 
 
