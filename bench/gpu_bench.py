@@ -134,6 +134,8 @@ def measure(url: str, images: list[bytes], c1: int, c64: int, gpu: bool) -> dict
 
 def served_row(name: str, cmd: list[str], work: Path, args: argparse.Namespace, gpu: bool) -> dict[str, Any]:
     """Start one server, measure it, stop it; a server that fails to start is a row with its error."""
+    import httpx
+
     from bench.defaults_bench import start, stop
     from bench.serve_cold_start import free_port
 
@@ -146,7 +148,9 @@ def served_row(name: str, cmd: list[str], work: Path, args: argparse.Namespace, 
         return {"error": str(e)[-500:]}
     try:
         ready_s = time.perf_counter() - t0
-        return {"cmd": " ".join(cmd[2:]), "ready_s": ready_s, **measure(f"http://127.0.0.1:{port}", *args.load, gpu)}
+        url = f"http://127.0.0.1:{port}"
+        ready = {k: v for k, v in httpx.get(url + "/readyz", timeout=10).json().items() if k.startswith("preprocess")}
+        return {"cmd": " ".join(cmd[2:]), "ready_s": ready_s, **ready, **measure(url, *args.load, gpu)}
     except Exception as e:  # a failed row is reported, the others still run
         return {"error": f"{type(e).__name__}: {e}"[:500]}
     finally:
@@ -235,6 +239,12 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def preprocessing(row: dict[str, Any]) -> str:
+    """Where a served row cut its crops, and how its feed compared with the host path at load."""
+    check = row.get("preprocess_check")
+    return row["preprocess"] + (f" ({check})" if check else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Issue 27's GPU serving benchmark (one run, one JSON + a table).")
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu_bench"), help="folder for the checkpoint, logs, JSON")
@@ -276,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(text + "\n")
     print(f"\n{args.arch} (random weights), {len(images)} JPEG photos, ten-crop, loopback, {gpu or 'CPU'}\n")
     print(table(rows))
+    print(
+        "\npreprocessing (/readyz): "
+        + "; ".join(f"{k}: {preprocessing(r)}" for k, r in rows.items() if "preprocess" in r)
+    )
     print("\ntargets:", json.dumps(result["targets"]))
     return 1 if any("error" in r for r in rows.values()) else 0
 

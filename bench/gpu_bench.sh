@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 27's GPU serving benchmark in one go (bench/gpu_bench.py): the in-process ceiling first, then naive, ours
 # fp16 (1 worker, the default workers, twice that, and 1 worker with host preprocessing as the A/B of the GPU-side
-# crops), ours auto; c=1 and c=64; GPU utilisation; then tests/test_device_preprocess.py and test_device_feed.py
-# (on CUDA when torch sees it). Writes gpu_bench.json, gpu_bench.log and device_tests.log into $OUT and prints the
+# crops), ours auto; c=1 and c=64; GPU utilisation; then tests/test_device_preprocess.py, test_device_feed.py and
+# test_feed_check.py (on CUDA when torch sees it). Writes gpu_bench.json, gpu_bench.log and device_tests.log into $OUT and prints the
 # table and the tests' summary last. About 7 minutes on an H200; the bench is stopped at 8 (each row is printed as it
 # ends, so a stopped run keeps them), the tests at 100 s.
 #
@@ -40,7 +40,7 @@ rc=$(tail -n 1 "$LOG" | awk '{print $NF}')
 # Then the device-side preprocessing and the device feed against the CPU path, on this GPU where there is one (the
 # tests take "cuda" when torch sees it), with the serving packages gpu_bench installed into $OUT/work/site.
 PYTHONPATH="$OUT/work/site${PYTHONPATH:+:$PYTHONPATH}" timeout 100 "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_device_preprocess.py tests/test_device_feed.py >"$TESTS" 2>&1
+  tests/test_device_preprocess.py tests/test_device_feed.py tests/test_feed_check.py >"$TESTS" 2>&1
 tests_rc=$?
 tail -n 20 "$LOG"
 echo "device feed tests (exit $tests_rc): $(tail -n 1 "$TESTS")"

@@ -149,6 +149,8 @@ def test_server_fed_on_the_cpu_answers_as_the_host_path(digits_onnx_model: Path,
         try:
             ready = httpx.get(server.url + "/readyz", timeout=10).json()
             assert ready["preprocess"] == ("cpu" if mode == "on" else "host"), ready
+            checked = ready["preprocess_check"]  # the feed against the host path, at load (resnet.runtime.feed_check)
+            assert checked.startswith("device crops within 0 of") if mode == "on" else checked is None, ready
             got = []
             for crops in ("ten", "center", "multiscale"):  # multi-scale views go through the feed as float32
                 r = classify(server, files, crops=crops)

@@ -21,13 +21,16 @@ def test_gpu_bench_runs_tiny_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFi
     for name, row in rows.items():
         assert ("img_s" in row) if name.startswith("in-process") else (row["c1"] > 0 and row["c64"] > 0), name
         assert name.startswith("in-process") or row["gpu_util_c64"] is None  # no nvidia-smi samples on the CPU
+        if name.startswith("ours"):  # where /readyz said the crops were cut: the host, on the CPU
+            assert row["preprocess"] == "host" and row["preprocess_check"] is None, name
     assert set(result["targets"]) == {
         "fp16_c64_over_ceiling",
         "c1_p50_le_naive",
         "gpu_util_c64_max",
         "auto_over_best_c64",
     }
-    assert "| naive |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| naive |" in out and "preprocessing (/readyz): ours fp32 1 worker: host;" in out
 
 
 def test_no_gpu_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,19 +9,24 @@ the last one runs, so on CUDA the copy and the crops overlap the previous batch'
 ``attach_feed(runner, mode)`` gives a runner its feed (``--device-preprocess auto|on|off``): ``auto`` when the
 runner computes on a CUDA device and torch sees it (a checkpoint on CUDA; ONNX Runtime's CUDA/TensorRT providers,
 through I/O binding; a TensorRT engine), ``on`` on whatever device the runner uses (the CPU: the same code path on
-CPU tensors), ``off`` never. torch is imported only when a feed is made.
+CPU tensors), ``off`` never. torch is imported only when a feed is made. A new feed is kept only if it agrees with
+the host path on a probe image on this machine (``confirm_feed``, ``resnet.runtime.feed_check``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import MissingComponentError
+from ..errors import MissingComponentError, ParityError
 from .crops import CropProtocol
+
+log = logging.getLogger("resnet.runtime.device_feed")
 
 FeedMode = Literal["auto", "on", "off"]
 
@@ -82,6 +87,7 @@ class DeviceFeed:
         self.device = self.pre.device
         self.dtype = dtype or torch.float32
         self.stream = torch.cuda.Stream(device=self.device) if self.on_cuda else None
+        self.check: Any = None  # the load-time check against the host path (resnet.runtime.feed_check.FeedCheck)
 
     @property
     def on_cuda(self) -> bool:
@@ -125,7 +131,7 @@ def attach_feed(runner: Any, mode: FeedMode = "auto") -> str:
     ``auto``: when the runner computes on CUDA (``runner.feed_device()``: "cuda:0", or None off a GPU) and a torch
     that sees that GPU is installed to feed it (ONNX Runtime's CUDA build beside a CPU-only torch keeps the host
     path, and says so). ``on``: on that device, or the CPU (``MissingComponentError`` when torch is missing or
-    cannot reach the device). ``off``: never.
+    cannot reach the device). ``off``: never. Either way the feed must pass ``confirm_feed`` first.
     """
     if mode == "off" or not hasattr(runner, "use_feed"):
         return "preprocessing on the host (--device-preprocess off)" if mode == "off" else "host preprocessing"
@@ -147,7 +153,33 @@ def attach_feed(runner: Any, mode: FeedMode = "auto") -> str:
             raise MissingComponentError(f"--device-preprocess on: {why} (install a CUDA build of torch)")
         return f"preprocessing on the host ({why})"
     runner.use_feed(DeviceFeed(runner.card, device, runner.feed_dtype()))
-    return f"crops, mirrors and normalisation on {device} (the next batch copied while the last one runs)"
+    return confirm_feed(runner, mode)
+
+
+def confirm_feed(runner: Any, mode: FeedMode) -> str:
+    """Keep ``runner``'s new feed only if it agrees with the host path on this machine
+    (``resnet.runtime.feed_check``). Disagreeing, or failing: ``auto`` detaches it (the host path serves, with a
+    warning); ``on`` raises ``ParityError`` (exit 3). Returns why, in words."""
+    from .feed_check import check_feed
+
+    feed = runner.feed
+    try:
+        check = check_feed(runner)
+        problem = None if check.passed else f"disagree with the host path: {check.describe()}"
+    except Exception as e:  # a path that fails here would fail every request
+        problem = f"failed on a probe image ({type(e).__name__}: {str(e)[:300]})"
+    if problem is None:
+        feed.check = check
+        return (
+            f"crops, mirrors and normalisation on {feed.device} (the next batch copied while the last one runs); "
+            f"checked at load: {check.describe()}"
+        )
+    runner.use_feed(None)
+    why = f"crops cut and normalised on {feed.device} {problem}"
+    if mode == "on":
+        raise ParityError(f"--device-preprocess on: {why}; serve with --device-preprocess off, and please report it")
+    log.warning("preprocessing on the host: %s; please report it", why)
+    return f"preprocessing on the host (the {why})"
 
 
 class Fed:
@@ -163,8 +195,17 @@ class Fed:
         """Whether preprocessing ends on the runner's device (a feed is attached)."""
         return self.feed is not None
 
-    def use_feed(self, feed: DeviceFeed) -> None:
+    def use_feed(self, feed: DeviceFeed | None) -> None:
         self.feed = feed
+
+    @contextlib.contextmanager
+    def host_path(self) -> Iterator[None]:
+        """Run as if no feed were attached (the reference of the load-time check)."""
+        feed, self.feed = self.feed, None
+        try:
+            yield
+        finally:
+            self.feed = feed
 
     def feed_dtype(self) -> Any:
         """The dtype the network takes on its device (None: float32)."""

@@ -177,6 +177,7 @@ async def readyz(request: Request) -> Any:
         precision=service.precision,
         report=service.report,
         preprocess=service.preprocess_on,
+        preprocess_check=service.preprocess_check,
     )
 
 

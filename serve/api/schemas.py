@@ -56,4 +56,5 @@ class Health(BaseModel):
     precision: str | None = None
     report: str | None = None  # the parity report that admitted what is served; None when none was needed
     preprocess: str | None = None  # where crops are cut and normalised: "host", or the device ("cuda:0", "cpu")
+    preprocess_check: str | None = None  # a device's crops and logits against the host path's, checked at load
     detail: str | None = None

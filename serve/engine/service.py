@@ -78,6 +78,8 @@ class ClassifyService:
         # their crops on its device; fed on a GPU, its largest batch is measured at start-up.
         self.device_side = bool(getattr(backend, "device_side", False))
         self.preprocess_on = str(backend.feed.device) if self.device_side else "host"  # type: ignore[attr-defined]
+        check = backend.feed.check if self.device_side else None  # type: ignore[attr-defined]
+        self.preprocess_check = check.describe() if check is not None else None
         limit = backend.max_batch
         max_batch = settings.max_batch or limit
         max_batch = max_batch or (self._device_max_batch() if feeds_gpu(backend) else DEFAULT_MAX_BATCH)
