@@ -55,13 +55,23 @@ def where_held(raw: Path, requests: int, top: int) -> list[tuple[float, str]]:
     return [(n / RATE / max(1, requests) * 1e3, name) for name, n in held.most_common(top)]
 
 
-def measure(model: Path, work: Path, seconds: float, cwd: Path, tag: str) -> dict[str, float]:
+def photos(jpeg: bool) -> list[bytes]:
+    """The defaults benchmark's photos (five of seven are PNG), or the same re-encoded as JPEG, the GPU benchmark's
+    workload (``bench.gpu_bench.jpeg_photos``)."""
+    if jpeg:
+        from bench.gpu_bench import jpeg_photos
+
+        return jpeg_photos()
+    return _images_and_rounds(1)[0]
+
+
+def measure(model: Path, work: Path, seconds: float, cwd: Path, tag: str, jpeg: bool = False) -> dict[str, float]:
     """One server from ``cwd`` on ``model`` under load for ``seconds`` with py-spy attached."""
     port = free_port()
     cmd = [sys.executable, "-m", "serve", "--model", str(model)]
     proc = start(cmd, port, work / f"gil_{tag}.log", cwd=cwd)
     url = f"http://127.0.0.1:{port}"
-    images, _ = _images_and_rounds(1)
+    images = photos(jpeg)
     raw = work / f"gil_{tag}.txt"
     try:
         asyncio.run(load(url, images, 2 * CONCURRENCY, CONCURRENCY))  # warm
@@ -124,14 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--baseline", type=Path, help="another checkout to measure the same way (an A/B)")
     p.add_argument("--top", type=int, default=0, help="print the N functions holding the GIL longest per request")
+    p.add_argument("--jpeg", action="store_true", help="the photos as JPEG (the GPU benchmark's workload)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     run, _, _ = build(args.arch, args.work, int8_too=False)
     model = run / f"{run.name}.onnx"
-    rows = {"this checkout": measure(model, args.work, args.seconds, REPO, "this")}
+    rows = {"this checkout": measure(model, args.work, args.seconds, REPO, "this", args.jpeg)}
     if args.baseline is not None:
-        rows["baseline"] = measure(model, args.work, args.seconds, args.baseline, "baseline")
-    print(f"\n{args.arch} fp32 ONNX, c={CONCURRENCY}, py-spy --gil at {RATE} Hz for {args.seconds:g} s\n")
+        rows["baseline"] = measure(model, args.work, args.seconds, args.baseline, "baseline", args.jpeg)
+    kind = "the photos as JPEG" if args.jpeg else "the photos (PNG and JPEG)"
+    print(f"\n{args.arch} fp32 ONNX, {kind}, c={CONCURRENCY}, py-spy --gil at {RATE} Hz for {args.seconds:g} s\n")
     print("| server | requests/s | GIL busy | serial ms / request | predicted 1-process ceiling |")
     print("|---|---:|---:|---:|---:|")
     for name, r in rows.items():
