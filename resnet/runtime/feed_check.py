@@ -48,7 +48,7 @@ class FeedCheck:
 def probe_rows(card: Any) -> ImageRows:
     """A resized probe image for ``card``: seeded uint8 noise, shorter side ``resize_size``, an odd width."""
     height = card.resize_size
-    width = height * 4 // 3 | 1
+    width = (height * 4 // 3) | 1  # odd, so the centre crop's offset (W - S) / 2 is rounded
     pixels = np.random.default_rng(PROBE_SEED).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return ImageRows(pixels, crop_protocol("ten"), card.input_size)
 
