@@ -12,17 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import resnet
 from resnet.runtime.device_feed import attach_feed, confirm_feed
-from resnet.runtime.feed_check import check_feed, probe_rows
+from resnet.runtime.feed_check import check_feed, probe_crops, probe_rows
 from resnet.runtime.openers import open_runner
-
-
-def probe_crops(card) -> np.ndarray:
-    """The host path's ten crops of the probe image."""
-    return resnet.preprocess(Image.fromarray(probe_rows(card).pixels), card, "ten", draft=False, max_pixels=None)
 
 
 def test_a_feed_that_agrees_is_kept_and_says_by_how_much(digits_checkpoint: Path, digits_onnx_model: Path) -> None:
@@ -43,7 +37,7 @@ def test_the_probe_shows_every_crop_offset_and_the_mirror(arch: str) -> None:
     card = resnet.make_card(arch, **({"resize_size": 36} if arch.startswith("cifar") else {}))
     rows = probe_rows(card)
     assert rows.pixels.shape[0] == card.resize_size and rows.pixels.shape[1] % 2 == 1
-    crops = probe_crops(card).reshape(10, -1)
+    crops = probe_crops(rows, card).reshape(10, -1)
     assert all(not np.array_equal(crops[i], crops[j]) for i in range(10) for j in range(i + 1, 10))
 
 
@@ -81,7 +75,7 @@ def test_a_feed_that_disagrees_is_dropped_under_auto_and_refused_under_on(
     digits_checkpoint: Path, digits_onnx_model: Path, fault: Callable, caplog: pytest.LogCaptureFixture
 ) -> None:
     runner = open_runner(digits_onnx_model if fault is _reads_the_wrong_input else digits_checkpoint)
-    host = probe_crops(runner.card)
+    host = probe_crops(probe_rows(runner.card), runner.card)
     want = runner.run(host)
     attach_feed(runner, "on")
     feed = runner.feed
@@ -105,7 +99,7 @@ def test_the_check_compares_in_the_feeds_dtype(digits_checkpoint: Path) -> None:
     attach_feed(runner, "on")
     runner.feed.dtype = torch.bfloat16  # as a bf16 runner's feed is on CUDA (the CPU keeps float32 input + autocast)
     check = check_feed(runner)
-    limit = float(np.abs(probe_crops(runner.card)).max())
+    limit = float(np.abs(probe_crops(probe_rows(runner.card), runner.card)).max())
     assert check.crops_tolerance == pytest.approx(2 * torch.finfo(torch.bfloat16).eps * max(1.0, limit))
     assert check.passed and check.logits_tolerance == 1e-2, check
 

@@ -53,6 +53,11 @@ def probe_rows(card: Any) -> ImageRows:
     return ImageRows(pixels, crop_protocol("ten"), card.input_size)
 
 
+def probe_crops(rows: ImageRows, card: Any) -> np.ndarray:
+    """The host path's float32 ten crops of a probe image (``resnet.preprocess`` on the already resized image)."""
+    return preprocess(Image.fromarray(rows.pixels), card, crops="ten", draft=False, max_pixels=None)
+
+
 def check_feed(runner: Any) -> FeedCheck:
     """Compare ``runner``'s attached feed with the host path on the probe image (``FeedCheck``; exceptions from
     either path propagate). Costs one preprocessing on each side and two batches of ten crops (fewer or padded
@@ -63,7 +68,7 @@ def check_feed(runner: Any) -> FeedCheck:
     n = min(len(rows), getattr(runner, "max_batch", None) or len(rows))  # an engine's profiles bound the batch
     size = max(n, getattr(runner, "min_batch", 1) or 1)
     host = np.zeros((size, 3, rows.size, rows.size), np.float32)
-    host[:n] = preprocess(Image.fromarray(rows.pixels), runner.card, crops="ten", draft=False, max_pixels=None)[:n]
+    host[:n] = probe_crops(rows, runner.card)[:n]
     cut = feed.ready(feed.stage(ImageBatch([(rows, 0, n)], size))).float().cpu().numpy()[:n]
     reference = torch.from_numpy(host[:n]).to(feed.dtype).float().numpy()
     with runner.host_path():
