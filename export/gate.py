@@ -352,8 +352,9 @@ def gate_gpu_providers(
     card = artifacts.read_card(graph) if gpu else None
     for ep in gpu:
         assert card is not None
-        if not_offered(ep, card):
-            log(f"{graph.name}: not offered to {EP_PROVIDERS[ep]}: {not_offered(ep, card)}")
+        why_not = not_offered(ep, card)
+        if why_not:
+            log(f"{graph.name}: not offered to {EP_PROVIDERS[ep]}: {why_not}")
             continue
         for combination, trt_fp16 in ep_combinations(ep, card.precision, int8_target(card)):
             # an FP32 graph built in FP16 by TensorRT is held to the FP16 preset, otherwise the graph's own
