@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +65,27 @@ def cleanup() -> None:
     """Leave the process group (safe to call when none was joined)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_code(code: int) -> int:
+    """Leave a torchrun worker with ``code`` and without Python's interpreter teardown; elsewhere return ``code``.
+
+    PyTorch keeps a process group that DDP has wrapped alive past ``destroy_process_group`` (the gloo threads
+    outlive it), and a gloo thread that releases the last collective's tensors while the interpreter is being torn
+    down aborts the process (SIGABRT, "terminate called without an active exception") after a run that succeeded.
+    A worker that has left the process group and written everything has nothing left for teardown to do, so it
+    flushes its output and logs and ends here (``os._exit``). Outside torchrun (``WORLD_SIZE`` unset or 1) the
+    caller exits as usual.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 def barrier(info: DistInfo) -> None:

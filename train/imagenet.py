@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from resnet import run_cli
 
 from .cli import parse_args
+from .distributed import exit_code
 from .loop import train_main
 
 
@@ -20,4 +21,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_code(main()))  # a torchrun worker ends inside exit_code
