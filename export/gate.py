@@ -352,8 +352,7 @@ def gate_gpu_providers(
     card = artifacts.read_card(graph) if gpu else None
     for ep in gpu:
         assert card is not None
-        why_not = not_offered(ep, card)
-        if why_not:
+        if why_not := not_offered(ep, card):
             log(f"{graph.name}: not offered to {EP_PROVIDERS[ep]}: {why_not}")
             continue
         for combination, trt_fp16 in ep_combinations(ep, card.precision, int8_target(card)):
